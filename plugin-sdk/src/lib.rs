@@ -1,0 +1,221 @@
+//! # sluice-sdk: write a sluice consumer plugin as one function
+//!
+//! A sluice plugin is a WebAssembly component that exports the
+//! `sluice:plugin/handler@0.1.0` interface. This crate hides the generated
+//! bindings: you write one function from [`Event`] to [`HandlerResult`] and
+//! export it with [`export_handler!`]. Logging ([`log`], [`info!`] and friends)
+//! and publishing ([`publish`]) call into the host.
+//!
+//! ```ignore
+//! // Cargo.toml: [lib] crate-type = ["cdylib"], dependency sluice-sdk
+//! use sluice_sdk::{Event, HandlerError, HandlerResult};
+//!
+//! fn handle(event: Event) -> HandlerResult {
+//!     let order: serde_json::Value = event.json()?;           // bad JSON -> permanent error
+//!     let Some(id) = order.get("id") else {
+//!         return Err(HandlerError::permanent("order has no id"));
+//!     };
+//!     sluice_sdk::info!("order {id} received on {}", event.subject);
+//!     sluice_sdk::publish("orders.accepted", id.to_string())?; // sent only if we return Ok
+//!     Ok(())
+//! }
+//!
+//! sluice_sdk::export_handler!(handle);
+//! ```
+//!
+//! Build with `cargo build --target wasm32-wasip2 --release`; the `.wasm` in
+//! `target/wasm32-wasip2/release/` is the component to copy into the host's
+//! plugin folder next to a `<name>.toml` manifest.
+//!
+//! ## Delivery in one paragraph
+//! The host owns delivery. Return `Ok(())` and the event is done: your
+//! publishes are sent and the event is acknowledged. Return
+//! [`HandlerError::retryable`] (or panic, or run past the time limit) and the
+//! host retries it later with `attempt` incremented. Return
+//! [`HandlerError::permanent`] and the event is dead-lettered without retry.
+//! Publishes of a failed attempt are discarded, so a handler can publish
+//! freely and still fail.
+
+use std::time::Duration;
+
+#[doc(hidden)]
+pub mod __private {
+    //! Generated bindings; not part of the public API.
+    #![allow(missing_docs)]
+    wit_bindgen::generate!({
+        path: "../wit",
+        world: "consumer",
+        pub_export_macro: true,
+        export_macro_name: "__sluice_export_world",
+        default_bindings_module: "sluice_sdk::__private",
+        generate_all,
+    });
+    pub use self::exports::sluice::plugin::handler::Guest;
+}
+
+use __private::sluice::plugin::types;
+
+/// One event routed to the plugin: subject, payload, headers, the host's
+/// idempotency key, the attempt number and delivery metadata.
+pub type Event = types::Event;
+/// One NATS header (name, value). Names may repeat.
+pub type Header = types::Header;
+/// Where the event came from: JetStream stream and sequence, publish time, reply subject.
+pub type Delivery = types::Delivery;
+/// The error a handler returns: retryable (with an optional delay hint) or permanent.
+pub type HandlerError = types::HandlerError;
+/// Why the host refused a publish.
+pub type PublishError = types::PublishError;
+/// Log severity.
+pub type Level = types::Level;
+/// What a handler returns.
+pub type HandlerResult = Result<(), HandlerError>;
+
+impl Event {
+    /// The first value of header `name` (case-sensitive), if present.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|h| h.name == name)
+            .map(|h| h.value.as_str())
+    }
+
+    /// The payload as UTF-8 text, or a permanent error naming the problem.
+    pub fn text(&self) -> Result<&str, HandlerError> {
+        std::str::from_utf8(&self.payload)
+            .map_err(|e| HandlerError::permanent(format!("payload is not UTF-8: {e}")))
+    }
+
+    /// The payload parsed as JSON, or a permanent error naming the problem.
+    #[cfg(feature = "json")]
+    pub fn json<T: serde::de::DeserializeOwned>(&self) -> Result<T, HandlerError> {
+        serde_json::from_slice(&self.payload)
+            .map_err(|e| HandlerError::permanent(format!("payload is not valid JSON: {e}")))
+    }
+}
+
+impl HandlerError {
+    /// A transient failure: the host retries the event per its retry policy.
+    pub fn retryable(message: impl Into<String>) -> Self {
+        HandlerError::Retryable(types::RetryableError {
+            message: message.into(),
+            retry_after_ms: None,
+        })
+    }
+
+    /// A transient failure with a suggested delay before the next attempt
+    /// (honoured within the retry policy's bounds).
+    pub fn retry_after(message: impl Into<String>, delay: Duration) -> Self {
+        HandlerError::Retryable(types::RetryableError {
+            message: message.into(),
+            retry_after_ms: Some(u64::try_from(delay.as_millis()).unwrap_or(u64::MAX)),
+        })
+    }
+
+    /// The event can never succeed: dead-letter it without retrying.
+    pub fn permanent(message: impl Into<String>) -> Self {
+        HandlerError::Permanent(message.into())
+    }
+}
+
+/// A refused publish fails the event as retryable, so `?` works in handlers.
+/// Map it yourself when another outcome fits better.
+impl From<PublishError> for HandlerError {
+    fn from(e: PublishError) -> Self {
+        HandlerError::retryable(describe_publish_error(&e))
+    }
+}
+
+/// A readable sentence for a refused publish.
+pub fn describe_publish_error(e: &PublishError) -> String {
+    match e {
+        PublishError::NotGranted(m) => format!("publish not granted: {m}"),
+        PublishError::InvalidSubject(m) => format!("invalid publish: {m}"),
+        PublishError::LimitExceeded(m) => format!("publish limit exceeded: {m}"),
+    }
+}
+
+/// Queue a message for `subject`; it is sent only if the handler returns `Ok`.
+pub fn publish(subject: &str, payload: impl AsRef<[u8]>) -> Result<(), PublishError> {
+    __private::sluice::plugin::publisher::publish(subject, payload.as_ref(), &[])
+}
+
+/// Like [`publish`], with headers given as `(name, value)` pairs.
+pub fn publish_with_headers(
+    subject: &str,
+    payload: impl AsRef<[u8]>,
+    headers: &[(&str, &str)],
+) -> Result<(), PublishError> {
+    let headers: Vec<Header> = headers
+        .iter()
+        .map(|(name, value)| Header {
+            name: name.to_string(),
+            value: value.to_string(),
+        })
+        .collect();
+    __private::sluice::plugin::publisher::publish(subject, payload.as_ref(), &headers)
+}
+
+/// Serialize `value` as JSON and queue it for `subject` (see [`publish`]).
+#[cfg(feature = "json")]
+pub fn publish_json<T: serde::Serialize + ?Sized>(
+    subject: &str,
+    value: &T,
+) -> Result<(), HandlerError> {
+    let bytes = serde_json::to_vec(value)
+        .map_err(|e| HandlerError::permanent(format!("cannot encode JSON: {e}")))?;
+    publish_with_headers(subject, bytes, &[("Content-Type", "application/json")])?;
+    Ok(())
+}
+
+/// Emit a log record with structured `(key, value)` fields into the host log.
+pub fn log(level: Level, message: &str, fields: &[(&str, &str)]) {
+    let fields: Vec<types::Field> = fields
+        .iter()
+        .map(|(key, value)| types::Field {
+            key: key.to_string(),
+            value: value.to_string(),
+        })
+        .collect();
+    __private::sluice::plugin::logging::log(level, message, &fields);
+}
+
+/// Log at info level with `format!` syntax.
+#[macro_export]
+macro_rules! info {
+    ($($arg:tt)*) => { $crate::log($crate::Level::Info, &::std::format!($($arg)*), &[]) };
+}
+/// Log at debug level with `format!` syntax.
+#[macro_export]
+macro_rules! debug {
+    ($($arg:tt)*) => { $crate::log($crate::Level::Debug, &::std::format!($($arg)*), &[]) };
+}
+/// Log at warn level with `format!` syntax.
+#[macro_export]
+macro_rules! warn {
+    ($($arg:tt)*) => { $crate::log($crate::Level::Warn, &::std::format!($($arg)*), &[]) };
+}
+/// Log at error level with `format!` syntax.
+#[macro_export]
+macro_rules! error {
+    ($($arg:tt)*) => { $crate::log($crate::Level::Error, &::std::format!($($arg)*), &[]) };
+}
+
+/// Export `handler` (a `fn(Event) -> HandlerResult`) as the plugin's entry point.
+///
+/// Use it once per plugin crate, at the top level.
+#[macro_export]
+macro_rules! export_handler {
+    ($handler:path) => {
+        #[doc(hidden)]
+        struct __SluiceHandler;
+
+        impl $crate::__private::Guest for __SluiceHandler {
+            fn handle(event: $crate::Event) -> $crate::HandlerResult {
+                $handler(event)
+            }
+        }
+
+        $crate::__private::__sluice_export_world!(__SluiceHandler with_types_in $crate::__private);
+    };
+}

@@ -1,0 +1,32 @@
+//! `flaky`: fails with a retryable error for the first N attempts of each
+//! event, N from the `x-fail-times` header (default 0), then succeeds.
+//! It publishes `<subject>.done` on every attempt, so tests can see that
+//! publishes of failed attempts are discarded (the outbox).
+//!
+//! Header `x-retry-after-ms` adds a delay hint to the retryable error.
+use sluice_sdk::{Event, HandlerError, HandlerResult};
+use std::time::Duration;
+
+fn handle(event: Event) -> HandlerResult {
+    let fail_times: u32 = event
+        .header("x-fail-times")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let attempt = event.attempt.to_string();
+    sluice_sdk::publish_with_headers(
+        &format!("{}.done", event.subject),
+        &event.payload,
+        &[("x-attempt", &attempt)],
+    )?;
+    if event.attempt <= fail_times {
+        let message = format!("simulated failure {} of {fail_times}", event.attempt);
+        return Err(match event.header("x-retry-after-ms").and_then(|v| v.parse().ok()) {
+            Some(ms) => HandlerError::retry_after(message, Duration::from_millis(ms)),
+            None => HandlerError::retryable(message),
+        });
+    }
+    sluice_sdk::info!("flaky succeeded on attempt {}", event.attempt);
+    Ok(())
+}
+
+sluice_sdk::export_handler!(handle);

@@ -1,0 +1,207 @@
+//! The plugin manifest, `<name>.toml` beside `<name>.wasm`: which subjects the
+//! plugin consumes, which it may publish to, and per-plugin overrides of the
+//! host's defaults. See docs/manifest.md for every key.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use thiserror::Error;
+
+use crate::subject::{self, PublishGrants};
+
+/// The manifest as written (unknown keys are errors).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawManifest {
+    subjects: Vec<String>,
+    queue_group: Option<String>,
+    #[serde(default)]
+    publish: Vec<String>,
+    max_concurrency: Option<u32>,
+    #[serde(default, with = "humantime_serde")]
+    timeout: Option<Duration>,
+    #[serde(default)]
+    retry: RetryOverrides,
+}
+
+/// Per-plugin overrides of the host's retry defaults.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryOverrides {
+    /// Attempts in total, including the first.
+    pub max_attempts: Option<u32>,
+    /// Upper bound of the first retry delay.
+    #[serde(default, with = "humantime_serde")]
+    pub initial_delay: Option<Duration>,
+    /// Growth of the delay bound per attempt.
+    pub multiplier: Option<f64>,
+    /// Cap on a single delay.
+    #[serde(default, with = "humantime_serde")]
+    pub max_delay: Option<Duration>,
+    /// Stop retrying after this long since the first attempt.
+    #[serde(default, with = "humantime_serde")]
+    pub max_elapsed: Option<Duration>,
+}
+
+/// A validated manifest.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Manifest {
+    /// Subscription patterns (NATS wildcards allowed).
+    pub subjects: Vec<String>,
+    /// Queue group, so several hosts share the work; `None` = every host gets every event.
+    pub queue_group: Option<String>,
+    /// Subjects the plugin may publish to.
+    pub publish: PublishGrants,
+    /// Most events of this plugin handled at once.
+    pub max_concurrency: Option<u32>,
+    /// Time limit per event.
+    pub timeout: Option<Duration>,
+    /// Retry overrides.
+    pub retry: RetryOverrides,
+}
+
+/// A manifest that cannot be used; the message names the file and the key.
+#[derive(Debug, Error)]
+#[error("plugin manifest {}: {kind}", path.display())]
+pub struct ManifestError {
+    /// The manifest file.
+    pub path: PathBuf,
+    /// What is wrong.
+    pub kind: ManifestErrorKind,
+}
+
+/// What is wrong with a manifest.
+#[derive(Debug, Error)]
+pub enum ManifestErrorKind {
+    /// The file is missing.
+    #[error("missing; every plugin needs a manifest next to its .wasm declaring at least `subjects = [\"...\"]`")]
+    Missing,
+    /// Cannot be read.
+    #[error("cannot be read: {0}")]
+    Read(std::io::Error),
+    /// Not valid TOML or a key is unknown/mistyped.
+    #[error("{0}")]
+    Parse(String),
+    /// A key has an invalid value.
+    #[error("key `{key}`: {message}")]
+    Invalid {
+        /// The offending key.
+        key: String,
+        /// What is wrong and what to do.
+        message: String,
+    },
+}
+
+impl Manifest {
+    /// Read and validate the manifest at `path`.
+    pub fn load(path: &Path) -> Result<Manifest, ManifestError> {
+        let err = |kind| ManifestError {
+            path: path.to_path_buf(),
+            kind,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            err(if e.kind() == std::io::ErrorKind::NotFound {
+                ManifestErrorKind::Missing
+            } else {
+                ManifestErrorKind::Read(e)
+            })
+        })?;
+        Manifest::parse(&text).map_err(err)
+    }
+
+    /// Parse and validate manifest text.
+    pub fn parse(text: &str) -> Result<Manifest, ManifestErrorKind> {
+        let raw: RawManifest =
+            toml::from_str(text).map_err(|e| ManifestErrorKind::Parse(e.to_string().trim_end().to_string()))?;
+        let invalid = |key: String, message: String| ManifestErrorKind::Invalid { key, message };
+        if raw.subjects.is_empty() {
+            return Err(invalid(
+                "subjects".into(),
+                "is empty; list at least one subject pattern, e.g. subjects = [\"orders.>\"]".into(),
+            ));
+        }
+        for (i, pattern) in raw.subjects.iter().enumerate() {
+            subject::validate_pattern(pattern).map_err(|e| invalid(format!("subjects[{i}]"), e.to_string()))?;
+        }
+        for (i, pattern) in raw.publish.iter().enumerate() {
+            subject::validate_pattern(pattern).map_err(|e| invalid(format!("publish[{i}]"), e.to_string()))?;
+        }
+        if let Some(group) = &raw.queue_group {
+            if group.is_empty() || group.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                return Err(invalid(
+                    "queue_group".into(),
+                    format!("`{group}` is not a valid queue group name (non-empty, no whitespace)"),
+                ));
+            }
+        }
+        if raw.max_concurrency == Some(0) {
+            return Err(invalid("max_concurrency".into(), "must be at least 1".into()));
+        }
+        if raw.timeout.is_some_and(|t| t.is_zero()) {
+            return Err(invalid("timeout".into(), "must be greater than zero, e.g. \"5s\"".into()));
+        }
+        if raw.retry.max_attempts == Some(0) {
+            return Err(invalid("retry.max_attempts".into(), "must be at least 1 (1 = no retries)".into()));
+        }
+        if raw.retry.multiplier.is_some_and(|m| !(1.0..=100.0).contains(&m)) {
+            return Err(invalid("retry.multiplier".into(), "must be between 1.0 and 100.0".into()));
+        }
+        Ok(Manifest {
+            subjects: raw.subjects,
+            queue_group: raw.queue_group,
+            publish: PublishGrants::new(raw.publish),
+            max_concurrency: raw.max_concurrency,
+            timeout: raw.timeout,
+            retry: raw.retry,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn full_manifest_parses() {
+        let m = Manifest::parse(
+            r#"
+            subjects = ["orders.*", "payments.>"]
+            queue_group = "workers"
+            publish = ["orders.enriched.>"]
+            max_concurrency = 8
+            timeout = "2s"
+            [retry]
+            max_attempts = 3
+            initial_delay = "50ms"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(m.subjects, vec!["orders.*", "payments.>"]);
+        assert_eq!(m.queue_group.as_deref(), Some("workers"));
+        assert_eq!(m.timeout, Some(Duration::from_secs(2)));
+        assert_eq!(m.retry.max_attempts, Some(3));
+        assert_eq!(m.retry.initial_delay, Some(Duration::from_millis(50)));
+        assert!(m.publish.check("orders.enriched.x").is_ok());
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let unknown = Manifest::parse("subjects = [\"a\"]\nsubjcts = 1").unwrap_err().to_string();
+        assert!(unknown.contains("subjcts"), "{unknown}");
+        let missing = Manifest::parse("publish = []").unwrap_err().to_string();
+        assert!(missing.contains("subjects"), "{missing}");
+        let bad = Manifest::parse("subjects = [\"a\", \"b..c\"]").unwrap_err().to_string();
+        assert!(bad.contains("subjects[1]") && bad.contains("b..c"), "{bad}");
+        let dur = Manifest::parse("subjects = [\"a\"]\ntimeout = \"soon\"").unwrap_err().to_string();
+        assert!(dur.contains("timeout"), "{dur}");
+        let empty = Manifest::parse("subjects = []").unwrap_err().to_string();
+        assert!(empty.contains("subjects"), "{empty}");
+    }
+
+    #[test]
+    fn missing_file_says_what_to_do() {
+        let err = Manifest::load(Path::new("/nonexistent/echo.toml")).unwrap_err().to_string();
+        assert!(err.contains("/nonexistent/echo.toml") && err.contains("subjects"), "{err}");
+    }
+}

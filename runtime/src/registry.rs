@@ -1,0 +1,139 @@
+//! Loading plugins from the plugin folder: `<name>.wasm` plus `<name>.toml`.
+//!
+//! Each plugin loads independently: a bad file is reported (with its path and
+//! the reason) and skipped, and every good plugin still serves.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use thiserror::Error;
+use wasmtime::component::Linker;
+
+use crate::engine::WasmEngine;
+use crate::engine::component::{self, CompiledPlugin, ComponentError};
+use crate::engine::invoke;
+use crate::host::HostState;
+use crate::manifest::{Manifest, ManifestError};
+
+/// A plugin ready to serve.
+pub struct LoadedPlugin {
+    /// Name (file stem).
+    pub name: String,
+    /// The `.wasm` file.
+    pub path: PathBuf,
+    /// Its manifest.
+    pub manifest: Manifest,
+    /// The compiled component.
+    pub compiled: Arc<CompiledPlugin>,
+}
+
+/// Why one plugin could not be loaded. The message names the file.
+#[derive(Debug, Error)]
+#[error("plugin `{name}` ({}): {kind}", path.display())]
+pub struct LoadError {
+    /// Plugin name.
+    pub name: String,
+    /// The file that is wrong.
+    pub path: PathBuf,
+    /// What is wrong.
+    pub kind: LoadErrorKind,
+}
+
+/// What went wrong loading a plugin.
+#[derive(Debug, Error)]
+pub enum LoadErrorKind {
+    /// The name is not usable.
+    #[error("invalid plugin name; use letters, digits, `-` and `_` only")]
+    BadName,
+    /// The .wasm cannot be read.
+    #[error("cannot read the file: {0}")]
+    Read(std::io::Error),
+    /// The manifest is bad.
+    #[error(transparent)]
+    Manifest(ManifestError),
+    /// The component is bad.
+    #[error(transparent)]
+    Component(ComponentError),
+}
+
+/// The plugin folder cannot be listed.
+#[derive(Debug, Error)]
+#[error("plugin folder {}: {source}; create it or pass --plugins DIR", path.display())]
+pub struct DirError {
+    /// The folder.
+    pub path: PathBuf,
+    /// Why.
+    pub source: std::io::Error,
+}
+
+/// Every plugin in a folder: those that loaded and those that failed.
+#[derive(Default)]
+pub struct PluginSet {
+    /// Plugins ready to serve.
+    pub loaded: Vec<LoadedPlugin>,
+    /// Plugins that failed, with the reason.
+    pub failed: Vec<LoadError>,
+}
+
+/// The `.wasm` files in `dir`, sorted by name.
+pub fn plugin_files(dir: &Path) -> Result<Vec<PathBuf>, DirError> {
+    let entries = std::fs::read_dir(dir).map_err(|source| DirError {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "wasm") && p.is_file())
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+/// Load every plugin in `dir`.
+pub async fn load_dir(engine: &WasmEngine, linker: &Linker<HostState>, dir: &Path) -> Result<PluginSet, DirError> {
+    let mut set = PluginSet::default();
+    for path in plugin_files(dir)? {
+        match load_plugin(engine, linker, &path).await {
+            Ok(plugin) => set.loaded.push(plugin),
+            Err(error) => set.failed.push(error),
+        }
+    }
+    Ok(set)
+}
+
+/// Load one plugin: read the manifest, compile off the async threads, check
+/// the world, and smoke-instantiate once.
+pub async fn load_plugin(engine: &WasmEngine, linker: &Linker<HostState>, wasm: &Path) -> Result<LoadedPlugin, LoadError> {
+    let name = wasm
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or_default()
+        .to_string();
+    let fail = |kind| LoadError {
+        name: name.clone(),
+        path: wasm.to_path_buf(),
+        kind,
+    };
+    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+        return Err(fail(LoadErrorKind::BadName));
+    }
+    let manifest = Manifest::load(&wasm.with_extension("toml")).map_err(|e| fail(LoadErrorKind::Manifest(e)))?;
+    let bytes = tokio::fs::read(wasm).await.map_err(|e| fail(LoadErrorKind::Read(e)))?;
+    let compiled = {
+        let engine = engine.clone();
+        let linker = linker.clone();
+        tokio::task::spawn_blocking(move || component::compile(&engine, &linker, &bytes))
+            .await
+            .expect("compile task panicked")
+            .map_err(|e| fail(LoadErrorKind::Component(e)))?
+    };
+    invoke::smoke(engine, &compiled)
+        .await
+        .map_err(|e| fail(LoadErrorKind::Component(e)))?;
+    Ok(LoadedPlugin {
+        name: name.clone(),
+        path: wasm.to_path_buf(),
+        manifest,
+        compiled: Arc::new(compiled),
+    })
+}

@@ -1,0 +1,190 @@
+//! NATS subjects: validating subscription patterns and publish subjects, and
+//! matching a subject against grant patterns (`*` = one token, `>` = the rest).
+//!
+//! Publish grants are the plugin's capability to emit events. Some subjects
+//! are never grantable, whatever a manifest says: the DLQ, the JetStream and
+//! system APIs, KV buckets and reply inboxes.
+
+use thiserror::Error;
+
+/// Subject prefixes a plugin can never publish to.
+pub const RESERVED_PREFIXES: &[&str] = &["$JS.", "$SYS.", "$KV.", "$O.", "_INBOX.", "sluice.dlq."];
+
+/// Why a subject or pattern is invalid.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum SubjectError {
+    /// Empty string.
+    #[error("subject is empty")]
+    Empty,
+    /// An empty token (`a..b`, leading or trailing dot).
+    #[error("subject `{0}` has an empty token (leading, trailing or double dot)")]
+    EmptyToken(String),
+    /// Whitespace or control characters.
+    #[error("subject `{0}` contains whitespace or a control character")]
+    Whitespace(String),
+    /// `>` not as the last token, or a wildcard inside a token (`a*`).
+    #[error("subject pattern `{0}` misuses a wildcard: `*` must be a whole token and `>` only the last token")]
+    BadWildcard(String),
+    /// A wildcard where a concrete subject is required.
+    #[error("subject `{0}` contains a wildcard; publish to a concrete subject")]
+    WildcardInPublish(String),
+}
+
+/// Check a subscription pattern (wildcards allowed).
+pub fn validate_pattern(pattern: &str) -> Result<(), SubjectError> {
+    check_tokens(pattern, true)
+}
+
+/// Check a concrete publish subject (no wildcards).
+pub fn validate_publish_subject(subject: &str) -> Result<(), SubjectError> {
+    check_tokens(subject, false)
+}
+
+fn check_tokens(s: &str, wildcards: bool) -> Result<(), SubjectError> {
+    if s.is_empty() {
+        return Err(SubjectError::Empty);
+    }
+    if s.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(SubjectError::Whitespace(s.to_string()));
+    }
+    let tokens: Vec<&str> = s.split('.').collect();
+    for (i, token) in tokens.iter().enumerate() {
+        if token.is_empty() {
+            return Err(SubjectError::EmptyToken(s.to_string()));
+        }
+        let is_wild = *token == "*" || *token == ">";
+        if is_wild && !wildcards {
+            return Err(SubjectError::WildcardInPublish(s.to_string()));
+        }
+        if *token == ">" && i + 1 != tokens.len() {
+            return Err(SubjectError::BadWildcard(s.to_string()));
+        }
+        if !is_wild && (token.contains('*') || token.contains('>')) {
+            if wildcards {
+                return Err(SubjectError::BadWildcard(s.to_string()));
+            }
+            return Err(SubjectError::WildcardInPublish(s.to_string()));
+        }
+    }
+    Ok(())
+}
+
+/// Whether concrete `subject` matches `pattern`.
+pub fn matches(pattern: &str, subject: &str) -> bool {
+    let mut pat = pattern.split('.');
+    let mut sub = subject.split('.');
+    loop {
+        match (pat.next(), sub.next()) {
+            (Some(">"), Some(_)) => return true,
+            (Some("*"), Some(_)) => {}
+            (Some(p), Some(s)) if p == s => {}
+            (None, None) => return true,
+            _ => return false,
+        }
+    }
+}
+
+/// Whether `subject` is reserved for the system (never publishable by a plugin).
+pub fn is_reserved(subject: &str) -> bool {
+    RESERVED_PREFIXES.iter().any(|p| subject.starts_with(p))
+}
+
+/// The subjects a plugin may publish to.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PublishGrants {
+    patterns: Vec<String>,
+}
+
+/// Why a publish was refused.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum GrantError {
+    /// The subject is syntactically invalid.
+    #[error(transparent)]
+    Invalid(#[from] SubjectError),
+    /// Reserved for the system.
+    #[error("subject `{0}` is reserved for the system ($JS, $SYS, $KV, _INBOX, DLQ) and can never be published by a plugin")]
+    Reserved(String),
+    /// Not covered by any grant.
+    #[error("subject `{subject}` is not in the plugin's publish grants ({grants}); add a matching pattern to `publish` in the manifest")]
+    NotGranted {
+        /// The refused subject.
+        subject: String,
+        /// The grants, comma-separated, or `none`.
+        grants: String,
+    },
+}
+
+impl PublishGrants {
+    /// Grants from validated patterns.
+    pub fn new(patterns: Vec<String>) -> Self {
+        PublishGrants { patterns }
+    }
+
+    /// The granted patterns.
+    pub fn patterns(&self) -> &[String] {
+        &self.patterns
+    }
+
+    /// Decide whether a plugin may publish to `subject`.
+    pub fn check(&self, subject: &str) -> Result<(), GrantError> {
+        validate_publish_subject(subject)?;
+        if is_reserved(subject) {
+            return Err(GrantError::Reserved(subject.to_string()));
+        }
+        if self.patterns.iter().any(|p| matches(p, subject)) {
+            return Ok(());
+        }
+        Err(GrantError::NotGranted {
+            subject: subject.to_string(),
+            grants: if self.patterns.is_empty() {
+                "none".to_string()
+            } else {
+                self.patterns.join(", ")
+            },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wildcard_matching_follows_nats_rules() {
+        assert!(matches("orders.*", "orders.created"));
+        assert!(!matches("orders.*", "orders.created.eu"));
+        assert!(matches("orders.>", "orders.created.eu"));
+        assert!(!matches("orders.>", "orders"));
+        assert!(matches("*.created", "orders.created"));
+        assert!(matches("orders.created", "orders.created"));
+        assert!(!matches("orders.created", "orders.updated"));
+        assert!(matches(">", "anything.at.all"));
+    }
+
+    #[test]
+    fn invalid_patterns_are_named() {
+        assert_eq!(validate_pattern(""), Err(SubjectError::Empty));
+        assert!(matches!(validate_pattern("a..b"), Err(SubjectError::EmptyToken(_))));
+        assert!(matches!(validate_pattern("a.>.b"), Err(SubjectError::BadWildcard(_))));
+        assert!(matches!(validate_pattern("a.b*"), Err(SubjectError::BadWildcard(_))));
+        assert!(matches!(validate_pattern("a b"), Err(SubjectError::Whitespace(_))));
+        assert!(validate_pattern("orders.*.eu.>").is_ok());
+        assert!(matches!(
+            validate_publish_subject("orders.*"),
+            Err(SubjectError::WildcardInPublish(_))
+        ));
+    }
+
+    #[test]
+    fn grants_refuse_reserved_and_ungranted_subjects() {
+        let grants = PublishGrants::new(vec![">".into()]);
+        assert!(grants.check("orders.enriched").is_ok());
+        assert!(matches!(grants.check("$JS.API.STREAM.LIST"), Err(GrantError::Reserved(_))));
+        assert!(matches!(grants.check("_INBOX.abc"), Err(GrantError::Reserved(_))));
+        assert!(matches!(grants.check("sluice.dlq.echo"), Err(GrantError::Reserved(_))));
+        let narrow = PublishGrants::new(vec!["orders.enriched.>".into()]);
+        assert!(narrow.check("orders.enriched.created").is_ok());
+        let err = narrow.check("payments.created").unwrap_err();
+        assert!(err.to_string().contains("orders.enriched.>"), "{err}");
+    }
+}
