@@ -147,7 +147,10 @@ pub fn resolve(overrides: &Overrides, file: FileConfig) -> Result<Settings, Conf
         .filter(|u| !u.is_empty())
         .collect();
     if nats_urls.is_empty() {
-        return Err(invalid("nats_url", "is empty; e.g. nats://127.0.0.1:4222".into()));
+        return Err(invalid(
+            "nats_url",
+            "is empty; e.g. nats://127.0.0.1:4222".into(),
+        ));
     }
     for url in &nats_urls {
         validate_nats_url(url).map_err(|m| invalid("nats_url", m))?;
@@ -168,25 +171,46 @@ pub fn resolve(overrides: &Overrides, file: FileConfig) -> Result<Settings, Conf
             ));
         }
     };
-    let max_concurrency = overrides.max_concurrency.or(file.max_concurrency).unwrap_or(32);
+    let max_concurrency = overrides
+        .max_concurrency
+        .or(file.max_concurrency)
+        .unwrap_or(32);
     if max_concurrency == 0 {
         return Err(invalid("max_concurrency", "must be at least 1".into()));
     }
-    let max_instances = overrides.max_instances.or(file.max_instances).unwrap_or(256);
+    let max_instances = overrides
+        .max_instances
+        .or(file.max_instances)
+        .unwrap_or(256);
     if !(1..=10_000).contains(&max_instances) {
-        return Err(invalid("max_instances", "must be between 1 and 10000".into()));
+        return Err(invalid(
+            "max_instances",
+            "must be between 1 and 10000".into(),
+        ));
     }
-    let timeout = overrides.timeout.or(file.timeout).unwrap_or(Duration::from_secs(5));
+    let timeout = overrides
+        .timeout
+        .or(file.timeout)
+        .unwrap_or(Duration::from_secs(5));
     if timeout.is_zero() {
-        return Err(invalid("timeout", "must be greater than zero, e.g. \"5s\"".into()));
+        return Err(invalid(
+            "timeout",
+            "must be greater than zero, e.g. \"5s\"".into(),
+        ));
     }
     let max_memory_mb = overrides.max_memory_mb.or(file.max_memory_mb).unwrap_or(64);
     if !(1..=4096).contains(&max_memory_mb) {
-        return Err(invalid("max_memory_mb", "must be between 1 and 4096".into()));
+        return Err(invalid(
+            "max_memory_mb",
+            "must be between 1 and 4096".into(),
+        ));
     }
     let retry = apply_retry(RetryPolicy::default(), &file.retry);
     if retry.max_attempts == 0 {
-        return Err(invalid("retry.max_attempts", "must be at least 1 (1 = no retries)".into()));
+        return Err(invalid(
+            "retry.max_attempts",
+            "must be at least 1 (1 = no retries)".into(),
+        ));
     }
     Ok(Settings {
         nats_urls,
@@ -196,7 +220,11 @@ pub fn resolve(overrides: &Overrides, file: FileConfig) -> Result<Settings, Conf
             .or(file.plugins)
             .unwrap_or_else(|| PathBuf::from("plugins")),
         log_format,
-        log: overrides.log.clone().or(file.log).unwrap_or_else(|| "info".into()),
+        log: overrides
+            .log
+            .clone()
+            .or(file.log)
+            .unwrap_or_else(|| "info".into()),
         max_concurrency,
         timeout,
         retry,
@@ -245,7 +273,9 @@ fn validate_nats_url(url: &str) -> Result<(), String> {
     if ok {
         Ok(())
     } else {
-        Err(format!("`{url}` is not a NATS address; use e.g. nats://host:4222"))
+        Err(format!(
+            "`{url}` is not a NATS address; use e.g. nats://host:4222"
+        ))
     }
 }
 
@@ -255,7 +285,10 @@ mod tests {
 
     #[test]
     fn flag_or_env_beats_file_beats_default() {
-        let file: FileConfig = toml::from_str("nats_url = \"nats://file:4222\"\nmax_concurrency = 4\ntimeout = \"2s\"").unwrap();
+        let file: FileConfig = toml::from_str(
+            "nats_url = \"nats://file:4222\"\nmax_concurrency = 4\ntimeout = \"2s\"",
+        )
+        .unwrap();
         let overrides = Overrides {
             nats_url: Some("nats://flag:4222".into()),
             ..Overrides::default()
@@ -270,21 +303,29 @@ mod tests {
 
     #[test]
     fn errors_name_the_key() {
-        let e = toml::from_str::<FileConfig>("nats_ur = \"x\"").unwrap_err().to_string();
+        let e = toml::from_str::<FileConfig>("nats_ur = \"x\"")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("nats_ur"), "{e}");
-        let e = toml::from_str::<FileConfig>("timeout = \"later\"").unwrap_err().to_string();
+        let e = toml::from_str::<FileConfig>("timeout = \"later\"")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("timeout"), "{e}");
         let bad_url = Overrides {
             nats_url: Some("nats://host:notaport".into()),
             ..Overrides::default()
         };
-        let e = resolve(&bad_url, FileConfig::default()).unwrap_err().to_string();
+        let e = resolve(&bad_url, FileConfig::default())
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("nats_url") && e.contains("notaport"), "{e}");
         let bad_format = Overrides {
             log_format: Some("xml".into()),
             ..Overrides::default()
         };
-        let e = resolve(&bad_format, FileConfig::default()).unwrap_err().to_string();
+        let e = resolve(&bad_format, FileConfig::default())
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("log_format"), "{e}");
     }
 
@@ -294,6 +335,9 @@ mod tests {
             nats_url: Some("nats://a:4222, nats://b:4222".into()),
             ..Overrides::default()
         };
-        assert_eq!(resolve(&o, FileConfig::default()).unwrap().nats_urls.len(), 2);
+        assert_eq!(
+            resolve(&o, FileConfig::default()).unwrap().nats_urls.len(),
+            2
+        );
     }
 }

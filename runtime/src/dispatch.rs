@@ -101,7 +101,12 @@ pub struct Dispatcher {
 
 impl Dispatcher {
     /// A dispatcher publishing outboxes through `client`.
-    pub fn new(engine: WasmEngine, client: Client, tasks: TaskTracker, shutdown: CancellationToken) -> Self {
+    pub fn new(
+        engine: WasmEngine,
+        client: Client,
+        tasks: TaskTracker,
+        shutdown: CancellationToken,
+    ) -> Self {
         let instances = Arc::new(Semaphore::new(engine.settings().max_instances as usize));
         Dispatcher {
             engine,
@@ -153,8 +158,14 @@ impl Dispatcher {
                 Err(failure) => failure,
             };
             let _enter = span.enter();
-            let delay = route.retry.delay(attempt, failure.retry_after, &mut rand::rng());
-            if failure.class.is_retryable() && route.retry.should_retry(attempt, first_attempt.elapsed(), delay) {
+            let delay = route
+                .retry
+                .delay(attempt, failure.retry_after, &mut rand::rng());
+            if failure.class.is_retryable()
+                && route
+                    .retry
+                    .should_retry(attempt, first_attempt.elapsed(), delay)
+            {
                 bump(&route.stats.retries, 1);
                 tracing::warn!(
                     error.class = failure.class.as_str(),
@@ -189,7 +200,11 @@ impl Dispatcher {
     }
 
     /// One attempt: invoke, then commit the outbox on success.
-    async fn attempt(&self, route: &Route, event: &crate::engine::bindings::v0_1::sluice::plugin::types::Event) -> Result<(), Failure> {
+    async fn attempt(
+        &self,
+        route: &Route,
+        event: &crate::engine::bindings::v0_1::sluice::plugin::types::Event,
+    ) -> Result<(), Failure> {
         let Ok(_instance) = self.instances.acquire().await else {
             return Err(Failure {
                 class: invoke::FailureClass::Instantiate,
@@ -213,13 +228,19 @@ impl Dispatcher {
             bump(&route.stats.failed_attempts, 1);
             return Err(failure);
         }
-        self.commit(route, &event.idempotency_key, report.published).await?;
+        self.commit(route, &event.idempotency_key, report.published)
+            .await?;
         bump(&route.stats.succeeded, 1);
         tracing::debug!(elapsed = ?report.elapsed, "handled");
         Ok(())
     }
 
-    async fn commit(&self, route: &Route, key: &str, outbox: Vec<OutboundMessage>) -> Result<(), Failure> {
+    async fn commit(
+        &self,
+        route: &Route,
+        key: &str,
+        outbox: Vec<OutboundMessage>,
+    ) -> Result<(), Failure> {
         let count = outbox.len() as u64;
         for (index, message) in outbox.into_iter().enumerate() {
             let headers = convert::outgoing_headers(&message, key, &route.tag.name, index);

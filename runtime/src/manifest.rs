@@ -75,7 +75,9 @@ pub struct ManifestError {
 #[derive(Debug, Error)]
 pub enum ManifestErrorKind {
     /// The file is missing.
-    #[error("missing; every plugin needs a manifest next to its .wasm declaring at least `subjects = [\"...\"]`")]
+    #[error(
+        "missing; every plugin needs a manifest next to its .wasm declaring at least `subjects = [\"...\"]`"
+    )]
     Missing,
     /// Cannot be read.
     #[error("cannot be read: {0}")]
@@ -112,40 +114,59 @@ impl Manifest {
 
     /// Parse and validate manifest text.
     pub fn parse(text: &str) -> Result<Manifest, ManifestErrorKind> {
-        let raw: RawManifest =
-            toml::from_str(text).map_err(|e| ManifestErrorKind::Parse(e.to_string().trim_end().to_string()))?;
+        let raw: RawManifest = toml::from_str(text)
+            .map_err(|e| ManifestErrorKind::Parse(e.to_string().trim_end().to_string()))?;
         let invalid = |key: String, message: String| ManifestErrorKind::Invalid { key, message };
         if raw.subjects.is_empty() {
             return Err(invalid(
                 "subjects".into(),
-                "is empty; list at least one subject pattern, e.g. subjects = [\"orders.>\"]".into(),
+                "is empty; list at least one subject pattern, e.g. subjects = [\"orders.>\"]"
+                    .into(),
             ));
         }
         for (i, pattern) in raw.subjects.iter().enumerate() {
-            subject::validate_pattern(pattern).map_err(|e| invalid(format!("subjects[{i}]"), e.to_string()))?;
+            subject::validate_pattern(pattern)
+                .map_err(|e| invalid(format!("subjects[{i}]"), e.to_string()))?;
         }
         for (i, pattern) in raw.publish.iter().enumerate() {
-            subject::validate_pattern(pattern).map_err(|e| invalid(format!("publish[{i}]"), e.to_string()))?;
+            subject::validate_pattern(pattern)
+                .map_err(|e| invalid(format!("publish[{i}]"), e.to_string()))?;
         }
-        if let Some(group) = &raw.queue_group {
-            if group.is_empty() || group.chars().any(|c| c.is_whitespace() || c.is_control()) {
-                return Err(invalid(
-                    "queue_group".into(),
-                    format!("`{group}` is not a valid queue group name (non-empty, no whitespace)"),
-                ));
-            }
+        if let Some(group) = &raw.queue_group
+            && (group.is_empty() || group.chars().any(|c| c.is_whitespace() || c.is_control()))
+        {
+            return Err(invalid(
+                "queue_group".into(),
+                format!("`{group}` is not a valid queue group name (non-empty, no whitespace)"),
+            ));
         }
         if raw.max_concurrency == Some(0) {
-            return Err(invalid("max_concurrency".into(), "must be at least 1".into()));
+            return Err(invalid(
+                "max_concurrency".into(),
+                "must be at least 1".into(),
+            ));
         }
         if raw.timeout.is_some_and(|t| t.is_zero()) {
-            return Err(invalid("timeout".into(), "must be greater than zero, e.g. \"5s\"".into()));
+            return Err(invalid(
+                "timeout".into(),
+                "must be greater than zero, e.g. \"5s\"".into(),
+            ));
         }
         if raw.retry.max_attempts == Some(0) {
-            return Err(invalid("retry.max_attempts".into(), "must be at least 1 (1 = no retries)".into()));
+            return Err(invalid(
+                "retry.max_attempts".into(),
+                "must be at least 1 (1 = no retries)".into(),
+            ));
         }
-        if raw.retry.multiplier.is_some_and(|m| !(1.0..=100.0).contains(&m)) {
-            return Err(invalid("retry.multiplier".into(), "must be between 1.0 and 100.0".into()));
+        if raw
+            .retry
+            .multiplier
+            .is_some_and(|m| !(1.0..=100.0).contains(&m))
+        {
+            return Err(invalid(
+                "retry.multiplier".into(),
+                "must be between 1.0 and 100.0".into(),
+            ));
         }
         Ok(Manifest {
             subjects: raw.subjects,
@@ -187,13 +208,19 @@ mod tests {
 
     #[test]
     fn errors_name_the_key() {
-        let unknown = Manifest::parse("subjects = [\"a\"]\nsubjcts = 1").unwrap_err().to_string();
+        let unknown = Manifest::parse("subjects = [\"a\"]\nsubjcts = 1")
+            .unwrap_err()
+            .to_string();
         assert!(unknown.contains("subjcts"), "{unknown}");
         let missing = Manifest::parse("publish = []").unwrap_err().to_string();
         assert!(missing.contains("subjects"), "{missing}");
-        let bad = Manifest::parse("subjects = [\"a\", \"b..c\"]").unwrap_err().to_string();
+        let bad = Manifest::parse("subjects = [\"a\", \"b..c\"]")
+            .unwrap_err()
+            .to_string();
         assert!(bad.contains("subjects[1]") && bad.contains("b..c"), "{bad}");
-        let dur = Manifest::parse("subjects = [\"a\"]\ntimeout = \"soon\"").unwrap_err().to_string();
+        let dur = Manifest::parse("subjects = [\"a\"]\ntimeout = \"soon\"")
+            .unwrap_err()
+            .to_string();
         assert!(dur.contains("timeout"), "{dur}");
         let empty = Manifest::parse("subjects = []").unwrap_err().to_string();
         assert!(empty.contains("subjects"), "{empty}");
@@ -201,7 +228,12 @@ mod tests {
 
     #[test]
     fn missing_file_says_what_to_do() {
-        let err = Manifest::load(Path::new("/nonexistent/echo.toml")).unwrap_err().to_string();
-        assert!(err.contains("/nonexistent/echo.toml") && err.contains("subjects"), "{err}");
+        let err = Manifest::load(Path::new("/nonexistent/echo.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("/nonexistent/echo.toml") && err.contains("subjects"),
+            "{err}"
+        );
     }
 }

@@ -90,7 +90,11 @@ pub fn plugin_files(dir: &Path) -> Result<Vec<PathBuf>, DirError> {
 }
 
 /// Load every plugin in `dir`.
-pub async fn load_dir(engine: &WasmEngine, linker: &Linker<HostState>, dir: &Path) -> Result<PluginSet, DirError> {
+pub async fn load_dir(
+    engine: &WasmEngine,
+    linker: &Linker<HostState>,
+    dir: &Path,
+) -> Result<PluginSet, DirError> {
     let mut set = PluginSet::default();
     for path in plugin_files(dir)? {
         match load_plugin(engine, linker, &path).await {
@@ -103,7 +107,11 @@ pub async fn load_dir(engine: &WasmEngine, linker: &Linker<HostState>, dir: &Pat
 
 /// Load one plugin: read the manifest, compile off the async threads, check
 /// the world, and smoke-instantiate once.
-pub async fn load_plugin(engine: &WasmEngine, linker: &Linker<HostState>, wasm: &Path) -> Result<LoadedPlugin, LoadError> {
+pub async fn load_plugin(
+    engine: &WasmEngine,
+    linker: &Linker<HostState>,
+    wasm: &Path,
+) -> Result<LoadedPlugin, LoadError> {
     let name = wasm
         .file_stem()
         .and_then(|s| s.to_str())
@@ -114,11 +122,18 @@ pub async fn load_plugin(engine: &WasmEngine, linker: &Linker<HostState>, wasm: 
         path: wasm.to_path_buf(),
         kind,
     };
-    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
         return Err(fail(LoadErrorKind::BadName));
     }
-    let manifest = Manifest::load(&wasm.with_extension("toml")).map_err(|e| fail(LoadErrorKind::Manifest(e)))?;
-    let bytes = tokio::fs::read(wasm).await.map_err(|e| fail(LoadErrorKind::Read(e)))?;
+    let manifest = Manifest::load(&wasm.with_extension("toml"))
+        .map_err(|e| fail(LoadErrorKind::Manifest(e)))?;
+    let bytes = tokio::fs::read(wasm)
+        .await
+        .map_err(|e| fail(LoadErrorKind::Read(e)))?;
     let compiled = {
         let engine = engine.clone();
         let linker = linker.clone();

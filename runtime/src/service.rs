@@ -210,7 +210,12 @@ async fn serve(
         Err(e) => return Err(e.into()),
     };
     let tasks = TaskTracker::new();
-    let dispatcher = Arc::new(Dispatcher::new(engine, client.clone(), tasks.clone(), shutdown.clone()));
+    let dispatcher = Arc::new(Dispatcher::new(
+        engine,
+        client.clone(),
+        tasks.clone(),
+        shutdown.clone(),
+    ));
     let subscriptions = TaskTracker::new();
     for (plugin, route) in routes {
         for subject in &plugin.manifest.subjects {
@@ -254,8 +259,13 @@ async fn serve(
     subscriptions.close();
     subscriptions.wait().await;
     tasks.close();
-    if tokio::time::timeout(SHUTDOWN_GRACE, tasks.wait()).await.is_err() {
-        tracing::warn!("in-flight events did not finish within {SHUTDOWN_GRACE:?}; stopping anyway");
+    if tokio::time::timeout(SHUTDOWN_GRACE, tasks.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "in-flight events did not finish within {SHUTDOWN_GRACE:?}; stopping anyway"
+        );
     }
     if let Err(e) = client.flush().await {
         tracing::warn!("final NATS flush failed: {e}");

@@ -23,7 +23,9 @@ pub enum SubjectError {
     #[error("subject `{0}` contains whitespace or a control character")]
     Whitespace(String),
     /// `>` not as the last token, or a wildcard inside a token (`a*`).
-    #[error("subject pattern `{0}` misuses a wildcard: `*` must be a whole token and `>` only the last token")]
+    #[error(
+        "subject pattern `{0}` misuses a wildcard: `*` must be a whole token and `>` only the last token"
+    )]
     BadWildcard(String),
     /// A wildcard where a concrete subject is required.
     #[error("subject `{0}` contains a wildcard; publish to a concrete subject")]
@@ -102,10 +104,14 @@ pub enum GrantError {
     #[error(transparent)]
     Invalid(#[from] SubjectError),
     /// Reserved for the system.
-    #[error("subject `{0}` is reserved for the system ($JS, $SYS, $KV, _INBOX, DLQ) and can never be published by a plugin")]
+    #[error(
+        "subject `{0}` is reserved for the system ($JS, $SYS, $KV, _INBOX, DLQ) and can never be published by a plugin"
+    )]
     Reserved(String),
     /// Not covered by any grant.
-    #[error("subject `{subject}` is not in the plugin's publish grants ({grants}); add a matching pattern to `publish` in the manifest")]
+    #[error(
+        "subject `{subject}` is not in the plugin's publish grants ({grants}); add a matching pattern to `publish` in the manifest"
+    )]
     NotGranted {
         /// The refused subject.
         subject: String,
@@ -164,10 +170,22 @@ mod tests {
     #[test]
     fn invalid_patterns_are_named() {
         assert_eq!(validate_pattern(""), Err(SubjectError::Empty));
-        assert!(matches!(validate_pattern("a..b"), Err(SubjectError::EmptyToken(_))));
-        assert!(matches!(validate_pattern("a.>.b"), Err(SubjectError::BadWildcard(_))));
-        assert!(matches!(validate_pattern("a.b*"), Err(SubjectError::BadWildcard(_))));
-        assert!(matches!(validate_pattern("a b"), Err(SubjectError::Whitespace(_))));
+        assert!(matches!(
+            validate_pattern("a..b"),
+            Err(SubjectError::EmptyToken(_))
+        ));
+        assert!(matches!(
+            validate_pattern("a.>.b"),
+            Err(SubjectError::BadWildcard(_))
+        ));
+        assert!(matches!(
+            validate_pattern("a.b*"),
+            Err(SubjectError::BadWildcard(_))
+        ));
+        assert!(matches!(
+            validate_pattern("a b"),
+            Err(SubjectError::Whitespace(_))
+        ));
         assert!(validate_pattern("orders.*.eu.>").is_ok());
         assert!(matches!(
             validate_publish_subject("orders.*"),
@@ -179,9 +197,18 @@ mod tests {
     fn grants_refuse_reserved_and_ungranted_subjects() {
         let grants = PublishGrants::new(vec![">".into()]);
         assert!(grants.check("orders.enriched").is_ok());
-        assert!(matches!(grants.check("$JS.API.STREAM.LIST"), Err(GrantError::Reserved(_))));
-        assert!(matches!(grants.check("_INBOX.abc"), Err(GrantError::Reserved(_))));
-        assert!(matches!(grants.check("sluice.dlq.echo"), Err(GrantError::Reserved(_))));
+        assert!(matches!(
+            grants.check("$JS.API.STREAM.LIST"),
+            Err(GrantError::Reserved(_))
+        ));
+        assert!(matches!(
+            grants.check("_INBOX.abc"),
+            Err(GrantError::Reserved(_))
+        ));
+        assert!(matches!(
+            grants.check("sluice.dlq.echo"),
+            Err(GrantError::Reserved(_))
+        ));
         let narrow = PublishGrants::new(vec!["orders.enriched.>".into()]);
         assert!(narrow.check("orders.enriched.created").is_ok());
         let err = narrow.check("payments.created").unwrap_err();

@@ -11,6 +11,8 @@ pub fn init(format: LogFormat, filter: &str) {
         .ok()
         .filter(|f| !f.is_empty())
         .unwrap_or_else(|| filter.to_string());
+    // async-nats logs every connect at info; the host reports connection state itself.
+    let filter = format!("async_nats=warn,{filter}");
     let filter = EnvFilter::try_new(&filter).unwrap_or_else(|e| {
         eprintln!("sluice: invalid log filter `{filter}` ({e}); using `info`");
         EnvFilter::new("info")

@@ -13,7 +13,10 @@ use sluice::service::{self, HostHandle};
 
 /// The repository root.
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 /// The nats-server binary: `$NATS_SERVER_BIN`, the copy `make test` installs
@@ -95,7 +98,9 @@ impl NatsServer {
 
     /// A connected client.
     pub async fn client(&self) -> async_nats::Client {
-        async_nats::connect(self.url()).await.expect("test client connects")
+        async_nats::connect(self.url())
+            .await
+            .expect("test client connects")
     }
 }
 
@@ -108,7 +113,11 @@ impl Drop for NatsServer {
 
 /// A port nothing listens on right now.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// The folder holding the built plugin components (`<crate>.wasm`). Builds
@@ -164,7 +173,11 @@ impl PluginDir {
 
     /// Install built plugin `crate_name` as `name` with `manifest` text.
     pub fn add(&self, name: &str, crate_name: &str, manifest: &str) -> &Self {
-        std::fs::copy(plugin_wasm(crate_name), self.path().join(format!("{name}.wasm"))).expect("copy plugin");
+        std::fs::copy(
+            plugin_wasm(crate_name),
+            self.path().join(format!("{name}.wasm")),
+        )
+        .expect("copy plugin");
         self.write(&format!("{name}.toml"), manifest.as_bytes())
     }
 
@@ -196,13 +209,20 @@ pub async fn start_host(nats_url: &str, plugins: &Path) -> HostHandle {
 pub async fn eventually(timeout: Duration, what: &str, mut condition: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while !condition() {
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for: {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for: {what}"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 
 /// Receive the next message of `sub` within `timeout`, or panic naming `what`.
-pub async fn next_message(sub: &mut async_nats::Subscriber, timeout: Duration, what: &str) -> async_nats::Message {
+pub async fn next_message(
+    sub: &mut async_nats::Subscriber,
+    timeout: Duration,
+    what: &str,
+) -> async_nats::Message {
     use futures::StreamExt;
     tokio::time::timeout(timeout, sub.next())
         .await

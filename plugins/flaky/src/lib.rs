@@ -20,10 +20,15 @@ fn handle(event: Event) -> HandlerResult {
     )?;
     if event.attempt <= fail_times {
         let message = format!("simulated failure {} of {fail_times}", event.attempt);
-        return Err(match event.header("x-retry-after-ms").and_then(|v| v.parse().ok()) {
-            Some(ms) => HandlerError::retry_after(message, Duration::from_millis(ms)),
-            None => HandlerError::retryable(message),
-        });
+        return Err(
+            match event
+                .header("x-retry-after-ms")
+                .and_then(|v| v.parse().ok())
+            {
+                Some(ms) => HandlerError::retry_after(message, Duration::from_millis(ms)),
+                None => HandlerError::retryable(message),
+            },
+        );
     }
     sluice_sdk::info!("flaky succeeded on attempt {}", event.attempt);
     Ok(())

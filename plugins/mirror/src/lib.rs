@@ -16,7 +16,11 @@ fn handle(event: Event) -> HandlerResult {
     headers.push(("x-idempotency-key", &event.idempotency_key));
     headers.push(("x-attempt", &attempt));
     headers.push(("x-reply-to", &reply));
-    sluice_sdk::publish_with_headers(&format!("mirror.{}", event.subject), &event.payload, &headers)?;
+    sluice_sdk::publish_with_headers(
+        &format!("mirror.{}", event.subject),
+        &event.payload,
+        &headers,
+    )?;
     Ok(())
 }
 

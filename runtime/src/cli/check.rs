@@ -57,7 +57,10 @@ pub async fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Err(reason) => {
-            eprintln!("error: {} is not a usable sluice plugin: {reason}", args.file.display());
+            eprintln!(
+                "error: {} is not a usable sluice plugin: {reason}",
+                args.file.display()
+            );
             Ok(ExitCode::FAILURE)
         }
     }

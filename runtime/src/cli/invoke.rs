@@ -49,7 +49,9 @@ pub struct InvokeArgs {
 pub async fn invoke(args: InvokeArgs) -> anyhow::Result<ExitCode> {
     subject::validate_publish_subject(&args.subject).context("--subject")?;
     let payload = match args.data.strip_prefix('@') {
-        Some(path) => std::fs::read(path).with_context(|| format!("--data: cannot read file {path}"))?,
+        Some(path) => {
+            std::fs::read(path).with_context(|| format!("--data: cannot read file {path}"))?
+        }
         None => args.data.clone().into_bytes(),
     };
     let mut headers = Vec::new();
@@ -73,7 +75,8 @@ pub async fn invoke(args: InvokeArgs) -> anyhow::Result<ExitCode> {
         }
     };
 
-    let bytes = std::fs::read(&args.file).with_context(|| format!("cannot read {}", args.file.display()))?;
+    let bytes = std::fs::read(&args.file)
+        .with_context(|| format!("cannot read {}", args.file.display()))?;
     let engine = WasmEngine::new(EngineSettings {
         max_instances: 4,
         ..EngineSettings::default()
@@ -85,7 +88,10 @@ pub async fn invoke(args: InvokeArgs) -> anyhow::Result<ExitCode> {
     }
     .with_context(|| format!("{} is not a usable sluice plugin", args.file.display()))?;
 
-    let msg_id = headers.iter().find(|h| h.name == MSG_ID_HEADER).map(|h| h.value.as_str());
+    let msg_id = headers
+        .iter()
+        .find(|h| h.name == MSG_ID_HEADER)
+        .map(|h| h.value.as_str());
     let key = idempotency_key(msg_id, &args.subject, &payload);
     let event = types::Event {
         subject: args.subject.clone(),
@@ -100,7 +106,12 @@ pub async fn invoke(args: InvokeArgs) -> anyhow::Result<ExitCode> {
             reply_to: None,
         },
     };
-    let name = args.file.file_stem().and_then(|s| s.to_str()).unwrap_or("plugin").to_string();
+    let name = args
+        .file
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or("plugin")
+        .to_string();
     let report = engine_invoke::invoke(
         &engine,
         &compiled,
@@ -129,12 +140,22 @@ pub async fn invoke(args: InvokeArgs) -> anyhow::Result<ExitCode> {
     {
         println!("retry after: {delay:?}");
     }
-    println!("plugin: {name} version {} (contract {})", compiled.info.version, compiled.info.contract_version);
+    println!(
+        "plugin: {name} version {} (contract {})",
+        compiled.info.version, compiled.info.contract_version
+    );
     println!("idempotency key: {key}");
-    println!("elapsed: {:?} (instantiate {:?})", report.elapsed, report.instantiate_time);
+    println!(
+        "elapsed: {:?} (instantiate {:?})",
+        report.elapsed, report.instantiate_time
+    );
     println!("logs ({}):", report.logs.len());
     for record in &report.logs {
-        let fields: String = record.fields.iter().map(|(k, v)| format!(" {k}={v}")).collect();
+        let fields: String = record
+            .fields
+            .iter()
+            .map(|(k, v)| format!(" {k}={v}"))
+            .collect();
         println!("  [{}] {}{}", record.level, record.message, fields);
     }
     println!("output ({} lines):", report.output.len());

@@ -19,7 +19,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         nats = %settings.nats_urls.join(","), plugins = %settings.plugins.display(),
         "starting sluice {}", env!("CARGO_PKG_VERSION")
     );
-    let host = service::start(settings).await.context("sluice cannot start")?;
+    let host = service::start(settings)
+        .await
+        .context("sluice cannot start")?;
     let stop = host.shutdown_token();
     tokio::spawn(async move {
         wait_for_signal().await;

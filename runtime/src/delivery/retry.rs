@@ -36,7 +36,10 @@ impl Default for RetryPolicy {
 impl RetryPolicy {
     /// The exponential bound for the retry after failed attempt `attempt` (1-based).
     pub fn bound(&self, attempt: u32) -> Duration {
-        let exp = self.multiplier.max(1.0).powi(attempt.saturating_sub(1).min(64) as i32);
+        let exp = self
+            .multiplier
+            .max(1.0)
+            .powi(attempt.saturating_sub(1).min(64) as i32);
         let secs = (self.initial_delay.as_secs_f64() * exp).min(self.max_delay.as_secs_f64());
         Duration::from_secs_f64(secs)
     }
@@ -49,7 +52,9 @@ impl RetryPolicy {
         let jittered = if bound.is_zero() {
             bound
         } else {
-            Duration::from_nanos(rng.random_range(0..=bound.as_nanos().min(u64::MAX as u128) as u64))
+            Duration::from_nanos(
+                rng.random_range(0..=bound.as_nanos().min(u64::MAX as u128) as u64),
+            )
         };
         jittered.max(hint.unwrap_or_default()).min(self.max_delay)
     }
@@ -100,15 +105,23 @@ mod tests {
         assert!(delays.iter().all(|d| *d <= p.bound(3)));
         let min = delays.iter().min().unwrap();
         let max = delays.iter().max().unwrap();
-        assert!(*max - *min > p.bound(3) / 2, "jitter should spread: {min:?}..{max:?}");
+        assert!(
+            *max - *min > p.bound(3) / 2,
+            "jitter should spread: {min:?}..{max:?}"
+        );
     }
 
     #[test]
     fn hint_is_honoured_within_max_delay() {
         let p = policy();
         let mut rng = StdRng::seed_from_u64(1);
-        assert!(p.delay(1, Some(Duration::from_millis(700)), &mut rng) >= Duration::from_millis(700));
-        assert_eq!(p.delay(1, Some(Duration::from_secs(60)), &mut rng), Duration::from_secs(2));
+        assert!(
+            p.delay(1, Some(Duration::from_millis(700)), &mut rng) >= Duration::from_millis(700)
+        );
+        assert_eq!(
+            p.delay(1, Some(Duration::from_secs(60)), &mut rng),
+            Duration::from_secs(2)
+        );
     }
 
     #[test]

@@ -15,16 +15,22 @@ use crate::host::HostState;
 #[derive(Debug, Error)]
 pub enum ComponentError {
     /// Not WebAssembly at all.
-    #[error("not a WebAssembly file (it does not start with the `\\0asm` header); copy the `.wasm` produced by `cargo build --target wasm32-wasip2 --release`")]
+    #[error(
+        "not a WebAssembly file (it does not start with the `\\0asm` header); copy the `.wasm` produced by `cargo build --target wasm32-wasip2 --release`"
+    )]
     NotWasm,
     /// A core module, not a component.
-    #[error("this is a core WebAssembly module, not a component; build it for the `wasm32-wasip2` target (or wrap it with `wasm-tools component new`)")]
+    #[error(
+        "this is a core WebAssembly module, not a component; build it for the `wasm32-wasip2` target (or wrap it with `wasm-tools component new`)"
+    )]
     CoreModule,
     /// Wasm, but compilation failed (truncated, corrupt, unsupported feature).
     #[error("not a valid component (truncated or corrupt?): {0}")]
     Invalid(String),
     /// A component of another world.
-    #[error("the component does not implement the sluice world: it exports [{exports}] but must export `sluice:plugin/handler@<version>` (this host accepts versions {accepted})")]
+    #[error(
+        "the component does not implement the sluice world: it exports [{exports}] but must export `sluice:plugin/handler@<version>` (this host accepts versions {accepted})"
+    )]
     WrongWorld {
         /// What it exports instead.
         exports: String,
@@ -32,7 +38,9 @@ pub enum ComponentError {
         accepted: String,
     },
     /// An import the host does not provide.
-    #[error("the component needs imports this host does not provide: {0}. A plugin may import WASI 0.2 and sluice:plugin/{{logging,publisher}}")]
+    #[error(
+        "the component needs imports this host does not provide: {0}. A plugin may import WASI 0.2 and sluice:plugin/{{logging,publisher}}"
+    )]
     UnsatisfiedImport(String),
     /// Instantiation failed (start function trapped, resources exhausted).
     #[error("the component failed to instantiate: {0}")]
@@ -90,8 +98,14 @@ pub fn compile(
     let component = Component::new(engine.engine(), bytes)
         .map_err(|e| ComponentError::Invalid(format!("{e:#}")))?;
     let ty = component.component_type();
-    let imports: Vec<String> = ty.imports(engine.engine()).map(|(n, _)| n.to_string()).collect();
-    let exports: Vec<String> = ty.exports(engine.engine()).map(|(n, _)| n.to_string()).collect();
+    let imports: Vec<String> = ty
+        .imports(engine.engine())
+        .map(|(n, _)| n.to_string())
+        .collect();
+    let exports: Vec<String> = ty
+        .exports(engine.engine())
+        .map(|(n, _)| n.to_string())
+        .collect();
     let Some(contract_version) = CONTRACT_VERSIONS
         .iter()
         .find(|v| exports.contains(&handler_export(v)))
@@ -133,8 +147,14 @@ mod tests {
 
     #[test]
     fn headers_are_classified() {
-        assert!(matches!(check_header(b"garbage!garbage"), Err(ComponentError::NotWasm)));
-        assert!(matches!(check_header(b"\0asm"), Err(ComponentError::NotWasm)));
+        assert!(matches!(
+            check_header(b"garbage!garbage"),
+            Err(ComponentError::NotWasm)
+        ));
+        assert!(matches!(
+            check_header(b"\0asm"),
+            Err(ComponentError::NotWasm)
+        ));
         assert!(matches!(
             check_header(b"\0asm\x01\0\0\0"),
             Err(ComponentError::CoreModule)

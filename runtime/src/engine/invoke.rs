@@ -13,7 +13,9 @@ use wasmtime::{Store, Trap, UpdateDeadline};
 use crate::engine::WasmEngine;
 use crate::engine::bindings::v0_1::sluice::plugin::types;
 use crate::engine::component::CompiledPlugin;
-use crate::host::{HostState, LogRecord, LogSink, MemoryLimiter, OutboundMessage, PluginTag, PublishLimits};
+use crate::host::{
+    HostState, LogRecord, LogSink, MemoryLimiter, OutboundMessage, PluginTag, PublishLimits,
+};
 use crate::subject::PublishGrants;
 
 /// Per-invocation limits.
@@ -127,18 +129,29 @@ pub struct InvocationRequest<'a> {
 }
 
 /// Run `request` on a fresh instance of `plugin`.
-pub async fn invoke(engine: &WasmEngine, plugin: &CompiledPlugin, request: InvocationRequest<'_>) -> InvocationReport {
+pub async fn invoke(
+    engine: &WasmEngine,
+    plugin: &CompiledPlugin,
+    request: InvocationRequest<'_>,
+) -> InvocationReport {
     let started = Instant::now();
     let deadline = started + request.limits.timeout;
     let logs = LogSink::new(
         request.tag.clone(),
-        Arc::from(request.event.subject.as_str()),
-        Arc::from(request.event.idempotency_key.as_str()),
         request.limits.max_log_records,
         request.keep_logs,
     );
-    let limiter = MemoryLimiter::new(request.limits.max_memory_bytes, request.limits.max_table_elements);
-    let mut state = HostState::new(request.tag, request.grants, request.limits.publish, limiter, logs);
+    let limiter = MemoryLimiter::new(
+        request.limits.max_memory_bytes,
+        request.limits.max_table_elements,
+    );
+    let mut state = HostState::new(
+        request.tag,
+        request.grants,
+        request.limits.publish,
+        limiter,
+        logs,
+    );
     if request.keep_logs {
         state.output.keep_lines();
     }
@@ -194,7 +207,12 @@ pub async fn invoke(engine: &WasmEngine, plugin: &CompiledPlugin, request: Invoc
             message,
             retry_after: None,
         }),
-        Err((class, error)) => Err(classify(class, &error, &state.limiter, request.limits.timeout)),
+        Err((class, error)) => Err(classify(
+            class,
+            &error,
+            &state.limiter,
+            request.limits.timeout,
+        )),
     };
     let published = if outcome.is_ok() {
         state.outbox.take()
@@ -212,7 +230,12 @@ pub async fn invoke(engine: &WasmEngine, plugin: &CompiledPlugin, request: Invoc
     }
 }
 
-fn classify(class: FailureClass, error: &wasmtime::Error, limiter: &MemoryLimiter, timeout: Duration) -> Failure {
+fn classify(
+    class: FailureClass,
+    error: &wasmtime::Error,
+    limiter: &MemoryLimiter,
+    timeout: Duration,
+) -> Failure {
     let class = match error.downcast_ref::<Trap>() {
         Some(Trap::Interrupt) => FailureClass::DeadlineExceeded,
         Some(Trap::StackOverflow) => FailureClass::StackOverflow,
@@ -250,14 +273,20 @@ fn truncate(mut s: String, max: usize) -> String {
 
 /// Instantiate `plugin` once without calling it, to catch failures that only
 /// show at instantiation before the plugin is put in service.
-pub async fn smoke(engine: &WasmEngine, plugin: &CompiledPlugin) -> Result<(), crate::engine::component::ComponentError> {
+pub async fn smoke(
+    engine: &WasmEngine,
+    plugin: &CompiledPlugin,
+) -> Result<(), crate::engine::component::ComponentError> {
     let tag = PluginTag {
         name: "smoke-test".into(),
         version: plugin.info.version.as_str().into(),
     };
     let limits = InvokeLimits::default();
-    let logs = LogSink::new(tag.clone(), "".into(), "".into(), 0, false);
-    let limiter = MemoryLimiter::new(engine.settings().max_memory_bytes, engine.settings().max_table_elements);
+    let logs = LogSink::new(tag.clone(), 0, false);
+    let limiter = MemoryLimiter::new(
+        engine.settings().max_memory_bytes,
+        engine.settings().max_table_elements,
+    );
     let state = HostState::new(tag, Arc::default(), limits.publish, limiter, logs);
     let mut store = Store::new(engine.engine(), state);
     store.limiter(|s| &mut s.limiter);

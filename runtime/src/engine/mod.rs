@@ -52,7 +52,9 @@ impl Default for EngineSettings {
 
 /// Failure to build the engine (for example, the pool cannot reserve memory).
 #[derive(Debug, Error)]
-#[error("cannot create the WebAssembly engine: {source:#}. Lower max_instances or max_memory in the host config")]
+#[error(
+    "cannot create the WebAssembly engine: {source:#}. Lower max_instances or max_memory in the host config"
+)]
 pub struct EngineError {
     #[source]
     source: wasmtime::Error,
@@ -71,7 +73,8 @@ pub struct WasmEngine {
 impl WasmEngine {
     /// Build the engine with the pooling allocator sized from `settings`.
     pub fn new(settings: EngineSettings) -> Result<Self, EngineError> {
-        let engine = Engine::new(&engine_config(&settings)).map_err(|source| EngineError { source })?;
+        let engine =
+            Engine::new(&engine_config(&settings)).map_err(|source| EngineError { source })?;
         let ticker = EpochTicker::start(engine.clone(), settings.epoch_tick);
         Ok(WasmEngine {
             engine,

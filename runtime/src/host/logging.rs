@@ -1,11 +1,9 @@
 //! The `logging` import: plugin log records go to the host's tracing log,
-//! tagged with plugin, version, subject and idempotency key, and (for `sluice
+//! inside the event's span (plugin, version, subject, key, attempt), and (for `sluice
 //! invoke`) are also kept so the author sees them.
 //!
 //! A per-event cap bounds how much one event can log; records past it are
 //! counted and summarised once instead of flooding the log.
-
-use std::sync::Arc;
 
 use crate::engine::bindings::v0_1::sluice::plugin::{logging, types};
 use crate::host::{HostState, PluginTag};
@@ -25,8 +23,6 @@ pub struct LogRecord {
 #[derive(Debug)]
 pub struct LogSink {
     tag: PluginTag,
-    subject: Arc<str>,
-    key: Arc<str>,
     max_records: u32,
     emitted: u32,
     dropped: u32,
@@ -36,11 +32,9 @@ pub struct LogSink {
 
 impl LogSink {
     /// A sink for one event; `keep` retains records for the caller.
-    pub fn new(tag: PluginTag, subject: Arc<str>, key: Arc<str>, max_records: u32, keep: bool) -> Self {
+    pub fn new(tag: PluginTag, max_records: u32, keep: bool) -> Self {
         LogSink {
             tag,
-            subject,
-            key,
             max_records,
             emitted: 0,
             dropped: 0,
@@ -64,7 +58,7 @@ impl LogSink {
         if self.emitted >= self.max_records {
             if self.dropped == 0 {
                 tracing::warn!(
-                    plugin = %self.tag.name, version = %self.tag.version, subject = %self.subject,
+                    plugin = %self.tag.name, version = %self.tag.version,
                     "plugin reached its limit of {} log records for this event; dropping the rest",
                     self.max_records
                 );
@@ -73,17 +67,12 @@ impl LogSink {
             return;
         }
         self.emitted += 1;
-        let rendered: String = fields
-            .iter()
-            .map(|(k, v)| format!(" {k}={v}"))
-            .collect();
+        let rendered: String = fields.iter().map(|(k, v)| format!(" {k}={v}")).collect();
         macro_rules! emit {
             ($lvl:expr) => {
                 tracing::event!(
                     target: "sluice::plugin", $lvl,
-                    plugin = %self.tag.name, version = %self.tag.version,
-                    subject = %self.subject, key = %self.key,
-                    "{message}{rendered}"
+                    "{}: {message}{rendered}", self.tag.name
                 )
             };
         }

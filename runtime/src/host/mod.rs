@@ -21,7 +21,7 @@ use crate::engine::bindings::v0_1;
 use crate::subject::PublishGrants;
 pub use limiter::MemoryLimiter;
 pub use logging::{LogRecord, LogSink};
-pub use publisher::{Outbox, OutboundMessage, PublishLimits};
+pub use publisher::{OutboundMessage, Outbox, PublishLimits};
 pub use stdio::CapturedOutput;
 
 /// Identifies the plugin version an instance belongs to, for log tagging.
@@ -60,7 +60,10 @@ impl HostState {
         let mut builder = WasiCtx::builder();
         builder.stdout(output.stdout()).stderr(output.stderr());
         // Nothing else is granted: no dirs, env, args, or network.
-        builder.allow_tcp(false).allow_udp(false).allow_ip_name_lookup(false);
+        builder
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false);
         HostState {
             wasi: builder.build(),
             table: ResourceTable::new(),

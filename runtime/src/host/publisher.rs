@@ -169,13 +169,31 @@ mod tests {
     #[test]
     fn outbox_enforces_grants_and_limits() {
         let grants = Arc::new(PublishGrants::new(vec!["out.>".into()]));
-        let mut outbox = Outbox::new(grants, PublishLimits { max_messages: 2, max_bytes: 10 });
+        let mut outbox = Outbox::new(
+            grants,
+            PublishLimits {
+                max_messages: 2,
+                max_bytes: 10,
+            },
+        );
         assert!(outbox.push(msg("out.a", 4)).is_ok());
-        assert!(matches!(outbox.push(msg("other", 1)), Err(types::PublishError::NotGranted(_))));
-        assert!(matches!(outbox.push(msg("out.*", 1)), Err(types::PublishError::InvalidSubject(_))));
-        assert!(matches!(outbox.push(msg("out.b", 7)), Err(types::PublishError::LimitExceeded(_))));
+        assert!(matches!(
+            outbox.push(msg("other", 1)),
+            Err(types::PublishError::NotGranted(_))
+        ));
+        assert!(matches!(
+            outbox.push(msg("out.*", 1)),
+            Err(types::PublishError::InvalidSubject(_))
+        ));
+        assert!(matches!(
+            outbox.push(msg("out.b", 7)),
+            Err(types::PublishError::LimitExceeded(_))
+        ));
         assert!(outbox.push(msg("out.b", 6)).is_ok());
-        assert!(matches!(outbox.push(msg("out.c", 0)), Err(types::PublishError::LimitExceeded(_))));
+        assert!(matches!(
+            outbox.push(msg("out.c", 0)),
+            Err(types::PublishError::LimitExceeded(_))
+        ));
         assert_eq!(outbox.refused(), 4);
         assert_eq!(outbox.take().len(), 2);
     }

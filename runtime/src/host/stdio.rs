@@ -126,12 +126,10 @@ impl CapturedOutput {
         let line = line.trim_end_matches('\r');
         match stream {
             Stream::Stdout => tracing::info!(
-                target: "sluice::plugin", plugin = %self.tag.name, version = %self.tag.version,
-                stream = "stdout", "{line}"
+                target: "sluice::plugin", "{} stdout: {line}", self.tag.name
             ),
             Stream::Stderr => tracing::warn!(
-                target: "sluice::plugin", plugin = %self.tag.name, version = %self.tag.version,
-                stream = "stderr", "{line}"
+                target: "sluice::plugin", "{} stderr: {line}", self.tag.name
             ),
         }
         if shared.keep {
@@ -189,7 +187,11 @@ impl Pollable for StreamWriter {
 }
 
 impl AsyncWrite for StreamWriter {
-    fn poll_write(self: Pin<&mut Self>, _cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         self.output.write(self.stream, buf);
         Poll::Ready(Ok(buf.len()))
     }
@@ -222,10 +224,20 @@ mod tests {
         out.stdout().output.write(Stream::Stdout, b"o\nthree");
         out.stderr().output.write(Stream::Stderr, b"oops\n");
         let lines = out.finish();
-        assert_eq!(lines, vec!["stdout: one", "stdout: two", "stderr: oops", "stdout: three"]);
+        assert_eq!(
+            lines,
+            vec![
+                "stdout: one",
+                "stdout: two",
+                "stderr: oops",
+                "stdout: three"
+            ]
+        );
 
         let out = CapturedOutput::new(tag());
-        out.stdout().output.write(Stream::Stdout, &vec![b'x'; MAX_OUTPUT_BYTES_PER_EVENT + 10]);
+        out.stdout()
+            .output
+            .write(Stream::Stdout, &vec![b'x'; MAX_OUTPUT_BYTES_PER_EVENT + 10]);
         assert_eq!(out.shared.lock().unwrap().dropped, 10);
     }
 }

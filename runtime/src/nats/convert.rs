@@ -55,7 +55,12 @@ pub fn headers_to_vec(headers: Option<&HeaderMap>) -> Vec<types::Header> {
 
 /// Headers for the `index`-th outbox message of `plugin` handling `key`: the
 /// plugin's headers plus a deterministic `Nats-Msg-Id` unless it set one.
-pub fn outgoing_headers(message: &OutboundMessage, key: &str, plugin: &str, index: usize) -> HeaderMap {
+pub fn outgoing_headers(
+    message: &OutboundMessage,
+    key: &str,
+    plugin: &str,
+    index: usize,
+) -> HeaderMap {
     let mut headers = HeaderMap::new();
     let mut has_id = false;
     for (name, value) in &message.headers {
