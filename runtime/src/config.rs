@@ -34,6 +34,15 @@ pub struct FileConfig {
     pub timeout: Option<Duration>,
     /// Linear memory cap per instance, in MiB.
     pub max_memory_mb: Option<u32>,
+    /// Dedup store: `kv` (NATS KV, shared by hosts) or `memory` (this host only).
+    pub dedup_store: Option<String>,
+    /// KV bucket for dedup records.
+    pub dedup_bucket: Option<String>,
+    /// How long completed keys are remembered.
+    #[serde(default, with = "humantime_serde")]
+    pub dedup_ttl: Option<Duration>,
+    /// Name of the DLQ stream.
+    pub dlq_stream: Option<String>,
     /// Default retry policy.
     #[serde(default)]
     pub retry: RetryOverrides,
@@ -58,6 +67,23 @@ pub struct Overrides {
     pub timeout: Option<Duration>,
     /// `--max-memory-mb` / `SLUICE_MAX_MEMORY_MB`.
     pub max_memory_mb: Option<u32>,
+    /// `--dedup-store` / `SLUICE_DEDUP_STORE`.
+    pub dedup_store: Option<String>,
+    /// `--dedup-bucket` / `SLUICE_DEDUP_BUCKET`.
+    pub dedup_bucket: Option<String>,
+    /// `--dedup-ttl` / `SLUICE_DEDUP_TTL`.
+    pub dedup_ttl: Option<Duration>,
+    /// `--dlq-stream` / `SLUICE_DLQ_STREAM`.
+    pub dlq_stream: Option<String>,
+}
+
+/// Where dedup records live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DedupStoreKind {
+    /// A NATS KV bucket shared by every host.
+    Kv,
+    /// This process only (single host, core NATS).
+    Memory,
 }
 
 /// Log output format.
@@ -88,6 +114,14 @@ pub struct Settings {
     pub retry: RetryPolicy,
     /// Engine sizing.
     pub engine: EngineSettings,
+    /// Dedup store kind.
+    pub dedup_store: DedupStoreKind,
+    /// KV bucket name for dedup records.
+    pub dedup_bucket: String,
+    /// How long completed keys are remembered.
+    pub dedup_ttl: Duration,
+    /// DLQ stream name.
+    pub dlq_stream: String,
 }
 
 /// A configuration problem; names the file or key and what to do.
@@ -212,7 +246,61 @@ pub fn resolve(overrides: &Overrides, file: FileConfig) -> Result<Settings, Conf
             "must be at least 1 (1 = no retries)".into(),
         ));
     }
+    let dedup_store = match overrides
+        .dedup_store
+        .clone()
+        .or(file.dedup_store)
+        .as_deref()
+        .unwrap_or("kv")
+    {
+        "kv" => DedupStoreKind::Kv,
+        "memory" => DedupStoreKind::Memory,
+        other => {
+            return Err(invalid(
+                "dedup_store",
+                format!(
+                    "`{other}` is not a dedup store; use `kv` (shared NATS KV bucket) or `memory` (this host only)"
+                ),
+            ));
+        }
+    };
+    let dedup_bucket = overrides
+        .dedup_bucket
+        .clone()
+        .or(file.dedup_bucket)
+        .unwrap_or_else(|| "sluice-dedup".into());
+    if !is_name(&dedup_bucket) {
+        return Err(invalid(
+            "dedup_bucket",
+            format!("`{dedup_bucket}` is not a valid bucket name (letters, digits, `-`, `_`)"),
+        ));
+    }
+    let dedup_ttl = overrides
+        .dedup_ttl
+        .or(file.dedup_ttl)
+        .unwrap_or(Duration::from_secs(24 * 3600));
+    if dedup_ttl < Duration::from_secs(1) {
+        return Err(invalid(
+            "dedup_ttl",
+            "must be at least 1s, e.g. \"24h\"".into(),
+        ));
+    }
+    let dlq_stream = overrides
+        .dlq_stream
+        .clone()
+        .or(file.dlq_stream)
+        .unwrap_or_else(|| crate::delivery::dead_letter::DEFAULT_DLQ_STREAM.into());
+    if !is_name(&dlq_stream) {
+        return Err(invalid(
+            "dlq_stream",
+            format!("`{dlq_stream}` is not a valid stream name (letters, digits, `-`, `_`)"),
+        ));
+    }
     Ok(Settings {
+        dedup_store,
+        dedup_bucket,
+        dedup_ttl,
+        dlq_stream,
         nats_urls,
         plugins: overrides
             .plugins
@@ -254,6 +342,13 @@ pub fn apply_retry(mut policy: RetryPolicy, o: &RetryOverrides) -> RetryPolicy {
         policy.max_elapsed = Some(v);
     }
     policy
+}
+
+fn is_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
 }
 
 fn validate_nats_url(url: &str) -> Result<(), String> {

@@ -8,6 +8,7 @@ pub mod cli;
 pub mod config;
 pub mod delivery;
 pub mod dispatch;
+pub mod dlq;
 pub mod engine;
 pub mod host;
 pub mod manifest;

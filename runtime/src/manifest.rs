@@ -23,6 +23,87 @@ struct RawManifest {
     timeout: Option<Duration>,
     #[serde(default)]
     retry: RetryOverrides,
+    #[serde(default)]
+    mode: DeliveryMode,
+    jetstream: Option<RawJetStream>,
+    #[serde(default)]
+    idempotency: RawIdempotency,
+    #[serde(default)]
+    outbox: RawOutbox,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawJetStream {
+    stream: String,
+    durable: Option<String>,
+    #[serde(default)]
+    create_stream: bool,
+    #[serde(default, with = "humantime_serde")]
+    ack_wait: Option<Duration>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawIdempotency {
+    key: Option<String>,
+    #[serde(default)]
+    hash_headers: Vec<String>,
+    dedup: Option<bool>,
+    #[serde(default, with = "humantime_serde")]
+    ttl: Option<Duration>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOutbox {
+    confirm: Option<bool>,
+}
+
+/// How a plugin consumes its subjects.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeliveryMode {
+    /// A core NATS subscription: at-most-once from the broker, retries in the host.
+    #[default]
+    Core,
+    /// A durable JetStream pull consumer: at-least-once, acked after success.
+    Jetstream,
+}
+
+/// JetStream settings of a plugin in `jetstream` mode.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JetStreamSettings {
+    /// The stream to consume.
+    pub stream: String,
+    /// Durable consumer name.
+    pub durable: String,
+    /// Create the stream (capturing `subjects`) when it does not exist.
+    pub create_stream: bool,
+    /// How long the server waits for an ack before redelivering.
+    pub ack_wait: Option<Duration>,
+}
+
+/// Where the idempotency key comes from, when the manifest overrides the default.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeySource {
+    /// The value of this header.
+    Header(String),
+    /// The value at this JSON pointer in the payload.
+    JsonPointer(String),
+}
+
+/// Idempotency settings of a plugin.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct IdempotencySettings {
+    /// Override of the key source.
+    pub key: Option<KeySource>,
+    /// Headers folded into the core NATS content hash.
+    pub hash_headers: Vec<String>,
+    /// Skip events whose key already completed (default true).
+    pub dedup: bool,
+    /// How long a completed key is remembered.
+    pub ttl: Option<Duration>,
 }
 
 /// Per-plugin overrides of the host's retry defaults.
@@ -59,6 +140,14 @@ pub struct Manifest {
     pub timeout: Option<Duration>,
     /// Retry overrides.
     pub retry: RetryOverrides,
+    /// Core NATS or JetStream.
+    pub mode: DeliveryMode,
+    /// JetStream settings (present in `jetstream` mode).
+    pub jetstream: Option<JetStreamSettings>,
+    /// Idempotency key and dedup settings.
+    pub idempotency: IdempotencySettings,
+    /// Wait for JetStream to confirm each outbox publish before acking the event.
+    pub confirm_publishes: bool,
 }
 
 /// A manifest that cannot be used; the message names the file and the key.
@@ -168,13 +257,104 @@ impl Manifest {
                 "must be between 1.0 and 100.0".into(),
             ));
         }
+        let jetstream = match (raw.mode, raw.jetstream) {
+            (DeliveryMode::Jetstream, None) => {
+                return Err(invalid(
+                    "jetstream".into(),
+                    "mode = \"jetstream\" needs a [jetstream] table with at least `stream = \"NAME\"`".into(),
+                ));
+            }
+            (DeliveryMode::Core, Some(_)) => {
+                return Err(invalid(
+                    "jetstream".into(),
+                    "a [jetstream] table needs mode = \"jetstream\" (the default mode is \"core\")"
+                        .into(),
+                ));
+            }
+            (DeliveryMode::Core, None) => None,
+            (DeliveryMode::Jetstream, Some(js)) => {
+                if !valid_name(&js.stream) {
+                    return Err(invalid(
+                        "jetstream.stream".into(),
+                        format!(
+                            "`{}` is not a valid stream name (letters, digits, `-`, `_`)",
+                            js.stream
+                        ),
+                    ));
+                }
+                if let Some(durable) = js.durable.as_deref().filter(|d| !valid_name(d)) {
+                    return Err(invalid(
+                        "jetstream.durable".into(),
+                        format!(
+                            "`{durable}` is not a valid consumer name (letters, digits, `-`, `_`)"
+                        ),
+                    ));
+                }
+                Some(JetStreamSettings {
+                    stream: js.stream,
+                    durable: js.durable.unwrap_or_default(),
+                    create_stream: js.create_stream,
+                    ack_wait: js.ack_wait,
+                })
+            }
+        };
+        let key = match raw.idempotency.key.as_deref() {
+            None => None,
+            Some(spec) => {
+                Some(parse_key_source(spec).map_err(|m| invalid("idempotency.key".into(), m))?)
+            }
+        };
         Ok(Manifest {
+            mode: raw.mode,
+            jetstream,
+            idempotency: IdempotencySettings {
+                key,
+                hash_headers: raw.idempotency.hash_headers,
+                dedup: raw.idempotency.dedup.unwrap_or(true),
+                ttl: raw.idempotency.ttl,
+            },
+            confirm_publishes: raw
+                .outbox
+                .confirm
+                .unwrap_or(raw.mode == DeliveryMode::Jetstream),
             subjects: raw.subjects,
             queue_group: raw.queue_group,
             publish: PublishGrants::new(raw.publish),
             max_concurrency: raw.max_concurrency,
             timeout: raw.timeout,
             retry: raw.retry,
+        })
+    }
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+fn parse_key_source(spec: &str) -> Result<KeySource, String> {
+    if let Some(header) = spec.strip_prefix("header:").filter(|h| !h.is_empty()) {
+        return Ok(KeySource::Header(header.to_string()));
+    }
+    if let Some(pointer) = spec.strip_prefix("json:").filter(|p| p.starts_with('/')) {
+        return Ok(KeySource::JsonPointer(pointer.to_string()));
+    }
+    Err(format!(
+        "`{spec}` is not a key source; use \"header:NAME\" or \"json:/pointer/into/payload\""
+    ))
+}
+
+impl Manifest {
+    /// The durable consumer name: the manifest's, else `sluice-<plugin>`.
+    pub fn durable_name(&self, plugin: &str) -> Option<String> {
+        self.jetstream.as_ref().map(|js| {
+            if js.durable.is_empty() {
+                format!("sluice-{plugin}")
+            } else {
+                js.durable.clone()
+            }
         })
     }
 }
@@ -224,6 +404,37 @@ mod tests {
         assert!(dur.contains("timeout"), "{dur}");
         let empty = Manifest::parse("subjects = []").unwrap_err().to_string();
         assert!(empty.contains("subjects"), "{empty}");
+    }
+
+    #[test]
+    fn jetstream_mode_and_idempotency_parse_and_validate() {
+        let m = Manifest::parse(
+            "subjects = [\"orders.>\"]\nmode = \"jetstream\"\n[jetstream]\nstream = \"ORDERS\"\ncreate_stream = true\n[idempotency]\nkey = \"json:/order/id\"\nttl = \"1h\"",
+        )
+        .unwrap();
+        assert_eq!(m.mode, DeliveryMode::Jetstream);
+        assert_eq!(m.jetstream.as_ref().unwrap().stream, "ORDERS");
+        assert_eq!(m.durable_name("orders").as_deref(), Some("sluice-orders"));
+        assert_eq!(
+            m.idempotency.key,
+            Some(KeySource::JsonPointer("/order/id".into()))
+        );
+        assert!(m.idempotency.dedup && m.confirm_publishes);
+
+        let e = Manifest::parse("subjects = [\"a\"]\nmode = \"jetstream\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("[jetstream]"), "{e}");
+        let e = Manifest::parse("subjects = [\"a\"]\nmode = \"pull\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("mode"), "{e}");
+        let e = Manifest::parse("subjects = [\"a\"]\n[idempotency]\nkey = \"body\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("idempotency.key"), "{e}");
+        let core = Manifest::parse("subjects = [\"a\"]").unwrap();
+        assert!(!core.confirm_publishes && core.idempotency.dedup);
     }
 
     #[test]

@@ -15,12 +15,17 @@ use tokio::sync::{Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{Settings, apply_retry};
+use crate::config::{DedupStoreKind, Settings, apply_retry};
+use crate::delivery::dead_letter;
+use crate::delivery::dedup::{DedupStore, MemoryStore};
+use crate::delivery::dedup_kv::KvStore;
 use crate::dispatch::{Dispatcher, PluginStats, Route, StatsSnapshot};
 use crate::engine::invoke::InvokeLimits;
 use crate::engine::{EngineError, WasmEngine};
 use crate::host::{self, PluginTag};
+use crate::manifest::DeliveryMode;
 use crate::nats;
+use crate::nats::jetstream::{ConsumerSpec, durable_consumer};
 use crate::registry::{self, DirError, LoadedPlugin};
 
 /// Why the host cannot start at all (a single bad plugin is not one of these).
@@ -38,6 +43,14 @@ pub enum ServiceError {
     /// NATS connection gave up (shutdown requested first).
     #[error(transparent)]
     Connect(#[from] nats::ConnectError),
+    /// A JetStream consumer could not be set up.
+    #[error("plugin `{plugin}`: {source}")]
+    JetStream {
+        /// The plugin.
+        plugin: String,
+        /// Why.
+        source: crate::nats::jetstream::JetStreamSetupError,
+    },
     /// A subscription was refused by the server.
     #[error("cannot subscribe plugin `{plugin}` to `{subject}`: {message}")]
     Subscribe {
@@ -63,6 +76,8 @@ pub struct PluginStatus {
     pub error: Option<String>,
     /// Subscribed subjects.
     pub subjects: Vec<String>,
+    /// `core` or `jetstream`.
+    pub mode: String,
 }
 
 struct Shared {
@@ -117,6 +132,121 @@ impl HostHandle {
 /// How long in-flight events may take to finish at shutdown.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
+async fn open_dedup_store(
+    settings: &Settings,
+    js: &async_nats::jetstream::Context,
+) -> Option<Arc<dyn DedupStore>> {
+    match settings.dedup_store {
+        DedupStoreKind::Memory => Some(Arc::new(MemoryStore::new(settings.dedup_ttl))),
+        DedupStoreKind::Kv => match KvStore::open(js, &settings.dedup_bucket, settings.dedup_ttl)
+            .await
+        {
+            Ok(store) => Some(Arc::new(store)),
+            Err(e) => {
+                tracing::error!("{e}; falling back to an in-memory dedup store (this host only)");
+                Some(Arc::new(MemoryStore::new(settings.dedup_ttl)))
+            }
+        },
+    }
+}
+
+async fn subscribe_core(
+    client: &async_nats::Client,
+    plugin: &LoadedPlugin,
+    route: &Arc<Route>,
+    dispatcher: &Arc<Dispatcher>,
+    subscriptions: &TaskTracker,
+    shutdown: &CancellationToken,
+) -> Result<(), ServiceError> {
+    for subject in &plugin.manifest.subjects {
+        let subscriber = match &plugin.manifest.queue_group {
+            Some(group) => client.queue_subscribe(subject.clone(), group.clone()).await,
+            None => client.subscribe(subject.clone()).await,
+        }
+        .map_err(|e| ServiceError::Subscribe {
+            plugin: plugin.name.clone(),
+            subject: subject.clone(),
+            message: e.to_string(),
+        })?;
+        tracing::info!(plugin = %plugin.name, subject = %subject, queue_group = ?plugin.manifest.queue_group, "subscribed (core NATS)");
+        let dispatcher = dispatcher.clone();
+        let route = route.clone();
+        let stop = shutdown.clone();
+        subscriptions.spawn(async move {
+            let mut subscriber = subscriber;
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    message = subscriber.next() => match message {
+                        Some(message) => dispatcher.dispatch_core(route.clone(), message).await,
+                        None => break,
+                    },
+                }
+            }
+            let _ = subscriber.unsubscribe().await;
+        });
+    }
+    Ok(())
+}
+
+async fn consume_jetstream(
+    js: &async_nats::jetstream::Context,
+    settings: &Settings,
+    plugin: &LoadedPlugin,
+    route: &Arc<Route>,
+    dispatcher: &Arc<Dispatcher>,
+    subscriptions: &TaskTracker,
+    shutdown: &CancellationToken,
+) -> Result<(), ServiceError> {
+    let concurrency = plugin
+        .manifest
+        .max_concurrency
+        .unwrap_or(settings.max_concurrency);
+    let spec = ConsumerSpec {
+        plugin: &plugin.name,
+        manifest: &plugin.manifest,
+        concurrency,
+        timeout: route.limits.timeout,
+    };
+    let consumer = durable_consumer(js, &spec)
+        .await
+        .map_err(|source| ServiceError::JetStream {
+            plugin: plugin.name.clone(),
+            source,
+        })?;
+    let mut messages = consumer
+        .stream()
+        .max_messages_per_batch(concurrency as usize)
+        .messages()
+        .await
+        .map_err(|e| ServiceError::Subscribe {
+            plugin: plugin.name.clone(),
+            subject: plugin.manifest.subjects.join(", "),
+            message: e.to_string(),
+        })?;
+    tracing::info!(
+        plugin = %plugin.name, stream = ?plugin.manifest.jetstream.as_ref().map(|j| &j.stream),
+        durable = ?plugin.manifest.durable_name(&plugin.name), "consuming (JetStream)"
+    );
+    let dispatcher = dispatcher.clone();
+    let route = route.clone();
+    let stop = shutdown.clone();
+    let name = plugin.name.clone();
+    subscriptions.spawn(async move {
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                next = messages.next() => match next {
+                    Some(Ok(message)) => dispatcher.dispatch_jetstream(route.clone(), message).await,
+                    Some(Err(e)) => tracing::warn!(plugin = %name, "JetStream consumer: {e}"),
+                    None => break,
+                },
+            }
+        }
+    });
+    Ok(())
+}
+
 /// Load plugins and start serving in the background.
 pub async fn start(settings: Settings) -> Result<HostHandle, ServiceError> {
     let engine = WasmEngine::new(settings.engine.clone())?;
@@ -135,6 +265,7 @@ pub async fn start(settings: Settings) -> Result<HostHandle, ServiceError> {
                 state: "failed".into(),
                 error: Some(failed.kind.to_string()),
                 subjects: Vec::new(),
+                mode: String::new(),
             },
         );
     }
@@ -153,6 +284,10 @@ pub async fn start(settings: Settings) -> Result<HostHandle, ServiceError> {
                 state: "serving".into(),
                 error: None,
                 subjects: plugin.manifest.subjects.clone(),
+                mode: match plugin.manifest.mode {
+                    DeliveryMode::Core => "core".into(),
+                    DeliveryMode::Jetstream => "jetstream".into(),
+                },
             },
         );
         let route = route_for(&settings, &engine, &plugin);
@@ -194,6 +329,10 @@ fn route_for(settings: &Settings, engine: &WasmEngine, plugin: &LoadedPlugin) ->
         retry: apply_retry(settings.retry, &manifest.retry),
         concurrency: Arc::new(Semaphore::new(concurrency as usize)),
         stats: Arc::new(PluginStats::default()),
+        key_source: manifest.idempotency.key.clone(),
+        hash_headers: manifest.idempotency.hash_headers.clone(),
+        dedup: manifest.idempotency.dedup,
+        confirm_publishes: manifest.confirm_publishes,
     })
 }
 
@@ -209,42 +348,47 @@ async fn serve(
         Err(nats::ConnectError::Cancelled(_)) => return Ok(()),
         Err(e) => return Err(e.into()),
     };
+    let js = async_nats::jetstream::new(client.clone());
+    if let Err(e) = dead_letter::ensure_stream(&js, &settings.dlq_stream).await {
+        tracing::error!(
+            "{e}; dead-lettering will fail (core events are then lost, JetStream events redelivered) until it is fixed"
+        );
+    }
+    let dedup = open_dedup_store(&settings, &js).await;
     let tasks = TaskTracker::new();
     let dispatcher = Arc::new(Dispatcher::new(
         engine,
         client.clone(),
+        dedup,
         tasks.clone(),
         shutdown.clone(),
     ));
     let subscriptions = TaskTracker::new();
     for (plugin, route) in routes {
-        for subject in &plugin.manifest.subjects {
-            let subscriber = match &plugin.manifest.queue_group {
-                Some(group) => client.queue_subscribe(subject.clone(), group.clone()).await,
-                None => client.subscribe(subject.clone()).await,
+        match plugin.manifest.mode {
+            DeliveryMode::Core => {
+                subscribe_core(
+                    &client,
+                    &plugin,
+                    &route,
+                    &dispatcher,
+                    &subscriptions,
+                    &shutdown,
+                )
+                .await?
             }
-            .map_err(|e| ServiceError::Subscribe {
-                plugin: plugin.name.clone(),
-                subject: subject.clone(),
-                message: e.to_string(),
-            })?;
-            tracing::info!(plugin = %plugin.name, subject = %subject, queue_group = ?plugin.manifest.queue_group, "subscribed");
-            let dispatcher = dispatcher.clone();
-            let route = route.clone();
-            let stop = shutdown.clone();
-            subscriptions.spawn(async move {
-                let mut subscriber = subscriber;
-                loop {
-                    tokio::select! {
-                        _ = stop.cancelled() => break,
-                        message = subscriber.next() => match message {
-                            Some(message) => dispatcher.dispatch_core(route.clone(), message).await,
-                            None => break,
-                        },
-                    }
-                }
-                let _ = subscriber.unsubscribe().await;
-            });
+            DeliveryMode::Jetstream => {
+                consume_jetstream(
+                    &js,
+                    &settings,
+                    &plugin,
+                    &route,
+                    &dispatcher,
+                    &subscriptions,
+                    &shutdown,
+                )
+                .await?
+            }
         }
     }
     // The server has processed every SUB once a flush round-trip completes.

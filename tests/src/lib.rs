@@ -2,10 +2,11 @@
 //! JetStream on, temp store, killed on drop), the plugins built from source in
 //! plugins/ once per test run, plugin folders in temp dirs, and a real host.
 
+use std::io::{BufRead, BufReader};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
+use std::sync::{OnceLock, mpsc};
 use std::time::{Duration, Instant};
 
 use sluice::config::{self, FileConfig, Overrides};
@@ -228,4 +229,134 @@ pub async fn next_message(
         .await
         .unwrap_or_else(|_| panic!("no message within {timeout:?}: {what}"))
         .expect("subscription open")
+}
+
+/// Create a JetStream stream capturing `subjects` (duplicate window 10 min).
+pub async fn create_stream(js: &async_nats::jetstream::Context, name: &str, subjects: &[&str]) {
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: name.to_string(),
+        subjects: subjects.iter().map(|s| s.to_string()).collect(),
+        duplicate_window: Duration::from_secs(600),
+        ..Default::default()
+    })
+    .await
+    .unwrap_or_else(|e| panic!("creating stream {name}: {e}"));
+}
+
+/// Messages currently in stream `name`.
+pub async fn stream_messages(js: &async_nats::jetstream::Context, name: &str) -> u64 {
+    let mut stream = js.get_stream(name).await.expect("stream exists");
+    stream.info().await.expect("stream info").state.messages
+}
+
+/// (pending, ack pending) of a durable consumer.
+pub async fn consumer_backlog(
+    js: &async_nats::jetstream::Context,
+    stream: &str,
+    durable: &str,
+) -> (u64, usize) {
+    let stream = js.get_stream(stream).await.expect("stream exists");
+    let mut consumer: async_nats::jetstream::consumer::PullConsumer =
+        stream.get_consumer(durable).await.expect("consumer exists");
+    let info = consumer.info().await.expect("consumer info");
+    (info.num_pending, info.num_ack_pending)
+}
+
+/// Every message of stream `name`, in order.
+pub async fn read_stream(
+    js: &async_nats::jetstream::Context,
+    name: &str,
+) -> Vec<async_nats::jetstream::Message> {
+    use futures::StreamExt;
+    let total = stream_messages(js, name).await as usize;
+    let stream = js.get_stream(name).await.expect("stream exists");
+    let consumer = stream
+        .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig::default())
+        .await
+        .expect("ordered consumer");
+    let mut messages = consumer.messages().await.expect("messages");
+    let mut out = Vec::with_capacity(total);
+    while out.len() < total {
+        let next = tokio::time::timeout(Duration::from_secs(10), messages.next())
+            .await
+            .expect("stream read in time")
+            .expect("stream open")
+            .expect("message");
+        out.push(next);
+    }
+    out
+}
+
+/// A running `sluice` binary whose stderr lines arrive on a channel; killed on drop.
+pub struct Running {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Running {
+    /// Spawn `cmd` capturing stderr.
+    pub fn spawn(mut cmd: Command) -> Running {
+        let mut child = cmd
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("spawn sluice");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Running { child, lines }
+    }
+
+    /// Wait for a log line containing `needle`; returns it.
+    pub fn wait_for(&self, needle: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        let mut seen = Vec::new();
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return line,
+                Ok(line) => seen.push(line),
+                Err(_) => break,
+            }
+        }
+        panic!(
+            "no log line containing `{needle}` within {timeout:?}; saw:\n{}",
+            seen.join("\n")
+        );
+    }
+
+    /// SIGKILL: no cleanup at all.
+    pub fn kill_9(mut self) {
+        self.child.kill().expect("SIGKILL");
+        self.child.wait().expect("reaped");
+    }
+
+    /// SIGTERM and wait (15 s at most) for the exit status.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "sluice did not exit after SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

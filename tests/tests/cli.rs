@@ -1,13 +1,11 @@
 //! The `sluice` binary as users run it: `check`, `invoke`, and `run`
 //! configured by flags, SLUICE_* env vars and a TOML file.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
+use std::process::{Command, Output};
 use std::time::Duration;
 
 use bytes::Bytes;
-use sluice_e2e::{NatsServer, PluginDir, free_port, next_message, plugin_wasm};
+use sluice_e2e::{NatsServer, PluginDir, Running, free_port, next_message, plugin_wasm};
 
 fn sluice() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_sluice-e2e-host"));
@@ -155,72 +153,6 @@ fn invoke_reports_permanent_errors_and_output() {
         stdout.contains("stdout: echo saw 2 bytes on demo.x"),
         "{stdout}"
     );
-}
-
-/// A running `sluice run` whose stderr lines arrive on a channel.
-struct Running {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-}
-
-impl Running {
-    fn spawn(mut cmd: Command) -> Running {
-        let mut child = cmd
-            .stderr(Stdio::piped())
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Running { child, lines }
-    }
-
-    /// Wait for a log line containing `needle`; returns it.
-    fn wait_for(&self, needle: &str, timeout: Duration) -> String {
-        let deadline = std::time::Instant::now() + timeout;
-        let mut seen = Vec::new();
-        while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
-            match self.lines.recv_timeout(left) {
-                Ok(line) if line.contains(needle) => return line,
-                Ok(line) => seen.push(line),
-                Err(_) => break,
-            }
-        }
-        panic!(
-            "no log line containing `{needle}` within {timeout:?}; saw:\n{}",
-            seen.join("\n")
-        );
-    }
-
-    fn terminate(mut self) -> std::process::ExitStatus {
-        let pid = self.child.id().to_string();
-        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-        let deadline = std::time::Instant::now() + Duration::from_secs(15);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "sluice did not exit after SIGTERM"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -78,7 +78,7 @@ async fn events_are_routed_by_subject_wildcard_to_the_right_plugin() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn enrich_publishes_a_derived_event_with_a_deterministic_msg_id() {
+async fn enrich_publishes_a_derived_event_once_per_msg_id_with_a_deterministic_id() {
     let nats = NatsServer::start();
     let dir = PluginDir::new();
     dir.add(
@@ -117,23 +117,32 @@ async fn enrich_publishes_a_derived_event_with_a_deterministic_msg_id() {
         .to_string();
     assert!(first_id.starts_with("sluice-"), "{first_id}");
 
-    // The same event again derives the same outgoing id (dedupable downstream).
+    assert_eq!(
+        first_id,
+        sluice::delivery::outgoing_msg_id("order-42", "enrich", 0)
+    );
+
+    // The same event again (same Nats-Msg-Id) is a dedup hit: not handled twice.
     client
         .publish_with_headers("orders.created", headers, Bytes::from_static(order))
         .await
         .unwrap();
-    let again = next_message(&mut derived, WAIT, "second enriched order").await;
-    assert_eq!(
-        again
-            .headers
-            .as_ref()
-            .unwrap()
-            .get("Nats-Msg-Id")
-            .unwrap()
-            .to_string(),
-        first_id
+    eventually(WAIT, "the duplicate is recognised", || {
+        host.stats("enrich").unwrap().dedup_hits == 1
+    })
+    .await;
+    client.flush().await.unwrap();
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), derived.next())
+            .await
+            .is_err()
     );
-    assert_eq!(host.stats("enrich").unwrap().published, 2);
+    let stats = host.stats("enrich").unwrap();
+    assert_eq!(
+        (stats.received, stats.succeeded, stats.published),
+        (2, 1, 1),
+        "{stats:?}"
+    );
     host.shutdown().await.unwrap();
 }
 

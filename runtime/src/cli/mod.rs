@@ -1,8 +1,9 @@
-//! Command line: `sluice run`, `sluice check`, `sluice invoke`. Every `run`
+//! Command line: `sluice run`, `sluice check`, `sluice invoke`, `sluice dlq`. Every `run`
 //! flag can also be set by a SLUICE_* environment variable and by the TOML
 //! file given with `--config` (precedence: flag > env > file > default).
 
 mod check;
+mod dlq;
 mod invoke;
 mod run;
 
@@ -30,6 +31,8 @@ enum Command {
     Check(check::CheckArgs),
     /// Run a plugin on one event without NATS; print outcome, logs and publishes.
     Invoke(invoke::InvokeArgs),
+    /// List, replay or purge dead-lettered events.
+    Dlq(dlq::DlqArgs),
 }
 
 /// Flags of `sluice run`.
@@ -62,6 +65,18 @@ pub struct RunArgs {
     /// Linear memory cap per plugin instance, in MiB [default: 64].
     #[arg(long, env = "SLUICE_MAX_MEMORY_MB")]
     max_memory_mb: Option<u32>,
+    /// Dedup store: kv (NATS KV bucket shared by hosts) or memory [default: kv].
+    #[arg(long, env = "SLUICE_DEDUP_STORE")]
+    dedup_store: Option<String>,
+    /// KV bucket for dedup records [default: sluice-dedup].
+    #[arg(long, env = "SLUICE_DEDUP_BUCKET")]
+    dedup_bucket: Option<String>,
+    /// How long completed idempotency keys are remembered [default: 24h].
+    #[arg(long, env = "SLUICE_DEDUP_TTL", value_parser = parse_duration)]
+    dedup_ttl: Option<Duration>,
+    /// DLQ stream name [default: SLUICE_DLQ].
+    #[arg(long, env = "SLUICE_DLQ_STREAM")]
+    dlq_stream: Option<String>,
 }
 
 impl RunArgs {
@@ -75,6 +90,10 @@ impl RunArgs {
             max_instances: self.max_instances,
             timeout: self.timeout,
             max_memory_mb: self.max_memory_mb,
+            dedup_store: self.dedup_store.clone(),
+            dedup_bucket: self.dedup_bucket.clone(),
+            dedup_ttl: self.dedup_ttl,
+            dlq_stream: self.dlq_stream.clone(),
         }
     }
 }
@@ -102,6 +121,7 @@ pub fn main() -> ExitCode {
             Command::Run(args) => run::run(args).await,
             Command::Check(args) => check::check(args).await,
             Command::Invoke(args) => invoke::invoke(args).await,
+            Command::Dlq(args) => dlq::dlq(args).await,
         }
     });
     match result {

@@ -1,6 +1,10 @@
-//! Delivery policy owned by the host: idempotency keys, retry timing, and the
-//! deterministic message ids that make a plugin's publishes deduplicable.
+//! Delivery policy owned by the host: idempotency keys, dedup records, retry
+//! timing, dead-lettering, and the deterministic message ids that make a
+//! plugin's publishes deduplicable downstream.
 
+pub mod dead_letter;
+pub mod dedup;
+pub mod dedup_kv;
 pub mod key;
 pub mod retry;
 

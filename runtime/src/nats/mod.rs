@@ -2,6 +2,7 @@
 //! and converting messages to and from plugin events.
 
 pub mod convert;
+pub mod jetstream;
 
 use std::time::Duration;
 

@@ -1,0 +1,162 @@
+//! Core NATS delivery: at-most-once from the broker, so the host itself
+//! retries. A retry waits on a host timer with no concurrency slot held, so a
+//! backing-off event never blocks other events. After the last attempt the
+//! event goes to the DLQ (core NATS cannot hold it anywhere else).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use tracing::Instrument;
+
+use super::{Dispatcher, Route, bump, header_pairs, trace_id};
+use crate::delivery::dead_letter::DeadLetter;
+use crate::delivery::dedup::Claim;
+use crate::nats::convert;
+
+impl Dispatcher {
+    /// Accept one core NATS message for `route`. Waits for a per-plugin slot
+    /// (back-pressure on the subscription), then handles it in its own task.
+    pub async fn dispatch_core(self: &Arc<Self>, route: Arc<Route>, message: async_nats::Message) {
+        bump(&route.stats.received, 1);
+        let Ok(permit) = route.concurrency.clone().acquire_owned().await else {
+            return;
+        };
+        let this = self.clone();
+        self.tasks.spawn(async move {
+            this.run_core(route, message, permit).await;
+        });
+    }
+
+    async fn run_core(
+        &self,
+        route: Arc<Route>,
+        message: async_nats::Message,
+        first_permit: tokio::sync::OwnedSemaphorePermit,
+    ) {
+        let key = Self::key_for(
+            &route,
+            &message.subject,
+            &message.payload,
+            message.headers.as_ref(),
+            None,
+        );
+        let trace = trace_id(message.headers.as_ref());
+        // The lease covers every attempt: retries happen in this process.
+        let lease_span =
+            route.retry.max_elapsed.unwrap_or(Duration::from_secs(300)) + route.limits.timeout * 2;
+        let lease = match self.claim(&route, &key, lease_span).await {
+            Ok(Some(Claim::Completed)) => {
+                tracing::debug!(plugin = %route.tag.name, key, "duplicate of a completed event; skipped");
+                return;
+            }
+            Ok(Some(Claim::Busy { .. })) => {
+                tracing::info!(plugin = %route.tag.name, key, "duplicate of an event in progress; skipped");
+                return;
+            }
+            Ok(Some(Claim::Acquired(lease))) => Some(lease),
+            Ok(None) | Err(()) => None,
+        };
+
+        let started = Instant::now();
+        let mut first_failure: Option<SystemTime> = None;
+        let mut permit = Some(first_permit);
+        let mut attempt = 1u32;
+        loop {
+            let slot = match permit.take() {
+                Some(p) => p,
+                None => match route.concurrency.clone().acquire_owned().await {
+                    Ok(p) => p,
+                    Err(_) => return,
+                },
+            };
+            let mut event = convert::core_event(&message, attempt);
+            event.idempotency_key = key.clone();
+            let span = tracing::info_span!(
+                "event", otel.kind = "consumer", plugin = %route.tag.name, version = %route.tag.version,
+                subject = %event.subject, key = %key, attempt, trace_id = %trace
+            );
+            let result = self
+                .attempt(&route, &key, &event)
+                .instrument(span.clone())
+                .await;
+            drop(slot);
+            let failure = match result {
+                Ok(()) => {
+                    self.complete(lease.as_ref()).await;
+                    return;
+                }
+                Err(failure) => failure,
+            };
+            let now = SystemTime::now();
+            let first = *first_failure.get_or_insert(now);
+            let delay = route
+                .retry
+                .delay(attempt, failure.retry_after, &mut rand::rng());
+            if failure.class.is_retryable()
+                && route.retry.should_retry(attempt, started.elapsed(), delay)
+            {
+                bump(&route.stats.retries, 1);
+                span.in_scope(|| {
+                    tracing::warn!(
+                        error.class = failure.class.as_str(),
+                        "attempt {attempt} failed: {}; retrying in {delay:?}",
+                        failure.message
+                    )
+                });
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = self.shutdown.cancelled() => {
+                        span.in_scope(|| tracing::warn!(
+                            "shutting down with a core NATS retry pending; the event is dropped (core NATS is at-most-once; use mode = \"jetstream\" to keep such events)"
+                        ));
+                        self.release_failed(lease.as_ref(), first).await;
+                        return;
+                    }
+                }
+                attempt += 1;
+                continue;
+            }
+            bump(&route.stats.gave_up, 1);
+            let letter = DeadLetter {
+                plugin: route.tag.name.to_string(),
+                version: route.tag.version.to_string(),
+                subject: message.subject.to_string(),
+                headers: header_pairs(message.headers.as_ref()),
+                payload: message.payload.clone(),
+                stream: None,
+                sequence: None,
+                attempts: attempt,
+                error_class: failure.class.as_str().to_string(),
+                error: failure.message.clone(),
+                key: key.clone(),
+                first_failure: first,
+                last_failure: now,
+                trace_id: trace.clone(),
+                replay: replay_count(message.headers.as_ref()),
+            };
+            if let Err(e) = self
+                .dead_letter(&route, &letter)
+                .instrument(span.clone())
+                .await
+            {
+                span.in_scope(|| {
+                    tracing::error!(
+                        error.class = failure.class.as_str(),
+                        "EVENT LOST: gave up after {attempt} attempt(s) ({}) and {e}; core NATS cannot redeliver it",
+                        failure.message
+                    )
+                });
+            }
+            self.release_failed(lease.as_ref(), now).await;
+            return;
+        }
+    }
+}
+
+/// The `Sluice-Replay` count of a message (0 if never replayed).
+pub(crate) fn replay_count(headers: Option<&async_nats::HeaderMap>) -> u32 {
+    headers
+        .and_then(|h| h.get(crate::delivery::dead_letter::header::REPLAY))
+        .and_then(|v| v.as_str().parse().ok())
+        .unwrap_or(0)
+}

@@ -1,0 +1,174 @@
+//! JetStream delivery: at-least-once. The event is acknowledged only after
+//! the handler succeeded and its outbox was committed. A retry is a Nak with
+//! delay, so it survives a host crash, and the attempt the plugin sees is the
+//! server's delivery count. After the policy gives up, the event is published
+//! to the DLQ, and only once that publish is acknowledged is the original
+//! terminated; if the DLQ is unavailable the event is redelivered later.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use async_nats::jetstream::{AckKind, Message};
+use tracing::Instrument;
+
+use super::core::replay_count;
+use super::{Dispatcher, Route, bump, header_pairs, trace_id};
+use crate::delivery::dead_letter::DeadLetter;
+use crate::delivery::dedup::{Claim, epoch_ms, from_epoch_ms};
+use crate::engine::bindings::v0_1::sluice::plugin::types;
+use crate::nats::convert;
+
+/// Delay before redelivery when the host cannot decide now (store or DLQ down).
+const UNSETTLED_RETRY: Duration = Duration::from_secs(2);
+/// How long a lease outlasts the attempt time limit (outbox commit, acks).
+const LEASE_MARGIN: Duration = Duration::from_secs(5);
+
+impl Dispatcher {
+    /// Accept one JetStream message for `route`: wait for a slot, then handle
+    /// it in its own task.
+    pub async fn dispatch_jetstream(self: &Arc<Self>, route: Arc<Route>, message: Message) {
+        bump(&route.stats.received, 1);
+        let Ok(permit) = route.concurrency.clone().acquire_owned().await else {
+            return;
+        };
+        let this = self.clone();
+        self.tasks.spawn(async move {
+            this.run_jetstream(&route, &message).await;
+            drop(permit);
+        });
+    }
+
+    async fn run_jetstream(&self, route: &Route, message: &Message) {
+        let info = match message.info() {
+            Ok(info) => info,
+            Err(e) => {
+                tracing::error!(plugin = %route.tag.name, "not a JetStream message ({e}); terminating it");
+                let _ = message.ack_with(AckKind::Term).await;
+                return;
+            }
+        };
+        let (stream, sequence) = (info.stream.to_string(), info.stream_sequence);
+        let attempt = u32::try_from(info.delivered).unwrap_or(u32::MAX).max(1);
+        let published = SystemTime::UNIX_EPOCH
+            + Duration::from_nanos(
+                u64::try_from(info.published.unix_timestamp_nanos()).unwrap_or(0),
+            );
+        let key = Self::key_for(
+            route,
+            &message.subject,
+            &message.payload,
+            message.headers.as_ref(),
+            Some((&stream, sequence)),
+        );
+        let trace = trace_id(message.headers.as_ref());
+        let span = tracing::info_span!(
+            "event", otel.kind = "consumer", plugin = %route.tag.name, version = %route.tag.version,
+            subject = %message.subject, key = %key, attempt, stream = %stream, seq = sequence, trace_id = %trace
+        );
+        async {
+            // The lease outlives one attempt plus its outbox commit; a crashed
+            // host's lease expires after that and another delivery takes over.
+            let lease = match self.claim(route, &key, route.limits.timeout + LEASE_MARGIN).await {
+                Ok(Some(Claim::Completed)) => {
+                    tracing::debug!("already completed; acknowledged without handling");
+                    ack(message, AckKind::Ack).await;
+                    return;
+                }
+                Ok(Some(Claim::Busy { until })) => {
+                    let wait = until
+                        .duration_since(SystemTime::now())
+                        .unwrap_or_default()
+                        .clamp(Duration::from_millis(100), Duration::from_secs(30));
+                    tracing::info!("key in progress elsewhere; redelivering in {wait:?}");
+                    ack(message, AckKind::Nak(Some(wait))).await;
+                    return;
+                }
+                Err(()) => {
+                    ack(message, AckKind::Nak(Some(UNSETTLED_RETRY))).await;
+                    return;
+                }
+                Ok(Some(Claim::Acquired(lease))) => Some(lease),
+                Ok(None) => None,
+            };
+
+            let event = types::Event {
+                subject: message.subject.to_string(),
+                payload: message.payload.to_vec(),
+                headers: convert::headers_to_vec(message.headers.as_ref()),
+                idempotency_key: key.clone(),
+                attempt,
+                delivery: types::Delivery {
+                    stream: Some(stream.clone()),
+                    sequence: Some(sequence),
+                    published_at_ms: Some(epoch_ms(published)),
+                    reply_to: None,
+                },
+            };
+            let failure = match self.attempt(route, &key, &event).await {
+                Ok(()) => {
+                    self.complete(lease.as_ref()).await;
+                    ack(message, AckKind::Ack).await;
+                    return;
+                }
+                Err(failure) => failure,
+            };
+            let now = SystemTime::now();
+            // The first failure is in the dedup record (shared across hosts and
+            // restarts); without dedup, the publish time is the bound.
+            let first = lease
+                .as_ref()
+                .and_then(|l| l.first_failure)
+                .unwrap_or(if lease.is_some() { now } else { published });
+            let since_first = now.duration_since(first).unwrap_or_default();
+            let delay = route.retry.delay(attempt, failure.retry_after, &mut rand::rng());
+            if failure.class.is_retryable() && route.retry.should_retry(attempt, since_first, delay) {
+                bump(&route.stats.retries, 1);
+                tracing::warn!(
+                    error.class = failure.class.as_str(),
+                    "attempt {attempt} failed: {}; redelivery in {delay:?}",
+                    failure.message
+                );
+                self.release_failed(lease.as_ref(), now).await;
+                ack(message, AckKind::Nak(Some(delay))).await;
+                return;
+            }
+            bump(&route.stats.gave_up, 1);
+            let letter = DeadLetter {
+                plugin: route.tag.name.to_string(),
+                version: route.tag.version.to_string(),
+                subject: message.subject.to_string(),
+                headers: header_pairs(message.headers.as_ref()),
+                payload: message.payload.clone(),
+                stream: Some(stream.clone()),
+                sequence: Some(sequence),
+                attempts: attempt,
+                error_class: failure.class.as_str().to_string(),
+                error: failure.message.clone(),
+                key: key.clone(),
+                first_failure: from_epoch_ms(epoch_ms(first)),
+                last_failure: now,
+                trace_id: trace.clone(),
+                replay: replay_count(message.headers.as_ref()),
+            };
+            self.release_failed(lease.as_ref(), now).await;
+            match self.dead_letter(route, &letter).await {
+                Ok(()) => ack(message, AckKind::Term).await,
+                Err(e) => {
+                    tracing::error!("{e}; the event stays in the stream and is redelivered in {UNSETTLED_RETRY:?}");
+                    ack(message, AckKind::Nak(Some(UNSETTLED_RETRY))).await;
+                }
+            }
+        }
+        .instrument(span)
+        .await;
+    }
+}
+
+async fn ack(message: &Message, kind: AckKind) {
+    if let Err(e) = message.ack_with(kind).await {
+        // The server redelivers after ack_wait; dedup makes that safe.
+        tracing::warn!(
+            "acknowledgement ({kind:?}) not sent: {e}; the server will redeliver after ack_wait"
+        );
+    }
+}

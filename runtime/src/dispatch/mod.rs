@@ -1,0 +1,387 @@
+//! From a NATS message to a settled event: build the plugin's view of it,
+//! claim its idempotency key, run it on a fresh instance, then commit the
+//! outbox (success), schedule a retry (retryable failure), or dead-letter it
+//! (permanent failure or retries exhausted). [`core`] and [`jetstream`] hold
+//! the two delivery modes; this module holds what they share.
+//!
+//! Concurrency is bounded twice: a per-plugin semaphore (the plugin's
+//! `max_concurrency`) and a host-wide one sized like the instance pool, so an
+//! event waits for a slot instead of failing.
+
+pub mod core;
+pub mod jetstream;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+use async_nats::{Client, HeaderMap};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::delivery::RetryPolicy;
+use crate::delivery::dead_letter::{self, DeadLetter, DlqError};
+use crate::delivery::dedup::{Claim, DedupStore, Lease};
+use crate::delivery::key::{KeyInput, derive_key};
+use crate::engine::WasmEngine;
+use crate::engine::bindings::v0_1::sluice::plugin::types;
+use crate::engine::component::CompiledPlugin;
+use crate::engine::invoke::{self, Failure, FailureClass, InvocationRequest, InvokeLimits};
+use crate::host::{OutboundMessage, PluginTag};
+use crate::manifest::KeySource;
+use crate::nats::convert;
+use crate::subject::PublishGrants;
+
+/// Counters of one plugin, readable while the host runs.
+#[derive(Debug, Default)]
+pub struct PluginStats {
+    received: AtomicU64,
+    succeeded: AtomicU64,
+    failed_attempts: AtomicU64,
+    retries: AtomicU64,
+    gave_up: AtomicU64,
+    dead_lettered: AtomicU64,
+    dlq_failures: AtomicU64,
+    published: AtomicU64,
+    dedup_hits: AtomicU64,
+    dedup_misses: AtomicU64,
+    lease_conflicts: AtomicU64,
+}
+
+/// A point-in-time copy of [`PluginStats`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StatsSnapshot {
+    /// Deliveries received from NATS (JetStream redeliveries included).
+    pub received: u64,
+    /// Events handled successfully (outbox committed).
+    pub succeeded: u64,
+    /// Attempts that failed (any class).
+    pub failed_attempts: u64,
+    /// Retries scheduled (timer for core, Nak with delay for JetStream).
+    pub retries: u64,
+    /// Events given up on (permanent error or retries exhausted).
+    pub gave_up: u64,
+    /// Events whose DLQ entry was acknowledged.
+    pub dead_lettered: u64,
+    /// DLQ publishes that failed (JetStream events are then redelivered).
+    pub dlq_failures: u64,
+    /// Messages published from committed outboxes.
+    pub published: u64,
+    /// Deliveries skipped because their key had already completed.
+    pub dedup_hits: u64,
+    /// Keys claimed for handling.
+    pub dedup_misses: u64,
+    /// Deliveries whose key was in progress elsewhere.
+    pub lease_conflicts: u64,
+}
+
+impl PluginStats {
+    /// Copy the counters.
+    pub fn snapshot(&self) -> StatsSnapshot {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        StatsSnapshot {
+            received: get(&self.received),
+            succeeded: get(&self.succeeded),
+            failed_attempts: get(&self.failed_attempts),
+            retries: get(&self.retries),
+            gave_up: get(&self.gave_up),
+            dead_lettered: get(&self.dead_lettered),
+            dlq_failures: get(&self.dlq_failures),
+            published: get(&self.published),
+            dedup_hits: get(&self.dedup_hits),
+            dedup_misses: get(&self.dedup_misses),
+            lease_conflicts: get(&self.lease_conflicts),
+        }
+    }
+}
+
+pub(crate) fn bump(counter: &AtomicU64, n: u64) {
+    counter.fetch_add(n, Ordering::Relaxed);
+}
+
+/// One plugin version in service, with everything needed to run its events.
+pub struct Route {
+    /// Name and version.
+    pub tag: PluginTag,
+    /// The compiled component.
+    pub compiled: Arc<CompiledPlugin>,
+    /// Publish grants.
+    pub grants: Arc<PublishGrants>,
+    /// Per-event limits.
+    pub limits: InvokeLimits,
+    /// Retry policy.
+    pub retry: RetryPolicy,
+    /// Per-plugin concurrency cap.
+    pub concurrency: Arc<Semaphore>,
+    /// Counters.
+    pub stats: Arc<PluginStats>,
+    /// Manifest override of the key source.
+    pub key_source: Option<KeySource>,
+    /// Headers folded into the content hash.
+    pub hash_headers: Vec<String>,
+    /// Whether keys are deduplicated.
+    pub dedup: bool,
+    /// Wait for JetStream acks on outbox publishes.
+    pub confirm_publishes: bool,
+}
+
+/// Runs events; shared by every subscription of the host.
+pub struct Dispatcher {
+    engine: WasmEngine,
+    client: Client,
+    js: async_nats::jetstream::Context,
+    dedup: Option<Arc<dyn DedupStore>>,
+    instances: Arc<Semaphore>,
+    tasks: TaskTracker,
+    shutdown: CancellationToken,
+}
+
+impl Dispatcher {
+    /// A dispatcher publishing through `client`, deduplicating in `dedup`.
+    pub fn new(
+        engine: WasmEngine,
+        client: Client,
+        dedup: Option<Arc<dyn DedupStore>>,
+        tasks: TaskTracker,
+        shutdown: CancellationToken,
+    ) -> Self {
+        let instances = Arc::new(Semaphore::new(engine.settings().max_instances as usize));
+        let js = async_nats::jetstream::new(client.clone());
+        Dispatcher {
+            engine,
+            client,
+            js,
+            dedup,
+            instances,
+            tasks,
+            shutdown,
+        }
+    }
+
+    /// The JetStream context of the host's connection.
+    pub fn jetstream(&self) -> &async_nats::jetstream::Context {
+        &self.js
+    }
+
+    /// Derive the idempotency key of a message for `route`.
+    pub(crate) fn key_for(
+        route: &Route,
+        subject: &str,
+        payload: &[u8],
+        headers: Option<&HeaderMap>,
+        stream_seq: Option<(&str, u64)>,
+    ) -> String {
+        let lookup = |name: &str| {
+            headers
+                .and_then(|h| h.get(name))
+                .map(|v| v.as_str().to_string())
+        };
+        derive_key(&KeyInput {
+            subject,
+            payload,
+            header: &lookup,
+            stream_seq,
+            source: route.key_source.as_ref(),
+            hash_headers: &route.hash_headers,
+        })
+    }
+
+    /// Claim `key` in the dedup store; `None` when dedup is off for `route`.
+    /// A store error is logged and answered with `Err` so the caller can
+    /// choose (core: handle anyway; JetStream: redeliver later).
+    pub(crate) async fn claim(
+        &self,
+        route: &Route,
+        key: &str,
+        lease: Duration,
+    ) -> Result<Option<Claim>, ()> {
+        let Some(store) = self.dedup.as_ref().filter(|_| route.dedup) else {
+            return Ok(None);
+        };
+        match store.claim(&route.tag.name, key, lease).await {
+            Ok(claim) => {
+                match &claim {
+                    Claim::Completed => bump(&route.stats.dedup_hits, 1),
+                    Claim::Busy { .. } => bump(&route.stats.lease_conflicts, 1),
+                    Claim::Acquired(_) => bump(&route.stats.dedup_misses, 1),
+                }
+                Ok(Some(claim))
+            }
+            Err(e) => {
+                tracing::warn!(plugin = %route.tag.name, key, "cannot claim the idempotency key: {e}");
+                Err(())
+            }
+        }
+    }
+
+    pub(crate) async fn complete(&self, lease: Option<&Lease>) {
+        if let (Some(store), Some(lease)) = (self.dedup.as_ref(), lease)
+            && let Err(e) = store.complete(lease).await
+        {
+            tracing::warn!(
+                "cannot record completion; a redelivery may run the handler again (its publishes are deduplicated downstream): {e}"
+            );
+        }
+    }
+
+    pub(crate) async fn release_failed(&self, lease: Option<&Lease>, at: SystemTime) {
+        if let (Some(store), Some(lease)) = (self.dedup.as_ref(), lease)
+            && let Err(e) = store.fail(lease, at).await
+        {
+            tracing::warn!("cannot release the idempotency lease (it expires on its own): {e}");
+        }
+    }
+
+    /// One attempt: invoke, then commit the outbox on success.
+    pub(crate) async fn attempt(
+        &self,
+        route: &Route,
+        key: &str,
+        event: &types::Event,
+    ) -> Result<(), Failure> {
+        let Ok(_instance) = self.instances.acquire().await else {
+            return Err(Failure {
+                class: FailureClass::Instantiate,
+                message: "host is shutting down".into(),
+                retry_after: None,
+            });
+        };
+        let report = invoke::invoke(
+            &self.engine,
+            &route.compiled,
+            InvocationRequest {
+                event,
+                tag: route.tag.clone(),
+                grants: route.grants.clone(),
+                limits: route.limits,
+                keep_logs: false,
+            },
+        )
+        .await;
+        drop(_instance);
+        if let Err(failure) = report.outcome {
+            bump(&route.stats.failed_attempts, 1);
+            return Err(failure);
+        }
+        self.commit(route, key, report.published)
+            .await
+            .inspect_err(|_| {
+                bump(&route.stats.failed_attempts, 1);
+            })?;
+        bump(&route.stats.succeeded, 1);
+        tracing::debug!(elapsed = ?report.elapsed, "handled");
+        Ok(())
+    }
+
+    /// Send a successful attempt's outbox. With `confirm_publishes`, every
+    /// message is a JetStream publish and all acks are awaited (pipelined).
+    async fn commit(
+        &self,
+        route: &Route,
+        key: &str,
+        outbox: Vec<OutboundMessage>,
+    ) -> Result<(), Failure> {
+        let count = outbox.len() as u64;
+        let fail = |subject: &str, e: String| Failure {
+            class: FailureClass::Retryable,
+            message: format!("publishing the outbox to `{subject}` failed: {e}"),
+            retry_after: None,
+        };
+        if route.confirm_publishes {
+            let mut pending = Vec::with_capacity(outbox.len());
+            for (index, message) in outbox.into_iter().enumerate() {
+                let headers = convert::outgoing_headers(&message, key, &route.tag.name, index);
+                let ack = self
+                    .js
+                    .publish_with_headers(message.subject.clone(), headers, message.payload)
+                    .await
+                    .map_err(|e| fail(&message.subject, e.to_string()))?;
+                pending.push((message.subject, ack));
+            }
+            for (subject, ack) in pending {
+                ack.await.map_err(|e| {
+                    fail(
+                        &subject,
+                        format!(
+                            "{e} (with outbox.confirm a JetStream stream must capture the subject)"
+                        ),
+                    )
+                })?;
+            }
+        } else {
+            for (index, message) in outbox.into_iter().enumerate() {
+                let headers = convert::outgoing_headers(&message, key, &route.tag.name, index);
+                self.client
+                    .publish_with_headers(message.subject.clone(), headers, message.payload)
+                    .await
+                    .map_err(|e| fail(&message.subject, e.to_string()))?;
+            }
+        }
+        bump(&route.stats.published, count);
+        Ok(())
+    }
+
+    /// Publish a dead letter and wait for its ack.
+    pub(crate) async fn dead_letter(
+        &self,
+        route: &Route,
+        letter: &DeadLetter,
+    ) -> Result<(), DlqError> {
+        match dead_letter::publish(&self.js, letter).await {
+            Ok(()) => {
+                bump(&route.stats.dead_lettered, 1);
+                tracing::error!(
+                    error.class = %letter.error_class, attempts = letter.attempts,
+                    dlq = %dead_letter::dlq_subject(&route.tag.name),
+                    "dead-lettered after {} attempt(s): {}", letter.attempts, letter.error
+                );
+                Ok(())
+            }
+            Err(e) => {
+                bump(&route.stats.dlq_failures, 1);
+                Err(e)
+            }
+        }
+    }
+}
+
+/// The W3C trace id of `traceparent`, else a fresh random one.
+pub fn trace_id(headers: Option<&HeaderMap>) -> String {
+    headers
+        .and_then(|h| h.get("traceparent"))
+        .and_then(|v| {
+            let parts: Vec<&str> = v.as_str().split('-').collect();
+            (parts.len() == 4
+                && parts[1].len() == 32
+                && parts[1].chars().all(|c| c.is_ascii_hexdigit()))
+            .then(|| parts[1].to_ascii_lowercase())
+        })
+        .unwrap_or_else(|| hex::encode(rand::random::<[u8; 16]>()))
+}
+
+/// Headers as (name, value) pairs, for dead letters.
+pub(crate) fn header_pairs(headers: Option<&HeaderMap>) -> Vec<(String, String)> {
+    convert::headers_to_vec(headers)
+        .into_iter()
+        .map(|h| (h.name, h.value))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trace_id_comes_from_traceparent_or_is_generated() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            "traceparent",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+        );
+        assert_eq!(trace_id(Some(&h)), "4bf92f3577b34da6a3ce929d0e0e4736");
+        let generated = trace_id(None);
+        assert_eq!(generated.len(), 32);
+        assert_ne!(generated, trace_id(None));
+    }
+}
