@@ -50,8 +50,6 @@ struct RawIdempotency {
     #[serde(default)]
     hash_headers: Vec<String>,
     dedup: Option<bool>,
-    #[serde(default, with = "humantime_serde")]
-    ttl: Option<Duration>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -102,8 +100,6 @@ pub struct IdempotencySettings {
     pub hash_headers: Vec<String>,
     /// Skip events whose key already completed (default true).
     pub dedup: bool,
-    /// How long a completed key is remembered.
-    pub ttl: Option<Duration>,
 }
 
 /// Per-plugin overrides of the host's retry defaults.
@@ -311,7 +307,6 @@ impl Manifest {
                 key,
                 hash_headers: raw.idempotency.hash_headers,
                 dedup: raw.idempotency.dedup.unwrap_or(true),
-                ttl: raw.idempotency.ttl,
             },
             confirm_publishes: raw
                 .outbox
@@ -409,7 +404,7 @@ mod tests {
     #[test]
     fn jetstream_mode_and_idempotency_parse_and_validate() {
         let m = Manifest::parse(
-            "subjects = [\"orders.>\"]\nmode = \"jetstream\"\n[jetstream]\nstream = \"ORDERS\"\ncreate_stream = true\n[idempotency]\nkey = \"json:/order/id\"\nttl = \"1h\"",
+            "subjects = [\"orders.>\"]\nmode = \"jetstream\"\n[jetstream]\nstream = \"ORDERS\"\ncreate_stream = true\n[idempotency]\nkey = \"json:/order/id\"",
         )
         .unwrap();
         assert_eq!(m.mode, DeliveryMode::Jetstream);
