@@ -341,6 +341,9 @@ pub fn apply_retry(mut policy: RetryPolicy, o: &RetryOverrides) -> RetryPolicy {
     if let Some(v) = o.max_elapsed {
         policy.max_elapsed = Some(v);
     }
+    if let Some(v) = o.jitter {
+        policy.jitter = v;
+    }
     policy
 }
 

@@ -119,6 +119,8 @@ pub struct RetryOverrides {
     /// Stop retrying after this long since the first attempt.
     #[serde(default, with = "humantime_serde")]
     pub max_elapsed: Option<Duration>,
+    /// `full` (default), `equal` or `none`.
+    pub jitter: Option<crate::delivery::Jitter>,
 }
 
 /// A validated manifest.

@@ -11,8 +11,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::Args;
 
-use crate::delivery::idempotency_key;
-use crate::delivery::key::MSG_ID_HEADER;
+use crate::delivery::key::{KeyInput, derive_key};
 use crate::engine::bindings::v0_1::sluice::plugin::types;
 use crate::engine::invoke::{InvocationRequest, InvokeLimits};
 use crate::engine::{EngineSettings, WasmEngine, component, invoke as engine_invoke};
@@ -64,16 +63,20 @@ pub async fn invoke(args: InvokeArgs) -> anyhow::Result<ExitCode> {
             value: value.to_string(),
         });
     }
-    let grants = match args.manifest.clone().or_else(|| {
+    let manifest = match args.manifest.clone().or_else(|| {
         let beside = args.file.with_extension("toml");
         beside.exists().then_some(beside)
     }) {
-        Some(path) => Manifest::load(&path)?.publish,
+        Some(path) => Some(Manifest::load(&path)?),
         None => {
             eprintln!("note: no manifest found; granting publish to every non-reserved subject");
-            PublishGrants::new(vec![">".into()])
+            None
         }
     };
+    let grants = manifest
+        .as_ref()
+        .map(|m| m.publish.clone())
+        .unwrap_or_else(|| PublishGrants::new(vec![">".into()]));
 
     let bytes = std::fs::read(&args.file)
         .with_context(|| format!("cannot read {}", args.file.display()))?;
@@ -88,11 +91,24 @@ pub async fn invoke(args: InvokeArgs) -> anyhow::Result<ExitCode> {
     }
     .with_context(|| format!("{} is not a usable sluice plugin", args.file.display()))?;
 
-    let msg_id = headers
-        .iter()
-        .find(|h| h.name == MSG_ID_HEADER)
-        .map(|h| h.value.as_str());
-    let key = idempotency_key(msg_id, &args.subject, &payload);
+    // The same derivation as the host's core mode (no stream sequence here).
+    let lookup = |name: &str| {
+        headers
+            .iter()
+            .find(|h| h.name == name)
+            .map(|h| h.value.clone())
+    };
+    let key = derive_key(&KeyInput {
+        subject: &args.subject,
+        payload: &payload,
+        header: &lookup,
+        stream_seq: None,
+        source: manifest.as_ref().and_then(|m| m.idempotency.key.as_ref()),
+        hash_headers: manifest
+            .as_ref()
+            .map(|m| m.idempotency.hash_headers.as_slice())
+            .unwrap_or(&[]),
+    });
     let event = types::Event {
         subject: args.subject.clone(),
         payload,

@@ -9,4 +9,4 @@ pub mod key;
 pub mod retry;
 
 pub use key::{idempotency_key, outgoing_msg_id};
-pub use retry::RetryPolicy;
+pub use retry::{Jitter, RetryPolicy};

@@ -6,6 +6,19 @@ use std::time::Duration;
 
 use rand::Rng;
 
+/// How the random part of a delay is drawn.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Jitter {
+    /// Uniform in `[0, bound]`: the best spread (the default).
+    #[default]
+    Full,
+    /// Uniform in `[bound/2, bound]`: spread, but never much shorter than the bound.
+    Equal,
+    /// Exactly the bound: deterministic.
+    None,
+}
+
 /// Retry policy of one plugin.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RetryPolicy {
@@ -19,6 +32,8 @@ pub struct RetryPolicy {
     pub max_delay: Duration,
     /// Give up once this much time has passed since the first attempt.
     pub max_elapsed: Option<Duration>,
+    /// How delays are randomised.
+    pub jitter: Jitter,
 }
 
 impl Default for RetryPolicy {
@@ -29,6 +44,7 @@ impl Default for RetryPolicy {
             multiplier: 2.0,
             max_delay: Duration::from_secs(30),
             max_elapsed: Some(Duration::from_secs(300)),
+            jitter: Jitter::Full,
         }
     }
 }
@@ -45,16 +61,16 @@ impl RetryPolicy {
     }
 
     /// The delay before the next attempt after failed attempt `attempt`:
-    /// full jitter over the bound, raised to the plugin's hint if it gave one,
+    /// jitter over the bound, raised to the plugin's hint if it gave one,
     /// never above `max_delay`.
     pub fn delay(&self, attempt: u32, hint: Option<Duration>, rng: &mut impl Rng) -> Duration {
         let bound = self.bound(attempt);
-        let jittered = if bound.is_zero() {
-            bound
-        } else {
-            Duration::from_nanos(
-                rng.random_range(0..=bound.as_nanos().min(u64::MAX as u128) as u64),
-            )
+        let nanos = bound.as_nanos().min(u64::MAX as u128) as u64;
+        let jittered = match self.jitter {
+            _ if nanos == 0 => bound,
+            Jitter::Full => Duration::from_nanos(rng.random_range(0..=nanos)),
+            Jitter::Equal => Duration::from_nanos(rng.random_range(nanos / 2..=nanos)),
+            Jitter::None => bound,
         };
         jittered.max(hint.unwrap_or_default()).min(self.max_delay)
     }
@@ -85,6 +101,7 @@ mod tests {
             multiplier: 2.0,
             max_delay: Duration::from_secs(2),
             max_elapsed: Some(Duration::from_secs(5)),
+            jitter: Jitter::Full,
         }
     }
 
@@ -109,6 +126,24 @@ mod tests {
             *max - *min > p.bound(3) / 2,
             "jitter should spread: {min:?}..{max:?}"
         );
+    }
+
+    #[test]
+    fn jitter_modes_shape_the_delay() {
+        let mut rng = StdRng::seed_from_u64(3);
+        let none = RetryPolicy {
+            jitter: Jitter::None,
+            ..policy()
+        };
+        assert_eq!(none.delay(3, None, &mut rng), none.bound(3));
+        let equal = RetryPolicy {
+            jitter: Jitter::Equal,
+            ..policy()
+        };
+        for _ in 0..100 {
+            let d = equal.delay(3, None, &mut rng);
+            assert!(d >= equal.bound(3) / 2 && d <= equal.bound(3), "{d:?}");
+        }
     }
 
     #[test]
