@@ -43,6 +43,8 @@ pub struct FileConfig {
     pub dedup_ttl: Option<Duration>,
     /// Name of the DLQ stream.
     pub dlq_stream: Option<String>,
+    /// Compile cache folder, or `off`.
+    pub compile_cache: Option<String>,
     /// Default retry policy.
     #[serde(default)]
     pub retry: RetryOverrides,
@@ -75,6 +77,8 @@ pub struct Overrides {
     pub dedup_ttl: Option<Duration>,
     /// `--dlq-stream` / `SLUICE_DLQ_STREAM`.
     pub dlq_stream: Option<String>,
+    /// `--compile-cache` / `SLUICE_COMPILE_CACHE`.
+    pub compile_cache: Option<String>,
 }
 
 /// Where dedup records live.
@@ -122,6 +126,8 @@ pub struct Settings {
     pub dedup_ttl: Duration,
     /// DLQ stream name.
     pub dlq_stream: String,
+    /// Compile cache folder (`None`: off).
+    pub compile_cache: Option<PathBuf>,
 }
 
 /// A configuration problem; names the file or key and what to do.
@@ -296,7 +302,14 @@ pub fn resolve(overrides: &Overrides, file: FileConfig) -> Result<Settings, Conf
             format!("`{dlq_stream}` is not a valid stream name (letters, digits, `-`, `_`)"),
         ));
     }
+    let compile_cache = match overrides.compile_cache.clone().or(file.compile_cache).as_deref() {
+        Some("off") => None,
+        Some("") => return Err(invalid("compile_cache", "is empty; give a folder, or `off`".into())),
+        Some(dir) => Some(PathBuf::from(dir)),
+        None => default_cache_dir(),
+    };
     Ok(Settings {
+        compile_cache,
         dedup_store,
         dedup_bucket,
         dedup_ttl,
@@ -345,6 +358,15 @@ pub fn apply_retry(mut policy: RetryPolicy, o: &RetryOverrides) -> RetryPolicy {
         policy.jitter = v;
     }
     policy
+}
+
+/// `$XDG_CACHE_HOME/sluice/compiled`, else `$HOME/.cache/sluice/compiled`.
+fn default_cache_dir() -> Option<PathBuf> {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").filter(|v| !v.is_empty()).map(|h| PathBuf::from(h).join(".cache")))?;
+    Some(base.join("sluice").join("compiled"))
 }
 
 fn is_name(name: &str) -> bool {

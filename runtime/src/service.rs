@@ -1,32 +1,42 @@
-//! The running host: load the plugin folder, connect to NATS, subscribe each
-//! plugin's subjects, dispatch events, and shut down cleanly.
+//! The running host: connect to NATS, load the plugin folder, subscribe each
+//! plugin, dispatch events, follow deploys in the folder, and shut down
+//! cleanly.
 //!
-//! [`start`] returns a [`HostHandle`] at once; connecting and subscribing go
-//! on in the background (so an unreachable NATS is retried and reported rather
-//! than fatal). [`HostHandle::ready`] resolves once every plugin is subscribed.
+//! [`start`] returns a [`HostHandle`] at once; connecting, loading and
+//! subscribing go on in the background (an unreachable NATS is retried and
+//! reported rather than fatal). [`HostHandle::ready`] resolves once every
+//! plugin found at start is subscribed. After that the [`Supervisor`] owns
+//! every plugin: a changed file is loaded, checked and swapped in atomically
+//! (in-flight events finish on the old version, later events go to the new
+//! one); a bad new version leaves the old one serving; a removed plugin
+//! drains and unsubscribes.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use futures::StreamExt;
 use thiserror::Error;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{Semaphore, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use wasmtime::component::Linker;
 
 use crate::config::{DedupStoreKind, Settings, apply_retry};
 use crate::delivery::dead_letter;
 use crate::delivery::dedup::{DedupStore, MemoryStore};
 use crate::delivery::dedup_kv::KvStore;
-use crate::dispatch::{Dispatcher, PluginStats, Route, StatsSnapshot};
+use crate::dispatch::{Dispatcher, Route, StatsSnapshot};
+use crate::engine::cache::{CompileCache, Provenance};
 use crate::engine::invoke::InvokeLimits;
 use crate::engine::{EngineError, WasmEngine};
-use crate::host::{self, PluginTag};
-use crate::manifest::DeliveryMode;
+use crate::host::{self, HostState, PluginTag};
+use crate::manifest::{DeliveryMode, JetStreamSettings, Manifest};
 use crate::nats;
 use crate::nats::jetstream::{ConsumerSpec, durable_consumer};
-use crate::registry::{self, DirError, LoadedPlugin};
+use crate::registry::{self, DirError, LoadedPlugin, PluginStatus, Registry, ReloadCounters, watcher};
 
 /// Why the host cannot start at all (a single bad plugin is not one of these).
 #[derive(Debug, Error)]
@@ -43,70 +53,51 @@ pub enum ServiceError {
     /// NATS connection gave up (shutdown requested first).
     #[error(transparent)]
     Connect(#[from] nats::ConnectError),
-    /// A JetStream consumer could not be set up.
-    #[error("plugin `{plugin}`: {source}")]
-    JetStream {
-        /// The plugin.
-        plugin: String,
-        /// Why.
-        source: crate::nats::jetstream::JetStreamSetupError,
-    },
-    /// A subscription was refused by the server.
-    #[error("cannot subscribe plugin `{plugin}` to `{subject}`: {message}")]
-    Subscribe {
-        /// The plugin.
-        plugin: String,
-        /// The subject.
-        subject: String,
-        /// Why.
-        message: String,
-    },
 }
 
-/// How one plugin is doing.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PluginStatus {
-    /// Name.
-    pub name: String,
-    /// Version hash, when loaded.
-    pub version: Option<String>,
-    /// `serving` or `failed`.
-    pub state: String,
-    /// The failure reason, when failed.
-    pub error: Option<String>,
-    /// Subscribed subjects.
-    pub subjects: Vec<String>,
-    /// `core` or `jetstream`.
-    pub mode: String,
-}
-
-struct Shared {
-    status: BTreeMap<String, PluginStatus>,
-    stats: BTreeMap<String, Arc<PluginStats>>,
+/// Why one plugin's subscriptions could not be set up.
+#[derive(Debug, Error)]
+enum SubscribeError {
+    #[error("cannot subscribe to `{subject}`: {message}")]
+    Core { subject: String, message: String },
+    #[error(transparent)]
+    JetStream(#[from] crate::nats::jetstream::JetStreamSetupError),
+    #[error("cannot start fetching: {0}")]
+    Fetch(String),
 }
 
 /// Control of a running host.
 pub struct HostHandle {
     shutdown: CancellationToken,
     ready: watch::Receiver<bool>,
-    shared: Arc<Shared>,
+    registry: Arc<Registry>,
     task: tokio::task::JoinHandle<Result<(), ServiceError>>,
 }
 
 impl HostHandle {
-    /// Wait until NATS is connected and every loaded plugin is subscribed.
+    /// Wait until NATS is connected and every plugin found at start is subscribed.
     pub async fn ready(&mut self) -> bool {
         self.ready.wait_for(|r| *r).await.is_ok()
     }
 
-    /// Status of every plugin found in the folder.
+    /// Status of every plugin.
     pub fn plugins(&self) -> Vec<PluginStatus> {
-        self.shared.status.values().cloned().collect()
+        self.registry.statuses()
     }
 
-    /// Counters of a loaded plugin.
+    /// Counters of a plugin.
     pub fn stats(&self, plugin: &str) -> Option<StatsSnapshot> {
-        self.shared.stats.get(plugin).map(|s| s.snapshot())
+        self.registry.stats(plugin)
+    }
+
+    /// Reload and compile-cache counters.
+    pub fn reload_counters(&self) -> ReloadCounters {
+        self.registry.counters()
+    }
+
+    /// The live registry (for the admin endpoint).
+    pub fn registry(&self) -> Arc<Registry> {
+        self.registry.clone()
     }
 
     /// A token that stops the host when cancelled.
@@ -114,7 +105,7 @@ impl HostHandle {
         self.shutdown.clone()
     }
 
-    /// Stop taking events, let in-flight ones finish (up to `grace`), and wait.
+    /// Stop taking events, let in-flight ones finish (up to the grace), and wait.
     pub async fn shutdown(self) -> Result<(), ServiceError> {
         self.shutdown.cancel();
         self.wait().await
@@ -131,16 +122,38 @@ impl HostHandle {
 
 /// How long in-flight events may take to finish at shutdown.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// Quiet time after the last file event of a plugin before it is loaded.
+const DEBOUNCE: Duration = Duration::from_millis(100);
 
-async fn open_dedup_store(
-    settings: &Settings,
-    js: &async_nats::jetstream::Context,
-) -> Option<Arc<dyn DedupStore>> {
+/// Start serving in the background.
+pub async fn start(settings: Settings) -> Result<HostHandle, ServiceError> {
+    let engine = WasmEngine::new(settings.engine.clone())?;
+    let linker = host::linker(engine.engine()).map_err(ServiceError::Linker)?;
+    // Fail fast on a missing folder; everything else is per plugin.
+    registry::plugin_files(&settings.plugins)?;
+    let registry = Arc::new(Registry::default());
+    let shutdown = CancellationToken::new();
+    let (ready_tx, ready) = watch::channel(false);
+    let task = tokio::spawn(serve(
+        settings,
+        engine,
+        linker,
+        registry.clone(),
+        shutdown.clone(),
+        ready_tx,
+    ));
+    Ok(HostHandle {
+        shutdown,
+        ready,
+        registry,
+        task,
+    })
+}
+
+async fn open_dedup_store(settings: &Settings, js: &async_nats::jetstream::Context) -> Option<Arc<dyn DedupStore>> {
     match settings.dedup_store {
         DedupStoreKind::Memory => Some(Arc::new(MemoryStore::new(settings.dedup_ttl))),
-        DedupStoreKind::Kv => match KvStore::open(js, &settings.dedup_bucket, settings.dedup_ttl)
-            .await
-        {
+        DedupStoreKind::Kv => match KvStore::open(js, &settings.dedup_bucket, settings.dedup_ttl).await {
             Ok(store) => Some(Arc::new(store)),
             Err(e) => {
                 tracing::error!("{e}; falling back to an in-memory dedup store (this host only)");
@@ -150,196 +163,11 @@ async fn open_dedup_store(
     }
 }
 
-async fn subscribe_core(
-    client: &async_nats::Client,
-    plugin: &LoadedPlugin,
-    route: &Arc<Route>,
-    dispatcher: &Arc<Dispatcher>,
-    subscriptions: &TaskTracker,
-    shutdown: &CancellationToken,
-) -> Result<(), ServiceError> {
-    for subject in &plugin.manifest.subjects {
-        let subscriber = match &plugin.manifest.queue_group {
-            Some(group) => client.queue_subscribe(subject.clone(), group.clone()).await,
-            None => client.subscribe(subject.clone()).await,
-        }
-        .map_err(|e| ServiceError::Subscribe {
-            plugin: plugin.name.clone(),
-            subject: subject.clone(),
-            message: e.to_string(),
-        })?;
-        tracing::info!(plugin = %plugin.name, subject = %subject, queue_group = ?plugin.manifest.queue_group, "subscribed (core NATS)");
-        let dispatcher = dispatcher.clone();
-        let route = route.clone();
-        let stop = shutdown.clone();
-        subscriptions.spawn(async move {
-            let mut subscriber = subscriber;
-            loop {
-                tokio::select! {
-                    _ = stop.cancelled() => break,
-                    message = subscriber.next() => match message {
-                        Some(message) => dispatcher.dispatch_core(route.clone(), message).await,
-                        None => break,
-                    },
-                }
-            }
-            let _ = subscriber.unsubscribe().await;
-        });
-    }
-    Ok(())
-}
-
-async fn consume_jetstream(
-    js: &async_nats::jetstream::Context,
-    settings: &Settings,
-    plugin: &LoadedPlugin,
-    route: &Arc<Route>,
-    dispatcher: &Arc<Dispatcher>,
-    subscriptions: &TaskTracker,
-    shutdown: &CancellationToken,
-) -> Result<(), ServiceError> {
-    let concurrency = plugin
-        .manifest
-        .max_concurrency
-        .unwrap_or(settings.max_concurrency);
-    let spec = ConsumerSpec {
-        plugin: &plugin.name,
-        manifest: &plugin.manifest,
-        concurrency,
-        timeout: route.limits.timeout,
-    };
-    let consumer = durable_consumer(js, &spec)
-        .await
-        .map_err(|source| ServiceError::JetStream {
-            plugin: plugin.name.clone(),
-            source,
-        })?;
-    let mut messages = consumer
-        .stream()
-        .max_messages_per_batch(concurrency as usize)
-        .messages()
-        .await
-        .map_err(|e| ServiceError::Subscribe {
-            plugin: plugin.name.clone(),
-            subject: plugin.manifest.subjects.join(", "),
-            message: e.to_string(),
-        })?;
-    tracing::info!(
-        plugin = %plugin.name, stream = ?plugin.manifest.jetstream.as_ref().map(|j| &j.stream),
-        durable = ?plugin.manifest.durable_name(&plugin.name), "consuming (JetStream)"
-    );
-    let dispatcher = dispatcher.clone();
-    let route = route.clone();
-    let stop = shutdown.clone();
-    let name = plugin.name.clone();
-    subscriptions.spawn(async move {
-        loop {
-            tokio::select! {
-                _ = stop.cancelled() => break,
-                next = messages.next() => match next {
-                    Some(Ok(message)) => dispatcher.dispatch_jetstream(route.clone(), message).await,
-                    Some(Err(e)) => tracing::warn!(plugin = %name, "JetStream consumer: {e}"),
-                    None => break,
-                },
-            }
-        }
-    });
-    Ok(())
-}
-
-/// Load plugins and start serving in the background.
-pub async fn start(settings: Settings) -> Result<HostHandle, ServiceError> {
-    let engine = WasmEngine::new(settings.engine.clone())?;
-    let linker = host::linker(engine.engine()).map_err(ServiceError::Linker)?;
-    let set = registry::load_dir(&engine, &linker, &settings.plugins).await?;
-
-    let mut status = BTreeMap::new();
-    let mut stats = BTreeMap::new();
-    for failed in &set.failed {
-        tracing::error!("{failed}; this plugin is not served, the others are");
-        status.insert(
-            failed.name.clone(),
-            PluginStatus {
-                name: failed.name.clone(),
-                version: None,
-                state: "failed".into(),
-                error: Some(failed.kind.to_string()),
-                subjects: Vec::new(),
-                mode: String::new(),
-            },
-        );
-    }
-    let mut routes = Vec::new();
-    for plugin in set.loaded {
-        tracing::info!(
-            plugin = %plugin.name, version = %plugin.compiled.info.version,
-            contract = %plugin.compiled.info.contract_version,
-            subjects = ?plugin.manifest.subjects, "plugin loaded"
-        );
-        status.insert(
-            plugin.name.clone(),
-            PluginStatus {
-                name: plugin.name.clone(),
-                version: Some(plugin.compiled.info.version.clone()),
-                state: "serving".into(),
-                error: None,
-                subjects: plugin.manifest.subjects.clone(),
-                mode: match plugin.manifest.mode {
-                    DeliveryMode::Core => "core".into(),
-                    DeliveryMode::Jetstream => "jetstream".into(),
-                },
-            },
-        );
-        let route = route_for(&settings, &engine, &plugin);
-        stats.insert(plugin.name.clone(), route.stats.clone());
-        routes.push((plugin, route));
-    }
-    if routes.is_empty() {
-        tracing::warn!(folder = %settings.plugins.display(), "no plugin to serve; copy <name>.wasm and <name>.toml into the folder");
-    }
-
-    let shared = Arc::new(Shared { status, stats });
-    let shutdown = CancellationToken::new();
-    let (ready_tx, ready) = watch::channel(false);
-    let task = tokio::spawn(serve(settings, engine, routes, shutdown.clone(), ready_tx));
-    Ok(HostHandle {
-        shutdown,
-        ready,
-        shared,
-        task,
-    })
-}
-
-fn route_for(settings: &Settings, engine: &WasmEngine, plugin: &LoadedPlugin) -> Arc<Route> {
-    let manifest = &plugin.manifest;
-    let concurrency = manifest.max_concurrency.unwrap_or(settings.max_concurrency);
-    Arc::new(Route {
-        tag: PluginTag {
-            name: plugin.name.as_str().into(),
-            version: plugin.compiled.info.version.as_str().into(),
-        },
-        compiled: plugin.compiled.clone(),
-        grants: Arc::new(manifest.publish.clone()),
-        limits: InvokeLimits {
-            timeout: manifest.timeout.unwrap_or(settings.timeout),
-            max_memory_bytes: engine.settings().max_memory_bytes,
-            max_table_elements: engine.settings().max_table_elements,
-            ..InvokeLimits::default()
-        },
-        retry: apply_retry(settings.retry, &manifest.retry),
-        concurrency: Arc::new(Semaphore::new(concurrency as usize)),
-        stats: Arc::new(PluginStats::default()),
-        key_source: manifest.idempotency.key.clone(),
-        hash_headers: manifest.idempotency.hash_headers.clone(),
-        dedup: manifest.idempotency.dedup,
-        confirm_publishes: manifest.confirm_publishes,
-    })
-}
-
 async fn serve(
     settings: Settings,
     engine: WasmEngine,
-    routes: Vec<(LoadedPlugin, Arc<Route>)>,
+    linker: Linker<HostState>,
+    registry: Arc<Registry>,
     shutdown: CancellationToken,
     ready: watch::Sender<bool>,
 ) -> Result<(), ServiceError> {
@@ -350,70 +178,380 @@ async fn serve(
     };
     let js = async_nats::jetstream::new(client.clone());
     if let Err(e) = dead_letter::ensure_stream(&js, &settings.dlq_stream).await {
-        tracing::error!(
-            "{e}; dead-lettering will fail (core events are then lost, JetStream events redelivered) until it is fixed"
-        );
+        tracing::error!("{e}; dead-lettering will fail (core events are then lost, JetStream events redelivered) until it is fixed");
     }
     let dedup = open_dedup_store(&settings, &js).await;
     let tasks = TaskTracker::new();
     let dispatcher = Arc::new(Dispatcher::new(
-        engine,
+        engine.clone(),
         client.clone(),
         dedup,
         tasks.clone(),
         shutdown.clone(),
     ));
-    let subscriptions = TaskTracker::new();
-    for (plugin, route) in routes {
-        match plugin.manifest.mode {
-            DeliveryMode::Core => {
-                subscribe_core(
-                    &client,
-                    &plugin,
-                    &route,
-                    &dispatcher,
-                    &subscriptions,
-                    &shutdown,
-                )
-                .await?
-            }
-            DeliveryMode::Jetstream => {
-                consume_jetstream(
-                    &js,
-                    &settings,
-                    &plugin,
-                    &route,
-                    &dispatcher,
-                    &subscriptions,
-                    &shutdown,
-                )
-                .await?
-            }
+    // Watch before the initial scan, so a file landing in between is not missed.
+    let (watcher, mut changes) = match watcher::watch(&settings.plugins) {
+        Ok((w, rx)) => (Some(w), rx),
+        Err(e) => {
+            tracing::error!("{e}");
+            (None, mpsc::unbounded_channel().1)
         }
+    };
+    let cache = settings.compile_cache.clone().map(CompileCache::new);
+    let mut supervisor = Supervisor {
+        settings,
+        engine,
+        linker,
+        cache,
+        client: client.clone(),
+        js,
+        dispatcher,
+        registry,
+        subscriptions: TaskTracker::new(),
+        shutdown: shutdown.clone(),
+        active: HashMap::new(),
+    };
+    let initial: Vec<String> = match registry::plugin_files(&supervisor.settings.plugins) {
+        Ok(files) => files.iter().filter_map(|p| registry::loader::plugin_name(p)).collect(),
+        Err(e) => {
+            tracing::error!("{e}");
+            Vec::new()
+        }
+    };
+    if initial.is_empty() {
+        tracing::warn!(folder = %supervisor.settings.plugins.display(), "no plugin to serve yet; copy <name>.wasm and <name>.toml into the folder");
+    }
+    for name in &initial {
+        supervisor.reconcile(name).await;
     }
     // The server has processed every SUB once a flush round-trip completes.
     if let Err(e) = client.flush().await {
         tracing::warn!("NATS flush after subscribing failed: {e}");
     }
     let _ = ready.send(true);
-    tracing::info!("sluice is serving");
+    tracing::info!(folder = %supervisor.settings.plugins.display(), "sluice is serving; watching the plugin folder for deploys");
 
-    shutdown.cancelled().await;
+    // Follow deploys: debounce per plugin, wait until files are stable, reconcile.
+    let mut due: BTreeMap<String, Instant> = BTreeMap::new();
+    loop {
+        let next = due.values().min().copied();
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            changed = changes.recv() => match changed {
+                Some(name) => { due.insert(name, Instant::now() + DEBOUNCE); }
+                None => { shutdown.cancelled().await; break; }
+            },
+            _ = sleep_until(next), if next.is_some() => {
+                let now = Instant::now();
+                let ready_names: Vec<String> = due.iter().filter(|(_, t)| **t <= now).map(|(n, _)| n.clone()).collect();
+                for name in ready_names {
+                    due.remove(&name);
+                    if supervisor.files_settled(&name).await {
+                        supervisor.reconcile(&name).await;
+                    } else {
+                        due.insert(name, Instant::now() + DEBOUNCE);
+                    }
+                }
+            }
+        }
+    }
+    drop(watcher);
+
     tracing::info!("shutting down: no new events; waiting for in-flight events");
-    subscriptions.close();
-    subscriptions.wait().await;
+    supervisor.subscriptions.close();
+    supervisor.subscriptions.wait().await;
     tasks.close();
-    if tokio::time::timeout(SHUTDOWN_GRACE, tasks.wait())
-        .await
-        .is_err()
-    {
-        tracing::warn!(
-            "in-flight events did not finish within {SHUTDOWN_GRACE:?}; stopping anyway"
-        );
+    if tokio::time::timeout(SHUTDOWN_GRACE, tasks.wait()).await.is_err() {
+        tracing::warn!("in-flight events did not finish within {SHUTDOWN_GRACE:?}; stopping anyway");
     }
     if let Err(e) = client.flush().await {
         tracing::warn!("final NATS flush failed: {e}");
     }
     tracing::info!("sluice stopped");
     Ok(())
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(t) => tokio::time::sleep_until(t.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// What a plugin's subscriptions depend on: when it changes, they are redone.
+#[derive(Debug, Clone, PartialEq)]
+struct SubscriptionSpec {
+    mode: DeliveryMode,
+    subjects: Vec<String>,
+    queue_group: Option<String>,
+    jetstream: Option<JetStreamSettings>,
+    concurrency: u32,
+}
+
+impl SubscriptionSpec {
+    fn of(manifest: &Manifest, default_concurrency: u32) -> Self {
+        SubscriptionSpec {
+            mode: manifest.mode,
+            subjects: manifest.subjects.clone(),
+            queue_group: manifest.queue_group.clone(),
+            jetstream: manifest.jetstream.clone(),
+            concurrency: manifest.max_concurrency.unwrap_or(default_concurrency),
+        }
+    }
+}
+
+/// A plugin in service.
+struct Active {
+    /// The serving version; subscription loops read it for every event.
+    slot: Arc<ArcSwap<Route>>,
+    spec: SubscriptionSpec,
+    /// Stops this plugin's subscription loops.
+    stop: CancellationToken,
+    fingerprint: registry::loader::Fingerprint,
+}
+
+/// Owns every plugin's lifecycle after start.
+struct Supervisor {
+    settings: Settings,
+    engine: WasmEngine,
+    linker: Linker<HostState>,
+    cache: Option<CompileCache>,
+    client: async_nats::Client,
+    js: async_nats::jetstream::Context,
+    dispatcher: Arc<Dispatcher>,
+    registry: Arc<Registry>,
+    subscriptions: TaskTracker,
+    shutdown: CancellationToken,
+    active: HashMap<String, Active>,
+}
+
+impl Supervisor {
+    fn wasm_path(&self, name: &str) -> PathBuf {
+        self.settings.plugins.join(format!("{name}.wasm"))
+    }
+
+    /// Whether `name`'s files are not changing right now (same size and
+    /// modification time across a short pause).
+    async fn files_settled(&self, name: &str) -> bool {
+        let wasm = self.wasm_path(name);
+        let files = [wasm.clone(), wasm.with_extension("toml")];
+        let stat = || {
+            files
+                .iter()
+                .map(|f| std::fs::metadata(f).ok().map(|m| (m.len(), m.modified().ok())))
+                .collect::<Vec<_>>()
+        };
+        let before = stat();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        before == stat()
+    }
+
+    /// Bring plugin `name` in line with its files.
+    async fn reconcile(&mut self, name: &str) {
+        let wasm = self.wasm_path(name);
+        if !wasm.exists() {
+            if let Some(active) = self.active.remove(name) {
+                active.stop.cancel();
+                self.registry.removed(name);
+                tracing::info!(
+                    plugin = name, version = %active.slot.load().tag.version,
+                    "plugin removed: unsubscribed; in-flight events finish (a JetStream consumer is kept, so events wait for a redeploy)"
+                );
+            }
+            return;
+        }
+        self.registry.loading(name);
+        let loaded = match registry::load_plugin(&self.engine, &self.linker, &wasm, self.cache.as_ref()).await {
+            Ok(loaded) => loaded,
+            Err(e) => {
+                match self.active.get(name) {
+                    Some(active) => tracing::error!(
+                        "{e}; version {} keeps serving. Copy a good file to fix it",
+                        active.slot.load().tag.version
+                    ),
+                    None => tracing::error!("{e}; this plugin is not served, the others are"),
+                }
+                self.registry.failed(name, e.kind.to_string());
+                return;
+            }
+        };
+        if self.active.get(name).is_some_and(|a| a.fingerprint == loaded.fingerprint) {
+            self.registry.loading_done_unchanged(name);
+            tracing::debug!(plugin = name, "files rewritten with identical content; nothing to do");
+            return;
+        }
+        let spec = SubscriptionSpec::of(&loaded.manifest, self.settings.max_concurrency);
+        let cached = loaded.compiled.provenance == Provenance::Cached;
+        let version = loaded.compiled.info.version.clone();
+        let mode = match loaded.manifest.mode {
+            DeliveryMode::Core => "core",
+            DeliveryMode::Jetstream => "jetstream",
+        };
+        let previous = self.active.get(name).map(|a| a.slot.load().tag.version.to_string());
+        let same_spec = self.active.get(name).filter(|a| a.spec == spec);
+        let semaphore = same_spec.map(|a| a.slot.load().concurrency.clone());
+        let route = self.route_for(&loaded, semaphore);
+        match self.active.get_mut(name) {
+            // Same subscriptions: an atomic swap of the serving version.
+            Some(active) if active.spec == spec => {
+                active.slot.store(route.clone());
+                active.fingerprint = loaded.fingerprint;
+                self.registry.serving(name, route, loaded.manifest.subjects.clone(), mode, cached);
+            }
+            // New subscriptions first, then the old ones drain.
+            _ => {
+                let slot = Arc::new(ArcSwap::new(route.clone()));
+                let stop = self.shutdown.child_token();
+                if let Err(e) = self.subscribe(&loaded, &slot, &stop).await {
+                    stop.cancel();
+                    tracing::error!(plugin = name, "{e}; the previous subscriptions (if any) stay");
+                    self.registry.failed(name, e.to_string());
+                    return;
+                }
+                if let Some(old) = self.active.remove(name) {
+                    old.stop.cancel();
+                }
+                self.active.insert(
+                    name.to_string(),
+                    Active {
+                        slot,
+                        spec,
+                        stop,
+                        fingerprint: loaded.fingerprint,
+                    },
+                );
+                self.registry.serving(name, route, loaded.manifest.subjects.clone(), mode, cached);
+            }
+        }
+        let how = if cached { "from the compile cache" } else { "compiled" };
+        match previous {
+            Some(old) => tracing::info!(plugin = name, from = %old, to = %version, "plugin updated ({how}); in-flight events finish on {old}"),
+            None => tracing::info!(
+                plugin = name, version = %version, contract = %loaded.compiled.info.contract_version,
+                subjects = ?loaded.manifest.subjects, mode, "plugin loaded ({how})"
+            ),
+        }
+    }
+
+    fn route_for(&self, plugin: &LoadedPlugin, concurrency: Option<Arc<Semaphore>>) -> Arc<Route> {
+        let manifest = &plugin.manifest;
+        let limit = manifest.max_concurrency.unwrap_or(self.settings.max_concurrency);
+        Arc::new(Route {
+            tag: PluginTag {
+                name: plugin.name.as_str().into(),
+                version: plugin.compiled.info.version.as_str().into(),
+            },
+            compiled: plugin.compiled.clone(),
+            grants: Arc::new(manifest.publish.clone()),
+            limits: InvokeLimits {
+                timeout: manifest.timeout.unwrap_or(self.settings.timeout),
+                max_memory_bytes: self.engine.settings().max_memory_bytes,
+                max_table_elements: self.engine.settings().max_table_elements,
+                ..InvokeLimits::default()
+            },
+            retry: apply_retry(self.settings.retry, &manifest.retry),
+            concurrency: concurrency.unwrap_or_else(|| Arc::new(Semaphore::new(limit as usize))),
+            stats: self.registry.stats_handle(&plugin.name),
+            key_source: manifest.idempotency.key.clone(),
+            hash_headers: manifest.idempotency.hash_headers.clone(),
+            dedup: manifest.idempotency.dedup,
+            confirm_publishes: manifest.confirm_publishes,
+            in_flight: Default::default(),
+        })
+    }
+
+    /// Start the subscription loops of `plugin`, reading the route from `slot`.
+    async fn subscribe(
+        &self,
+        plugin: &LoadedPlugin,
+        slot: &Arc<ArcSwap<Route>>,
+        stop: &CancellationToken,
+    ) -> Result<(), SubscribeError> {
+        match plugin.manifest.mode {
+            DeliveryMode::Core => self.subscribe_core(plugin, slot, stop).await,
+            DeliveryMode::Jetstream => self.consume_jetstream(plugin, slot, stop).await,
+        }
+    }
+
+    async fn subscribe_core(
+        &self,
+        plugin: &LoadedPlugin,
+        slot: &Arc<ArcSwap<Route>>,
+        stop: &CancellationToken,
+    ) -> Result<(), SubscribeError> {
+        let mut subscribers = Vec::new();
+        for subject in &plugin.manifest.subjects {
+            let subscriber = match &plugin.manifest.queue_group {
+                Some(group) => self.client.queue_subscribe(subject.clone(), group.clone()).await,
+                None => self.client.subscribe(subject.clone()).await,
+            }
+            .map_err(|e| SubscribeError::Core {
+                subject: subject.clone(),
+                message: e.to_string(),
+            })?;
+            subscribers.push(subscriber);
+        }
+        for (subject, mut subscriber) in plugin.manifest.subjects.iter().zip(subscribers) {
+            tracing::info!(plugin = %plugin.name, subject = %subject, queue_group = ?plugin.manifest.queue_group, "subscribed (core NATS)");
+            let dispatcher = self.dispatcher.clone();
+            let slot = slot.clone();
+            let stop = stop.clone();
+            self.subscriptions.spawn(async move {
+                loop {
+                    tokio::select! {
+                        _ = stop.cancelled() => break,
+                        message = subscriber.next() => match message {
+                            Some(message) => dispatcher.dispatch_core(slot.load_full(), message).await,
+                            None => break,
+                        },
+                    }
+                }
+                let _ = subscriber.unsubscribe().await;
+            });
+        }
+        Ok(())
+    }
+
+    async fn consume_jetstream(
+        &self,
+        plugin: &LoadedPlugin,
+        slot: &Arc<ArcSwap<Route>>,
+        stop: &CancellationToken,
+    ) -> Result<(), SubscribeError> {
+        let concurrency = plugin.manifest.max_concurrency.unwrap_or(self.settings.max_concurrency);
+        let spec = ConsumerSpec {
+            plugin: &plugin.name,
+            manifest: &plugin.manifest,
+            concurrency,
+            timeout: slot.load().limits.timeout,
+        };
+        let consumer = durable_consumer(&self.js, &spec).await?;
+        let mut messages = consumer
+            .stream()
+            .max_messages_per_batch(concurrency as usize)
+            .messages()
+            .await
+            .map_err(|e| SubscribeError::Fetch(e.to_string()))?;
+        tracing::info!(
+            plugin = %plugin.name, stream = ?plugin.manifest.jetstream.as_ref().map(|j| &j.stream),
+            durable = ?plugin.manifest.durable_name(&plugin.name), "consuming (JetStream)"
+        );
+        let dispatcher = self.dispatcher.clone();
+        let slot = slot.clone();
+        let stop = stop.clone();
+        let name = plugin.name.clone();
+        self.subscriptions.spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    next = messages.next() => match next {
+                        Some(Ok(message)) => dispatcher.dispatch_jetstream(slot.load_full(), message).await,
+                        Some(Err(e)) => tracing::warn!(plugin = %name, "JetStream consumer: {e}"),
+                        None => break,
+                    },
+                }
+            }
+        });
+        Ok(())
+    }
 }

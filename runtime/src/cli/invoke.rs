@@ -128,15 +128,16 @@ pub async fn invoke(args: InvokeArgs) -> anyhow::Result<ExitCode> {
         .and_then(|s| s.to_str())
         .unwrap_or("plugin")
         .to_string();
+    let tag = host::PluginTag {
+        name: name.as_str().into(),
+        version: compiled.info.version.as_str().into(),
+    };
     let report = engine_invoke::invoke(
         &engine,
         &compiled,
         InvocationRequest {
             event: &event,
-            tag: host::PluginTag {
-                name: name.as_str().into(),
-                version: compiled.info.version.as_str().into(),
-            },
+            tag: tag.clone(),
             grants: Arc::new(grants),
             limits: InvokeLimits {
                 timeout: args.timeout,
@@ -183,7 +184,7 @@ pub async fn invoke(args: InvokeArgs) -> anyhow::Result<ExitCode> {
     }
     println!("published ({}):", report.published.len());
     for (index, message) in report.published.iter().enumerate() {
-        let headers = outgoing_headers(message, &key, &name, index);
+        let headers = outgoing_headers(message, &key, &tag, index);
         let rendered: Vec<String> = headers
             .iter()
             .flat_map(|(n, vs)| vs.iter().map(move |v| format!("{n}={}", v.as_str())))

@@ -77,6 +77,9 @@ pub struct RunArgs {
     /// DLQ stream name [default: SLUICE_DLQ].
     #[arg(long, env = "SLUICE_DLQ_STREAM")]
     dlq_stream: Option<String>,
+    /// Compile cache folder, or `off` [default: ~/.cache/sluice/compiled].
+    #[arg(long, env = "SLUICE_COMPILE_CACHE")]
+    compile_cache: Option<String>,
 }
 
 impl RunArgs {
@@ -94,6 +97,7 @@ impl RunArgs {
             dedup_bucket: self.dedup_bucket.clone(),
             dedup_ttl: self.dedup_ttl,
             dlq_stream: self.dlq_stream.clone(),
+            compile_cache: self.compile_cache.clone(),
         }
     }
 }

@@ -32,7 +32,9 @@ impl Dispatcher {
             return;
         };
         let this = self.clone();
+        let in_flight = super::InFlight::new(route.clone());
         self.tasks.spawn(async move {
+            let _in_flight = in_flight;
             this.run_jetstream(&route, &message).await;
             drop(permit);
         });

@@ -124,6 +124,32 @@ pub struct Route {
     pub dedup: bool,
     /// Wait for JetStream acks on outbox publishes.
     pub confirm_publishes: bool,
+    /// Events of this version being handled right now.
+    pub in_flight: std::sync::atomic::AtomicUsize,
+}
+
+impl Route {
+    /// Events of this version being handled right now (a retired version
+    /// drains until this reaches zero).
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+}
+
+/// Counts an event as in flight on a route for as long as it lives.
+pub(crate) struct InFlight(Arc<Route>);
+
+impl InFlight {
+    pub(crate) fn new(route: Arc<Route>) -> Self {
+        route.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(route)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// Runs events; shared by every subscription of the host.
@@ -291,7 +317,7 @@ impl Dispatcher {
         if route.confirm_publishes {
             let mut pending = Vec::with_capacity(outbox.len());
             for (index, message) in outbox.into_iter().enumerate() {
-                let headers = convert::outgoing_headers(&message, key, &route.tag.name, index);
+                let headers = convert::outgoing_headers(&message, key, &route.tag, index);
                 let ack = self
                     .js
                     .publish_with_headers(message.subject.clone(), headers, message.payload)
@@ -311,7 +337,7 @@ impl Dispatcher {
             }
         } else {
             for (index, message) in outbox.into_iter().enumerate() {
-                let headers = convert::outgoing_headers(&message, key, &route.tag.name, index);
+                let headers = convert::outgoing_headers(&message, key, &route.tag, index);
                 self.client
                     .publish_with_headers(message.subject.clone(), headers, message.payload)
                     .await

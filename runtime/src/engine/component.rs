@@ -8,6 +8,7 @@ use thiserror::Error;
 use wasmtime::component::{Component, Linker};
 
 use crate::engine::WasmEngine;
+use crate::engine::cache::{CompileCache, Provenance};
 use crate::engine::bindings::{CONTRACT_VERSIONS, handler_export, v0_1};
 use crate::host::HostState;
 
@@ -64,6 +65,8 @@ pub struct ComponentInfo {
 pub struct CompiledPlugin {
     /// What it is.
     pub info: ComponentInfo,
+    /// Compiled now or loaded from the compile cache.
+    pub provenance: Provenance,
     /// Pre-linked instance template; instantiate once per event.
     pub pre: v0_1::ConsumerPre<HostState>,
 }
@@ -94,9 +97,22 @@ pub fn compile(
     linker: &Linker<HostState>,
     bytes: &[u8],
 ) -> Result<CompiledPlugin, ComponentError> {
+    compile_cached(engine, linker, bytes, None)
+}
+
+/// Like [`compile`], through the on-disk compile cache when one is given.
+pub fn compile_cached(
+    engine: &WasmEngine,
+    linker: &Linker<HostState>,
+    bytes: &[u8],
+    cache: Option<&CompileCache>,
+) -> Result<CompiledPlugin, ComponentError> {
     check_header(bytes)?;
-    let component = Component::new(engine.engine(), bytes)
-        .map_err(|e| ComponentError::Invalid(format!("{e:#}")))?;
+    let (component, provenance) = match cache {
+        Some(cache) => cache.load_or_compile(engine, bytes),
+        None => Component::new(engine.engine(), bytes).map(|c| (c, Provenance::Compiled)),
+    }
+    .map_err(|e| ComponentError::Invalid(format!("{e:#}")))?;
     let ty = component.component_type();
     let imports: Vec<String> = ty
         .imports(engine.engine())
@@ -120,6 +136,7 @@ pub fn compile(
         accepted: CONTRACT_VERSIONS.join(", "),
     })?;
     Ok(CompiledPlugin {
+        provenance,
         info: ComponentInfo {
             contract_version: contract_version.to_string(),
             version: version_hash(bytes),

@@ -13,6 +13,7 @@
 //!   monopolise a worker thread.
 
 pub mod bindings;
+pub mod cache;
 pub mod component;
 pub mod invoke;
 mod ticker;

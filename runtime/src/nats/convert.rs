@@ -7,7 +7,7 @@ use async_nats::header::{HeaderName, HeaderValue};
 
 use crate::delivery::key::{MSG_ID_HEADER, idempotency_key, outgoing_msg_id};
 use crate::engine::bindings::v0_1::sluice::plugin::types;
-use crate::host::OutboundMessage;
+use crate::host::{OutboundMessage, PluginTag};
 
 /// Build the plugin event for a core NATS message.
 pub fn core_event(message: &async_nats::Message, attempt: u32) -> types::Event {
@@ -53,17 +53,22 @@ pub fn headers_to_vec(headers: Option<&HeaderMap>) -> Vec<types::Header> {
     out
 }
 
-/// Headers for the `index`-th outbox message of `plugin` handling `key`: the
-/// plugin's headers plus a deterministic `Nats-Msg-Id` unless it set one.
-pub fn outgoing_headers(
-    message: &OutboundMessage,
-    key: &str,
-    plugin: &str,
-    index: usize,
-) -> HeaderMap {
+/// Header naming the plugin that published a message (set by the host).
+pub const PLUGIN_HEADER: &str = "Sluice-Plugin";
+/// Header naming the plugin version that published a message (set by the host).
+pub const VERSION_HEADER: &str = "Sluice-Plugin-Version";
+
+/// Headers for the `index`-th outbox message of plugin `tag` handling `key`:
+/// the plugin's headers, a deterministic `Nats-Msg-Id` unless it set one, and
+/// the plugin name and version (which the plugin cannot forge).
+pub fn outgoing_headers(message: &OutboundMessage, key: &str, tag: &PluginTag, index: usize) -> HeaderMap {
+    let plugin: &str = &tag.name;
     let mut headers = HeaderMap::new();
     let mut has_id = false;
     for (name, value) in &message.headers {
+        if name.eq_ignore_ascii_case(PLUGIN_HEADER) || name.eq_ignore_ascii_case(VERSION_HEADER) {
+            continue;
+        }
         has_id |= name.eq_ignore_ascii_case(MSG_ID_HEADER);
         // Names and values were validated when the plugin published.
         if let (Ok(name), Ok(value)) = (name.parse::<HeaderName>(), value.parse::<HeaderValue>()) {
@@ -73,5 +78,7 @@ pub fn outgoing_headers(
     if !has_id {
         headers.insert(MSG_ID_HEADER, outgoing_msg_id(key, plugin, index).as_str());
     }
+    headers.insert(PLUGIN_HEADER, plugin);
+    headers.insert(VERSION_HEADER, &*tag.version);
     headers
 }

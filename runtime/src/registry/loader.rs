@@ -1,4 +1,6 @@
-//! Loading plugins from the plugin folder: `<name>.wasm` plus `<name>.toml`.
+//! Loading one plugin from the plugin folder: `<name>.wasm` plus
+//! `<name>.toml`, compiled off the async threads (through the compile cache),
+//! checked against the world and smoke-instantiated before it may serve.
 //!
 //! Each plugin loads independently: a bad file is reported (with its path and
 //! the reason) and skipped, and every good plugin still serves.
@@ -10,6 +12,7 @@ use thiserror::Error;
 use wasmtime::component::Linker;
 
 use crate::engine::WasmEngine;
+use crate::engine::cache::CompileCache;
 use crate::engine::component::{self, CompiledPlugin, ComponentError};
 use crate::engine::invoke;
 use crate::host::HostState;
@@ -25,6 +28,21 @@ pub struct LoadedPlugin {
     pub manifest: Manifest,
     /// The compiled component.
     pub compiled: Arc<CompiledPlugin>,
+    /// Hash of the `.wasm` and manifest bytes: equal fingerprints, same plugin.
+    pub fingerprint: Fingerprint,
+}
+
+/// Identifies the exact files a plugin was loaded from.
+pub type Fingerprint = [u8; 32];
+
+/// The fingerprint of a plugin's files.
+pub fn fingerprint(wasm: &[u8], manifest: &[u8]) -> Fingerprint {
+    use sha2::{Digest, Sha256};
+    let mut hash = Sha256::new();
+    hash.update((wasm.len() as u64).to_be_bytes());
+    hash.update(wasm);
+    hash.update(manifest);
+    hash.finalize().into()
 }
 
 /// Why one plugin could not be loaded. The message names the file.
@@ -94,10 +112,11 @@ pub async fn load_dir(
     engine: &WasmEngine,
     linker: &Linker<HostState>,
     dir: &Path,
+    cache: Option<&CompileCache>,
 ) -> Result<PluginSet, DirError> {
     let mut set = PluginSet::default();
     for path in plugin_files(dir)? {
-        match load_plugin(engine, linker, &path).await {
+        match load_plugin(engine, linker, &path, cache).await {
             Ok(plugin) => set.loaded.push(plugin),
             Err(error) => set.failed.push(error),
         }
@@ -105,12 +124,24 @@ pub async fn load_dir(
     Ok(set)
 }
 
-/// Load one plugin: read the manifest, compile off the async threads, check
-/// the world, and smoke-instantiate once.
+/// The plugin name of a `.wasm` or `.toml` path, if it is a valid one.
+pub fn plugin_name(path: &Path) -> Option<String> {
+    let ext = path.extension()?.to_str()?;
+    if ext != "wasm" && ext != "toml" {
+        return None;
+    }
+    let name = path.file_stem()?.to_str()?;
+    (!name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'))
+        .then(|| name.to_string())
+}
+
+/// Load one plugin: read the manifest, compile off the async threads (through
+/// the compile cache), check the world, and smoke-instantiate once.
 pub async fn load_plugin(
     engine: &WasmEngine,
     linker: &Linker<HostState>,
     wasm: &Path,
+    cache: Option<&CompileCache>,
 ) -> Result<LoadedPlugin, LoadError> {
     let name = wasm
         .file_stem()
@@ -122,25 +153,26 @@ pub async fn load_plugin(
         path: wasm.to_path_buf(),
         kind,
     };
-    if name.is_empty()
-        || !name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-    {
+    if plugin_name(wasm).is_none() {
         return Err(fail(LoadErrorKind::BadName));
     }
-    let manifest = Manifest::load(&wasm.with_extension("toml"))
-        .map_err(|e| fail(LoadErrorKind::Manifest(e)))?;
+    let manifest_path = wasm.with_extension("toml");
+    let manifest = Manifest::load(&manifest_path).map_err(|e| fail(LoadErrorKind::Manifest(e)))?;
+    let manifest_bytes = tokio::fs::read(&manifest_path).await.unwrap_or_default();
     let bytes = tokio::fs::read(wasm)
         .await
         .map_err(|e| fail(LoadErrorKind::Read(e)))?;
+    let fingerprint = fingerprint(&bytes, &manifest_bytes);
     let compiled = {
         let engine = engine.clone();
         let linker = linker.clone();
-        tokio::task::spawn_blocking(move || component::compile(&engine, &linker, &bytes))
-            .await
-            .expect("compile task panicked")
-            .map_err(|e| fail(LoadErrorKind::Component(e)))?
+        let cache = cache.cloned();
+        tokio::task::spawn_blocking(move || {
+            component::compile_cached(&engine, &linker, &bytes, cache.as_ref())
+        })
+        .await
+        .expect("compile task panicked")
+        .map_err(|e| fail(LoadErrorKind::Component(e)))?
     };
     invoke::smoke(engine, &compiled)
         .await
@@ -150,5 +182,6 @@ pub async fn load_plugin(
         path: wasm.to_path_buf(),
         manifest,
         compiled: Arc::new(compiled),
+        fingerprint,
     })
 }
