@@ -302,9 +302,19 @@ pub fn resolve(overrides: &Overrides, file: FileConfig) -> Result<Settings, Conf
             format!("`{dlq_stream}` is not a valid stream name (letters, digits, `-`, `_`)"),
         ));
     }
-    let compile_cache = match overrides.compile_cache.clone().or(file.compile_cache).as_deref() {
+    let compile_cache = match overrides
+        .compile_cache
+        .clone()
+        .or(file.compile_cache)
+        .as_deref()
+    {
         Some("off") => None,
-        Some("") => return Err(invalid("compile_cache", "is empty; give a folder, or `off`".into())),
+        Some("") => {
+            return Err(invalid(
+                "compile_cache",
+                "is empty; give a folder, or `off`".into(),
+            ));
+        }
         Some(dir) => Some(PathBuf::from(dir)),
         None => default_cache_dir(),
     };
@@ -365,7 +375,11 @@ fn default_cache_dir() -> Option<PathBuf> {
     let base = std::env::var_os("XDG_CACHE_HOME")
         .filter(|v| !v.is_empty())
         .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").filter(|v| !v.is_empty()).map(|h| PathBuf::from(h).join(".cache")))?;
+        .or_else(|| {
+            std::env::var_os("HOME")
+                .filter(|v| !v.is_empty())
+                .map(|h| PathBuf::from(h).join(".cache"))
+        })?;
     Some(base.join("sluice").join("compiled"))
 }
 

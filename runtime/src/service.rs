@@ -36,7 +36,9 @@ use crate::host::{self, HostState, PluginTag};
 use crate::manifest::{DeliveryMode, JetStreamSettings, Manifest};
 use crate::nats;
 use crate::nats::jetstream::{ConsumerSpec, durable_consumer};
-use crate::registry::{self, DirError, LoadedPlugin, PluginStatus, Registry, ReloadCounters, watcher};
+use crate::registry::{
+    self, DirError, LoadedPlugin, PluginStatus, Registry, ReloadCounters, watcher,
+};
 
 /// Why the host cannot start at all (a single bad plugin is not one of these).
 #[derive(Debug, Error)]
@@ -124,6 +126,10 @@ impl HostHandle {
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// Quiet time after the last file event of a plugin before it is loaded.
 const DEBOUNCE: Duration = Duration::from_millis(100);
+/// A file that fails to load this soon after its last change may still be
+/// arriving (a copy in pieces): it is retried, and reported only if it is
+/// still bad once it has been unchanged this long.
+const SETTLE: Duration = Duration::from_secs(2);
 
 /// Start serving in the background.
 pub async fn start(settings: Settings) -> Result<HostHandle, ServiceError> {
@@ -150,10 +156,15 @@ pub async fn start(settings: Settings) -> Result<HostHandle, ServiceError> {
     })
 }
 
-async fn open_dedup_store(settings: &Settings, js: &async_nats::jetstream::Context) -> Option<Arc<dyn DedupStore>> {
+async fn open_dedup_store(
+    settings: &Settings,
+    js: &async_nats::jetstream::Context,
+) -> Option<Arc<dyn DedupStore>> {
     match settings.dedup_store {
         DedupStoreKind::Memory => Some(Arc::new(MemoryStore::new(settings.dedup_ttl))),
-        DedupStoreKind::Kv => match KvStore::open(js, &settings.dedup_bucket, settings.dedup_ttl).await {
+        DedupStoreKind::Kv => match KvStore::open(js, &settings.dedup_bucket, settings.dedup_ttl)
+            .await
+        {
             Ok(store) => Some(Arc::new(store)),
             Err(e) => {
                 tracing::error!("{e}; falling back to an in-memory dedup store (this host only)");
@@ -178,7 +189,9 @@ async fn serve(
     };
     let js = async_nats::jetstream::new(client.clone());
     if let Err(e) = dead_letter::ensure_stream(&js, &settings.dlq_stream).await {
-        tracing::error!("{e}; dead-lettering will fail (core events are then lost, JetStream events redelivered) until it is fixed");
+        tracing::error!(
+            "{e}; dead-lettering will fail (core events are then lost, JetStream events redelivered) until it is fixed"
+        );
     }
     let dedup = open_dedup_store(&settings, &js).await;
     let tasks = TaskTracker::new();
@@ -212,7 +225,10 @@ async fn serve(
         active: HashMap::new(),
     };
     let initial: Vec<String> = match registry::plugin_files(&supervisor.settings.plugins) {
-        Ok(files) => files.iter().filter_map(|p| registry::loader::plugin_name(p)).collect(),
+        Ok(files) => files
+            .iter()
+            .filter_map(|p| registry::loader::plugin_name(p))
+            .collect(),
         Err(e) => {
             tracing::error!("{e}");
             Vec::new()
@@ -221,8 +237,11 @@ async fn serve(
     if initial.is_empty() {
         tracing::warn!(folder = %supervisor.settings.plugins.display(), "no plugin to serve yet; copy <name>.wasm and <name>.toml into the folder");
     }
+    let mut due: BTreeMap<String, Instant> = BTreeMap::new();
     for name in &initial {
-        supervisor.reconcile(name).await;
+        if let Some(retry) = supervisor.reconcile(name).await {
+            due.insert(name.clone(), retry);
+        }
     }
     // The server has processed every SUB once a flush round-trip completes.
     if let Err(e) = client.flush().await {
@@ -232,7 +251,6 @@ async fn serve(
     tracing::info!(folder = %supervisor.settings.plugins.display(), "sluice is serving; watching the plugin folder for deploys");
 
     // Follow deploys: debounce per plugin, wait until files are stable, reconcile.
-    let mut due: BTreeMap<String, Instant> = BTreeMap::new();
     loop {
         let next = due.values().min().copied();
         tokio::select! {
@@ -247,7 +265,9 @@ async fn serve(
                 for name in ready_names {
                     due.remove(&name);
                     if supervisor.files_settled(&name).await {
-                        supervisor.reconcile(&name).await;
+                        if let Some(retry) = supervisor.reconcile(&name).await {
+                            due.insert(name, retry);
+                        }
                     } else {
                         due.insert(name, Instant::now() + DEBOUNCE);
                     }
@@ -261,8 +281,13 @@ async fn serve(
     supervisor.subscriptions.close();
     supervisor.subscriptions.wait().await;
     tasks.close();
-    if tokio::time::timeout(SHUTDOWN_GRACE, tasks.wait()).await.is_err() {
-        tracing::warn!("in-flight events did not finish within {SHUTDOWN_GRACE:?}; stopping anyway");
+    if tokio::time::timeout(SHUTDOWN_GRACE, tasks.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "in-flight events did not finish within {SHUTDOWN_GRACE:?}; stopping anyway"
+        );
     }
     if let Err(e) = client.flush().await {
         tracing::warn!("final NATS flush failed: {e}");
@@ -338,7 +363,11 @@ impl Supervisor {
         let stat = || {
             files
                 .iter()
-                .map(|f| std::fs::metadata(f).ok().map(|m| (m.len(), m.modified().ok())))
+                .map(|f| {
+                    std::fs::metadata(f)
+                        .ok()
+                        .map(|m| (m.len(), m.modified().ok()))
+                })
                 .collect::<Vec<_>>()
         };
         let before = stat();
@@ -346,8 +375,20 @@ impl Supervisor {
         before == stat()
     }
 
-    /// Bring plugin `name` in line with its files.
-    async fn reconcile(&mut self, name: &str) {
+    /// How long ago `name`'s files last changed.
+    fn files_age(&self, name: &str) -> Duration {
+        let wasm = self.wasm_path(name);
+        [wasm.clone(), wasm.with_extension("toml")]
+            .iter()
+            .filter_map(|f| std::fs::metadata(f).ok()?.modified().ok())
+            .filter_map(|t| t.elapsed().ok())
+            .min()
+            .unwrap_or(Duration::MAX)
+    }
+
+    /// Bring plugin `name` in line with its files. Returns when to look
+    /// again if the files failed to load but may still be arriving.
+    async fn reconcile(&mut self, name: &str) -> Option<Instant> {
         let wasm = self.wasm_path(name);
         if !wasm.exists() {
             if let Some(active) = self.active.remove(name) {
@@ -358,12 +399,27 @@ impl Supervisor {
                     "plugin removed: unsubscribed; in-flight events finish (a JetStream consumer is kept, so events wait for a redeploy)"
                 );
             }
-            return;
+            return None;
         }
         self.registry.loading(name);
-        let loaded = match registry::load_plugin(&self.engine, &self.linker, &wasm, self.cache.as_ref()).await {
+        let loaded = match registry::load_plugin(
+            &self.engine,
+            &self.linker,
+            &wasm,
+            self.cache.as_ref(),
+        )
+        .await
+        {
             Ok(loaded) => loaded,
             Err(e) => {
+                let age = self.files_age(name);
+                if age < SETTLE {
+                    tracing::debug!(
+                        plugin = name,
+                        "load failed on files changed {age:?} ago ({e}); retrying once they settle"
+                    );
+                    return Some(Instant::now() + (SETTLE - age));
+                }
                 match self.active.get(name) {
                     Some(active) => tracing::error!(
                         "{e}; version {} keeps serving. Copy a good file to fix it",
@@ -372,13 +428,20 @@ impl Supervisor {
                     None => tracing::error!("{e}; this plugin is not served, the others are"),
                 }
                 self.registry.failed(name, e.kind.to_string());
-                return;
+                return None;
             }
         };
-        if self.active.get(name).is_some_and(|a| a.fingerprint == loaded.fingerprint) {
+        if self
+            .active
+            .get(name)
+            .is_some_and(|a| a.fingerprint == loaded.fingerprint)
+        {
             self.registry.loading_done_unchanged(name);
-            tracing::debug!(plugin = name, "files rewritten with identical content; nothing to do");
-            return;
+            tracing::debug!(
+                plugin = name,
+                "files rewritten with identical content; nothing to do"
+            );
+            return None;
         }
         let spec = SubscriptionSpec::of(&loaded.manifest, self.settings.max_concurrency);
         let cached = loaded.compiled.provenance == Provenance::Cached;
@@ -387,7 +450,10 @@ impl Supervisor {
             DeliveryMode::Core => "core",
             DeliveryMode::Jetstream => "jetstream",
         };
-        let previous = self.active.get(name).map(|a| a.slot.load().tag.version.to_string());
+        let previous = self
+            .active
+            .get(name)
+            .map(|a| a.slot.load().tag.version.to_string());
         let same_spec = self.active.get(name).filter(|a| a.spec == spec);
         let semaphore = same_spec.map(|a| a.slot.load().concurrency.clone());
         let route = self.route_for(&loaded, semaphore);
@@ -396,7 +462,8 @@ impl Supervisor {
             Some(active) if active.spec == spec => {
                 active.slot.store(route.clone());
                 active.fingerprint = loaded.fingerprint;
-                self.registry.serving(name, route, loaded.manifest.subjects.clone(), mode, cached);
+                self.registry
+                    .serving(name, route, loaded.manifest.subjects.clone(), mode, cached);
             }
             // New subscriptions first, then the old ones drain.
             _ => {
@@ -404,9 +471,12 @@ impl Supervisor {
                 let stop = self.shutdown.child_token();
                 if let Err(e) = self.subscribe(&loaded, &slot, &stop).await {
                     stop.cancel();
-                    tracing::error!(plugin = name, "{e}; the previous subscriptions (if any) stay");
+                    tracing::error!(
+                        plugin = name,
+                        "{e}; the previous subscriptions (if any) stay"
+                    );
                     self.registry.failed(name, e.to_string());
-                    return;
+                    return None;
                 }
                 if let Some(old) = self.active.remove(name) {
                     old.stop.cancel();
@@ -420,22 +490,32 @@ impl Supervisor {
                         fingerprint: loaded.fingerprint,
                     },
                 );
-                self.registry.serving(name, route, loaded.manifest.subjects.clone(), mode, cached);
+                self.registry
+                    .serving(name, route, loaded.manifest.subjects.clone(), mode, cached);
             }
         }
-        let how = if cached { "from the compile cache" } else { "compiled" };
+        let how = if cached {
+            "from the compile cache"
+        } else {
+            "compiled"
+        };
         match previous {
-            Some(old) => tracing::info!(plugin = name, from = %old, to = %version, "plugin updated ({how}); in-flight events finish on {old}"),
+            Some(old) => {
+                tracing::info!(plugin = name, from = %old, to = %version, "plugin updated ({how}); in-flight events finish on {old}")
+            }
             None => tracing::info!(
                 plugin = name, version = %version, contract = %loaded.compiled.info.contract_version,
                 subjects = ?loaded.manifest.subjects, mode, "plugin loaded ({how})"
             ),
         }
+        None
     }
 
     fn route_for(&self, plugin: &LoadedPlugin, concurrency: Option<Arc<Semaphore>>) -> Arc<Route> {
         let manifest = &plugin.manifest;
-        let limit = manifest.max_concurrency.unwrap_or(self.settings.max_concurrency);
+        let limit = manifest
+            .max_concurrency
+            .unwrap_or(self.settings.max_concurrency);
         Arc::new(Route {
             tag: PluginTag {
                 name: plugin.name.as_str().into(),
@@ -482,7 +562,11 @@ impl Supervisor {
         let mut subscribers = Vec::new();
         for subject in &plugin.manifest.subjects {
             let subscriber = match &plugin.manifest.queue_group {
-                Some(group) => self.client.queue_subscribe(subject.clone(), group.clone()).await,
+                Some(group) => {
+                    self.client
+                        .queue_subscribe(subject.clone(), group.clone())
+                        .await
+                }
                 None => self.client.subscribe(subject.clone()).await,
             }
             .map_err(|e| SubscribeError::Core {
@@ -490,6 +574,10 @@ impl Supervisor {
                 message: e.to_string(),
             })?;
             subscribers.push(subscriber);
+        }
+        // Once the server has the SUBs, publishers can count on them.
+        if let Err(e) = self.client.flush().await {
+            tracing::warn!(plugin = %plugin.name, "NATS flush after subscribing failed: {e}");
         }
         for (subject, mut subscriber) in plugin.manifest.subjects.iter().zip(subscribers) {
             tracing::info!(plugin = %plugin.name, subject = %subject, queue_group = ?plugin.manifest.queue_group, "subscribed (core NATS)");
@@ -518,7 +606,10 @@ impl Supervisor {
         slot: &Arc<ArcSwap<Route>>,
         stop: &CancellationToken,
     ) -> Result<(), SubscribeError> {
-        let concurrency = plugin.manifest.max_concurrency.unwrap_or(self.settings.max_concurrency);
+        let concurrency = plugin
+            .manifest
+            .max_concurrency
+            .unwrap_or(self.settings.max_concurrency);
         let spec = ConsumerSpec {
             plugin: &plugin.name,
             manifest: &plugin.manifest,

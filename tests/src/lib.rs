@@ -112,6 +112,37 @@ impl Drop for NatsServer {
     }
 }
 
+/// `component` with a custom section appended: the same behaviour, another
+/// content hash (a new "version" for deploy tests).
+pub fn variant(component: &[u8], tag: u32) -> Vec<u8> {
+    fn leb(mut n: usize, out: &mut Vec<u8>) {
+        loop {
+            let byte = (n & 0x7f) as u8;
+            n >>= 7;
+            if n == 0 {
+                out.push(byte);
+                return;
+            }
+            out.push(byte | 0x80);
+        }
+    }
+    let name = b"sluice-test-variant";
+    let mut body = Vec::new();
+    leb(name.len(), &mut body);
+    body.extend_from_slice(name);
+    body.extend_from_slice(&tag.to_le_bytes());
+    let mut out = component.to_vec();
+    out.push(0); // custom section id
+    leb(body.len(), &mut out);
+    out.extend_from_slice(&body);
+    out
+}
+
+/// The version hash the host gives `bytes`.
+pub fn version_of(bytes: &[u8]) -> String {
+    sluice::engine::component::version_hash(bytes)
+}
+
 /// A port nothing listens on right now.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -191,12 +222,22 @@ impl PluginDir {
 
 /// Start a host in-process for `plugins`, and wait until it is subscribed.
 pub async fn start_host(nats_url: &str, plugins: &Path) -> HostHandle {
-    let overrides = Overrides {
+    start_host_with(nats_url, plugins, |_| {}).await
+}
+
+/// Like [`start_host`], with settings adjusted by `adjust`.
+pub async fn start_host_with(
+    nats_url: &str,
+    plugins: &Path,
+    adjust: impl FnOnce(&mut Overrides),
+) -> HostHandle {
+    let mut overrides = Overrides {
         nats_url: Some(nats_url.to_string()),
         plugins: Some(plugins.to_path_buf()),
         max_instances: Some(64),
         ..Overrides::default()
     };
+    adjust(&mut overrides);
     let settings = config::resolve(&overrides, FileConfig::default()).expect("valid test settings");
     sluice::telemetry::init(settings.log_format, "warn,sluice=info");
     let mut host = service::start(settings).await.expect("host starts");

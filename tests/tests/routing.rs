@@ -291,6 +291,15 @@ async fn bad_plugins_are_reported_and_good_ones_keep_serving() {
         .write("truncated.toml", any.as_bytes());
 
     let host = start_host(&nats.url(), dir.path()).await;
+    // Files just written may still be arriving: failures are reported once they settle.
+    eventually(WAIT, "every bad plugin reported", || {
+        host.plugins()
+            .iter()
+            .filter(|s| s.state == "failed")
+            .count()
+            == 8
+    })
+    .await;
     let status = host.plugins();
     let reason = |name: &str| -> String {
         let s = status

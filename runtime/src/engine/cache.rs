@@ -49,20 +49,32 @@ impl CompileCache {
     pub fn entry_path(&self, engine: &WasmEngine, wasm: &[u8]) -> PathBuf {
         let content = hex::encode(&Sha256::digest(wasm)[..16]);
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        engine.engine().precompile_compatibility_hash().hash(&mut hasher);
-        self.dir.join(format!("{content}-{:016x}.cwasm", hasher.finish()))
+        engine
+            .engine()
+            .precompile_compatibility_hash()
+            .hash(&mut hasher);
+        self.dir
+            .join(format!("{content}-{:016x}.cwasm", hasher.finish()))
     }
 
     /// Load a verified entry, or compile `wasm` and store it.
-    pub fn load_or_compile(&self, engine: &WasmEngine, wasm: &[u8]) -> wasmtime::Result<(Component, Provenance)> {
+    pub fn load_or_compile(
+        &self,
+        engine: &WasmEngine,
+        wasm: &[u8],
+    ) -> wasmtime::Result<(Component, Provenance)> {
         let path = self.entry_path(engine, wasm);
         if let Ok(entry) = std::fs::read(&path) {
             match verified_payload(&entry) {
                 Some(payload) => match deserialize(engine, payload) {
                     Ok(component) => return Ok((component, Provenance::Cached)),
-                    Err(e) => tracing::warn!(entry = %path.display(), "stale compile cache entry ({e:#}); recompiling"),
+                    Err(e) => {
+                        tracing::warn!(entry = %path.display(), "stale compile cache entry ({e:#}); recompiling")
+                    }
                 },
-                None => tracing::warn!(entry = %path.display(), "corrupt compile cache entry (checksum mismatch); recompiling"),
+                None => {
+                    tracing::warn!(entry = %path.display(), "corrupt compile cache entry (checksum mismatch); recompiling")
+                }
             }
             let _ = std::fs::remove_file(&path);
         }

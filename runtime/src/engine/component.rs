@@ -8,8 +8,8 @@ use thiserror::Error;
 use wasmtime::component::{Component, Linker};
 
 use crate::engine::WasmEngine;
-use crate::engine::cache::{CompileCache, Provenance};
 use crate::engine::bindings::{CONTRACT_VERSIONS, handler_export, v0_1};
+use crate::engine::cache::{CompileCache, Provenance};
 use crate::host::HostState;
 
 /// Why bytes are not a usable sluice plugin. Messages say what to do.

@@ -61,7 +61,12 @@ pub const VERSION_HEADER: &str = "Sluice-Plugin-Version";
 /// Headers for the `index`-th outbox message of plugin `tag` handling `key`:
 /// the plugin's headers, a deterministic `Nats-Msg-Id` unless it set one, and
 /// the plugin name and version (which the plugin cannot forge).
-pub fn outgoing_headers(message: &OutboundMessage, key: &str, tag: &PluginTag, index: usize) -> HeaderMap {
+pub fn outgoing_headers(
+    message: &OutboundMessage,
+    key: &str,
+    tag: &PluginTag,
+    index: usize,
+) -> HeaderMap {
     let plugin: &str = &tag.name;
     let mut headers = HeaderMap::new();
     let mut has_id = false;

@@ -131,8 +131,11 @@ pub fn plugin_name(path: &Path) -> Option<String> {
         return None;
     }
     let name = path.file_stem()?.to_str()?;
-    (!name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'))
-        .then(|| name.to_string())
+    (!name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'))
+    .then(|| name.to_string())
 }
 
 /// Load one plugin: read the manifest, compile off the async threads (through

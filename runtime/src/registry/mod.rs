@@ -14,7 +14,9 @@ use std::time::SystemTime;
 use serde::Serialize;
 
 use crate::dispatch::{PluginStats, Route, StatsSnapshot};
-pub use loader::{DirError, LoadError, LoadErrorKind, LoadedPlugin, load_dir, load_plugin, plugin_files};
+pub use loader::{
+    DirError, LoadError, LoadErrorKind, LoadedPlugin, load_dir, load_plugin, plugin_files,
+};
 
 /// How one plugin is doing, as `/plugins` and `HostHandle::plugins` report it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -89,7 +91,14 @@ impl Registry {
     }
 
     /// Put `route` in service for `name`; the previous version drains.
-    pub fn serving(&self, name: &str, route: Arc<Route>, subjects: Vec<String>, mode: &str, cached: bool) {
+    pub fn serving(
+        &self,
+        name: &str,
+        route: Arc<Route>,
+        subjects: Vec<String>,
+        mode: &str,
+        cached: bool,
+    ) {
         self.reloads.fetch_add(1, Ordering::Relaxed);
         if cached {
             self.cache_hits.fetch_add(1, Ordering::Relaxed);
@@ -139,7 +148,9 @@ impl Registry {
         for e in entries.values_mut() {
             e.retired.retain(|r| r.in_flight() > 0);
         }
-        entries.retain(|_, e| e.current.is_some() || !e.retired.is_empty() || e.error.is_some() || e.loading);
+        entries.retain(|_, e| {
+            e.current.is_some() || !e.retired.is_empty() || e.error.is_some() || e.loading
+        });
         entries
             .iter()
             .map(|(name, e)| {
@@ -159,8 +170,14 @@ impl Registry {
                     error: e.error.clone(),
                     subjects: e.subjects.clone(),
                     mode: e.mode.clone(),
-                    loaded_at: e.loaded_at.map(|t| humantime::format_rfc3339_millis(t).to_string()),
-                    draining: e.retired.iter().map(|r| r.tag.version.to_string()).collect(),
+                    loaded_at: e
+                        .loaded_at
+                        .map(|t| humantime::format_rfc3339_millis(t).to_string()),
+                    draining: e
+                        .retired
+                        .iter()
+                        .map(|r| r.tag.version.to_string())
+                        .collect(),
                 }
             })
             .collect()

@@ -51,19 +51,22 @@ pub fn watch(dir: &Path) -> Result<(FolderWatcher, mpsc::UnboundedReceiver<Strin
         path: dir.display().to_string(),
         message: e.to_string(),
     };
-    let mut watcher = notify::recommended_watcher(move |event: notify::Result<Event>| match event {
-        Ok(event) if is_relevant(&event.kind) => {
-            for path in &event.paths {
-                if let Some(name) = plugin_name(path) {
-                    let _ = tx.send(name);
+    let mut watcher =
+        notify::recommended_watcher(move |event: notify::Result<Event>| match event {
+            Ok(event) if is_relevant(&event.kind) => {
+                for path in &event.paths {
+                    if let Some(name) = plugin_name(path) {
+                        let _ = tx.send(name);
+                    }
                 }
             }
-        }
-        Ok(_) => {}
-        Err(e) => tracing::warn!("plugin folder watch error: {e}"),
-    })
-    .map_err(err)?;
-    watcher.watch(dir, RecursiveMode::NonRecursive).map_err(err)?;
+            Ok(_) => {}
+            Err(e) => tracing::warn!("plugin folder watch error: {e}"),
+        })
+        .map_err(err)?;
+    watcher
+        .watch(dir, RecursiveMode::NonRecursive)
+        .map_err(err)?;
     Ok((FolderWatcher { _watcher: watcher }, rx))
 }
 
@@ -74,10 +77,16 @@ mod tests {
 
     #[test]
     fn only_completed_writes_renames_and_removals_count() {
-        assert!(is_relevant(&EventKind::Access(AccessKind::Close(AccessMode::Write))));
-        assert!(is_relevant(&EventKind::Modify(ModifyKind::Name(RenameMode::To))));
+        assert!(is_relevant(&EventKind::Access(AccessKind::Close(
+            AccessMode::Write
+        ))));
+        assert!(is_relevant(&EventKind::Modify(ModifyKind::Name(
+            RenameMode::To
+        ))));
         assert!(is_relevant(&EventKind::Remove(RemoveKind::File)));
         assert!(!is_relevant(&EventKind::Create(CreateKind::File)));
-        assert!(!is_relevant(&EventKind::Modify(ModifyKind::Data(DataChange::Any))));
+        assert!(!is_relevant(&EventKind::Modify(ModifyKind::Data(
+            DataChange::Any
+        ))));
     }
 }
