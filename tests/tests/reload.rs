@@ -137,7 +137,7 @@ async fn ten_swaps_under_load_lose_and_fail_nothing() {
         seen.lock().unwrap().len() as u64 == published
     );
     collector.abort();
-    let seen = seen.lock().unwrap();
+    let seen = std::mem::take(&mut *seen.lock().unwrap());
     let twice: Vec<_> = seen.iter().filter(|(_, v)| v.len() != 1).collect();
     assert!(
         twice.is_empty(),
