@@ -2,6 +2,7 @@
 //! timing, dead-lettering, and the deterministic message ids that make a
 //! plugin's publishes deduplicable downstream.
 
+pub mod breaker;
 pub mod dead_letter;
 pub mod dedup;
 pub mod dedup_kv;
