@@ -10,6 +10,7 @@ use serde::Deserialize;
 use thiserror::Error;
 
 use crate::delivery::RetryPolicy;
+use crate::delivery::breaker::BreakerOverrides;
 use crate::engine::EngineSettings;
 use crate::manifest::RetryOverrides;
 
@@ -48,6 +49,11 @@ pub struct FileConfig {
     /// Default retry policy.
     #[serde(default)]
     pub retry: RetryOverrides,
+    /// Default circuit breaker policy.
+    #[serde(default)]
+    pub breaker: BreakerOverrides,
+    /// Default core NATS buffer per plugin.
+    pub core_buffer: Option<usize>,
 }
 
 /// Values given by flag or SLUICE_* env var (clap resolves those two).
@@ -128,6 +134,10 @@ pub struct Settings {
     pub dlq_stream: String,
     /// Compile cache folder (`None`: off).
     pub compile_cache: Option<PathBuf>,
+    /// Default circuit breaker policy and behaviour.
+    pub breaker: BreakerOverrides,
+    /// Default core NATS buffer per plugin.
+    pub core_buffer: usize,
 }
 
 /// A configuration problem; names the file or key and what to do.
@@ -318,7 +328,16 @@ pub fn resolve(overrides: &Overrides, file: FileConfig) -> Result<Settings, Conf
         Some(dir) => Some(PathBuf::from(dir)),
         None => default_cache_dir(),
     };
+    file.breaker
+        .validate()
+        .map_err(|(key, message)| invalid(key, message))?;
+    let core_buffer = file.core_buffer.unwrap_or(10_000);
+    if core_buffer == 0 {
+        return Err(invalid("core_buffer", "must be at least 1".into()));
+    }
     Ok(Settings {
+        breaker: file.breaker,
+        core_buffer,
         compile_cache,
         dedup_store,
         dedup_bucket,

@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use thiserror::Error;
 
+use crate::delivery::breaker::BreakerOverrides;
 use crate::subject::{self, PublishGrants};
 
 /// The manifest as written (unknown keys are errors).
@@ -30,6 +31,9 @@ struct RawManifest {
     idempotency: RawIdempotency,
     #[serde(default)]
     outbox: RawOutbox,
+    #[serde(default)]
+    breaker: BreakerOverrides,
+    core_buffer: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -146,6 +150,10 @@ pub struct Manifest {
     pub idempotency: IdempotencySettings,
     /// Wait for JetStream to confirm each outbox publish before acking the event.
     pub confirm_publishes: bool,
+    /// Circuit breaker overrides.
+    pub breaker: BreakerOverrides,
+    /// Core NATS: events buffered while every slot is busy (then dropped and counted).
+    pub core_buffer: Option<usize>,
 }
 
 /// A manifest that cannot be used; the message names the file and the key.
@@ -302,7 +310,15 @@ impl Manifest {
                 Some(parse_key_source(spec).map_err(|m| invalid("idempotency.key".into(), m))?)
             }
         };
+        raw.breaker
+            .validate()
+            .map_err(|(key, message)| invalid(key.into(), message))?;
+        if raw.core_buffer == Some(0) {
+            return Err(invalid("core_buffer".into(), "must be at least 1".into()));
+        }
         Ok(Manifest {
+            breaker: raw.breaker,
+            core_buffer: raw.core_buffer,
             mode: raw.mode,
             jetstream,
             idempotency: IdempotencySettings {

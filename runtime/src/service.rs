@@ -25,6 +25,7 @@ use tokio_util::task::TaskTracker;
 use wasmtime::component::Linker;
 
 use crate::config::{DedupStoreKind, Settings, apply_retry};
+use crate::delivery::breaker::BreakerPolicy;
 use crate::delivery::dead_letter;
 use crate::delivery::dedup::{DedupStore, MemoryStore};
 use crate::delivery::dedup_kv::KvStore;
@@ -64,8 +65,6 @@ enum SubscribeError {
     Core { subject: String, message: String },
     #[error(transparent)]
     JetStream(#[from] crate::nats::jetstream::JetStreamSetupError),
-    #[error("cannot start fetching: {0}")]
-    Fetch(String),
 }
 
 /// Control of a running host.
@@ -124,6 +123,8 @@ impl HostHandle {
 
 /// How long in-flight events may take to finish at shutdown.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// How long one JetStream pull waits for messages before asking again.
+const FETCH_EXPIRY: Duration = Duration::from_millis(500);
 /// Quiet time after the last file event of a plugin before it is loaded.
 const DEBOUNCE: Duration = Duration::from_millis(100);
 /// A file that fails to load this soon after its last change may still be
@@ -537,6 +538,17 @@ impl Supervisor {
             dedup: manifest.idempotency.dedup,
             confirm_publishes: manifest.confirm_publishes,
             in_flight: Default::default(),
+            breaker: self.registry.breaker_handle(
+                &plugin.name,
+                manifest
+                    .breaker
+                    .apply(self.settings.breaker.apply(BreakerPolicy::default())),
+            ),
+            when_open: manifest
+                .breaker
+                .when_open
+                .or(self.settings.breaker.when_open)
+                .unwrap_or_default(),
         })
     }
 
@@ -579,17 +591,42 @@ impl Supervisor {
         if let Err(e) = self.client.flush().await {
             tracing::warn!(plugin = %plugin.name, "NATS flush after subscribing failed: {e}");
         }
+        // Core NATS cannot slow a publisher down: events wait in a bounded
+        // buffer while every slot is busy, and past it they are dropped and
+        // counted (logged at most once a second), never silently.
+        let buffer = plugin
+            .manifest
+            .core_buffer
+            .unwrap_or(self.settings.core_buffer);
+        let (tx, mut rx) = mpsc::channel::<async_nats::Message>(buffer);
         for (subject, mut subscriber) in plugin.manifest.subjects.iter().zip(subscribers) {
             tracing::info!(plugin = %plugin.name, subject = %subject, queue_group = ?plugin.manifest.queue_group, "subscribed (core NATS)");
-            let dispatcher = self.dispatcher.clone();
+            let tx = tx.clone();
             let slot = slot.clone();
             let stop = stop.clone();
+            let name = plugin.name.clone();
             self.subscriptions.spawn(async move {
+                let mut last_report = Instant::now() - Duration::from_secs(1);
+                let mut unreported = 0u64;
                 loop {
                     tokio::select! {
                         _ = stop.cancelled() => break,
                         message = subscriber.next() => match message {
-                            Some(message) => dispatcher.dispatch_core(slot.load_full(), message).await,
+                            Some(message) => {
+                                if let Err(mpsc::error::TrySendError::Full(_)) = tx.try_send(message) {
+                                    let route = slot.load();
+                                    crate::dispatch::count_dropped(&route.stats);
+                                    unreported += 1;
+                                    if last_report.elapsed() >= Duration::from_secs(1) {
+                                        tracing::warn!(
+                                            plugin = %name, dropped = unreported,
+                                            "core NATS buffer of {buffer} events is full (the plugin is slower than its traffic): events dropped; raise max_concurrency or core_buffer, add hosts to a queue group, or use mode = \"jetstream\""
+                                        );
+                                        last_report = Instant::now();
+                                        unreported = 0;
+                                    }
+                                }
+                            }
                             None => break,
                         },
                     }
@@ -597,6 +634,21 @@ impl Supervisor {
                 let _ = subscriber.unsubscribe().await;
             });
         }
+        drop(tx);
+        let dispatcher = self.dispatcher.clone();
+        let slot = slot.clone();
+        let stop = stop.clone();
+        self.subscriptions.spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    message = rx.recv() => match message {
+                        Some(message) => dispatcher.dispatch_core(slot.load_full(), message).await,
+                        None => break,
+                    },
+                }
+            }
+        });
         Ok(())
     }
 
@@ -617,12 +669,6 @@ impl Supervisor {
             timeout: slot.load().limits.timeout,
         };
         let consumer = durable_consumer(&self.js, &spec).await?;
-        let mut messages = consumer
-            .stream()
-            .max_messages_per_batch(concurrency as usize)
-            .messages()
-            .await
-            .map_err(|e| SubscribeError::Fetch(e.to_string()))?;
         tracing::info!(
             plugin = %plugin.name, stream = ?plugin.manifest.jetstream.as_ref().map(|j| &j.stream),
             durable = ?plugin.manifest.durable_name(&plugin.name), "consuming (JetStream)"
@@ -631,15 +677,59 @@ impl Supervisor {
         let slot = slot.clone();
         let stop = stop.clone();
         let name = plugin.name.clone();
+        // Pull only as many messages as there are free slots (and none while
+        // the breaker is open): everything else waits in the stream, not in
+        // host memory, and its delivery count does not grow.
         self.subscriptions.spawn(async move {
-            loop {
-                tokio::select! {
-                    _ = stop.cancelled() => break,
-                    next = messages.next() => match next {
-                        Some(Ok(message)) => dispatcher.dispatch_jetstream(slot.load_full(), message).await,
-                        Some(Err(e)) => tracing::warn!(plugin = %name, "JetStream consumer: {e}"),
-                        None => break,
-                    },
+            while !stop.is_cancelled() {
+                let route = slot.load_full();
+                let budget = match route.fetch_budget() {
+                    Ok(0) => {
+                        tokio::select! {
+                            _ = stop.cancelled() => break,
+                            permit = route.concurrency.acquire() => drop(permit),
+                        }
+                        continue;
+                    }
+                    Ok(n) => n,
+                    Err(wait) => {
+                        tokio::select! {
+                            _ = stop.cancelled() => break,
+                            _ = tokio::time::sleep(wait.max(Duration::from_millis(20))) => {}
+                        }
+                        continue;
+                    }
+                };
+                let batch = consumer
+                    .batch()
+                    .max_messages(budget)
+                    .expires(FETCH_EXPIRY)
+                    .messages()
+                    .await;
+                let mut batch = match batch {
+                    Ok(batch) => batch,
+                    Err(e) => {
+                        tracing::warn!(plugin = %name, "JetStream fetch failed: {e}; retrying");
+                        tokio::select! {
+                            _ = stop.cancelled() => break,
+                            _ = tokio::time::sleep(FETCH_EXPIRY) => {}
+                        }
+                        continue;
+                    }
+                };
+                loop {
+                    tokio::select! {
+                        // Fetched but not started: left unacknowledged, redelivered after ack_wait.
+                        _ = stop.cancelled() => break,
+                        next = batch.next() => match next {
+                            Some(Ok(message)) => dispatcher.dispatch_jetstream(slot.load_full(), message).await,
+                            Some(Err(e)) => {
+                                tracing::debug!(plugin = %name, "JetStream batch ended: {e}");
+                                break;
+                            }
+                            None => break,
+                        },
+                    }
                 }
             }
         });

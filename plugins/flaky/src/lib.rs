@@ -4,6 +4,8 @@
 //! publishes of failed attempts are discarded (the outbox).
 //!
 //! Header `x-retry-after-ms` adds a delay hint to the retryable error.
+//! Header `x-fail-until-ms` (Unix epoch milliseconds) simulates a dependency
+//! that is down until then: every attempt before that time fails (retryable).
 use sluice_sdk::{Event, HandlerError, HandlerResult};
 use std::time::Duration;
 
@@ -18,6 +20,18 @@ fn handle(event: Event) -> HandlerResult {
         &event.payload,
         &[("x-attempt", &attempt)],
     )?;
+    if let Some(until) = event.header("x-fail-until-ms").and_then(|v| v.parse::<u128>().ok()) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis())
+            .unwrap_or(0);
+        if now < until {
+            return Err(HandlerError::retryable(format!(
+                "dependency down for another {} ms",
+                until - now
+            )));
+        }
+    }
     if event.attempt <= fail_times {
         let message = format!("simulated failure {} of {fail_times}", event.attempt);
         return Err(

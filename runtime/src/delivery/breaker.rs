@@ -236,6 +236,31 @@ impl CircuitBreaker {
         self.forced
     }
 
+    /// How many events a pull consumer may fetch now, given `free` slots, or
+    /// how long to wait before asking again. While open nothing is fetched,
+    /// so JetStream events wait in the stream and their delivery count does
+    /// not grow; half-open fetches only the probes.
+    pub fn fetch_budget(&self, now: Instant, free: usize) -> Result<usize, Duration> {
+        match self.forced {
+            Forced::Open => return Err(Duration::from_millis(500)),
+            Forced::Closed => return Ok(free),
+            Forced::Auto => {}
+        }
+        if !self.policy.enabled {
+            return Ok(free);
+        }
+        let probes = self.policy.probes as usize;
+        match self.state {
+            State::Closed => Ok(free),
+            State::Open if now < self.open_until => Err(self.open_until - now),
+            State::Open => Ok(free.min(probes)),
+            State::HalfOpen => match probes.saturating_sub(self.probes_out as usize) {
+                0 => Err(Duration::from_millis(50)),
+                left => Ok(free.min(left)),
+            },
+        }
+    }
+
     /// Replace the policy (a redeploy with new settings).
     pub fn set_policy(&mut self, policy: BreakerPolicy) {
         self.policy = policy;

@@ -9,8 +9,10 @@ use std::time::{Duration, Instant, SystemTime};
 use tracing::Instrument;
 
 use super::{Dispatcher, Route, bump, header_pairs, trace_id};
+use crate::delivery::breaker::{Admission, WhenOpen};
 use crate::delivery::dead_letter::DeadLetter;
 use crate::delivery::dedup::Claim;
+use crate::engine::invoke::{Failure, FailureClass};
 use crate::nats::convert;
 
 impl Dispatcher {
@@ -77,10 +79,32 @@ impl Dispatcher {
                 "event", otel.kind = "consumer", plugin = %route.tag.name, version = %route.tag.version,
                 subject = %event.subject, key = %key, attempt, trace_id = %trace
             );
-            let result = self
-                .attempt(&route, &key, &event)
-                .instrument(span.clone())
-                .await;
+            let result = match route.admit() {
+                Admission::Rejected { .. } => {
+                    bump(&route.stats.breaker_rejected, 1);
+                    if route.when_open == WhenOpen::Shed {
+                        drop(slot);
+                        bump(&route.stats.shed, 1);
+                        span.in_scope(|| {
+                            tracing::debug!(
+                                "circuit breaker open: event shed (when_open = \"shed\")"
+                            )
+                        });
+                        self.release_failed(lease.as_ref(), SystemTime::now()).await;
+                        return;
+                    }
+                    Err(Failure {
+                        class: FailureClass::CircuitOpen,
+                        message: "the plugin's circuit breaker is open (its dependency looks down); core NATS cannot hold the event, so it is dead-lettered for replay".into(),
+                        retry_after: None,
+                    })
+                }
+                Admission::Allowed | Admission::Probe => {
+                    self.attempt(&route, &key, &event)
+                        .instrument(span.clone())
+                        .await
+                }
+            };
             drop(slot);
             let failure = match result {
                 Ok(()) => {

@@ -13,6 +13,7 @@ use tracing::Instrument;
 
 use super::core::replay_count;
 use super::{Dispatcher, Route, bump, header_pairs, trace_id};
+use crate::delivery::breaker::Admission;
 use crate::delivery::dead_letter::DeadLetter;
 use crate::delivery::dedup::{Claim, epoch_ms, from_epoch_ms};
 use crate::engine::bindings::v0_1::sluice::plugin::types;
@@ -106,6 +107,16 @@ impl Dispatcher {
                     reply_to: None,
                 },
             };
+            if let Admission::Rejected { until } = route.admit() {
+                bump(&route.stats.breaker_rejected, 1);
+                let wait = until
+                    .saturating_duration_since(std::time::Instant::now())
+                    .clamp(Duration::from_millis(100), Duration::from_secs(30));
+                tracing::debug!("circuit breaker open; redelivering in {wait:?}");
+                self.release_failed(lease.as_ref(), SystemTime::now()).await;
+                ack(message, AckKind::Nak(Some(wait))).await;
+                return;
+            }
             let failure = match self.attempt(route, &key, &event).await {
                 Ok(()) => {
                     self.complete(lease.as_ref()).await;

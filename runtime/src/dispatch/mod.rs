@@ -13,7 +13,7 @@ pub mod jetstream;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use async_nats::{Client, HeaderMap};
 use tokio::sync::Semaphore;
@@ -21,6 +21,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::delivery::RetryPolicy;
+use crate::delivery::breaker::{
+    Admission, CircuitBreaker, Outcome as BreakerOutcome, State as BreakerState, Transition,
+    WhenOpen,
+};
 use crate::delivery::dead_letter::{self, DeadLetter, DlqError};
 use crate::delivery::dedup::{Claim, DedupStore, Lease};
 use crate::delivery::key::{KeyInput, derive_key};
@@ -47,6 +51,10 @@ pub struct PluginStats {
     dedup_hits: AtomicU64,
     dedup_misses: AtomicU64,
     lease_conflicts: AtomicU64,
+    breaker_opened: AtomicU64,
+    breaker_rejected: AtomicU64,
+    shed: AtomicU64,
+    dropped: AtomicU64,
 }
 
 /// A point-in-time copy of [`PluginStats`].
@@ -74,6 +82,14 @@ pub struct StatsSnapshot {
     pub dedup_misses: u64,
     /// Deliveries whose key was in progress elsewhere.
     pub lease_conflicts: u64,
+    /// Times the circuit breaker opened.
+    pub breaker_opened: u64,
+    /// Events turned away by an open breaker (core: dead-lettered or shed; JetStream: redelivered later).
+    pub breaker_rejected: u64,
+    /// Core events dropped because the breaker was open and the manifest says `shed`.
+    pub shed: u64,
+    /// Core events dropped because the plugin's buffer was full (slow consumer).
+    pub dropped: u64,
 }
 
 impl PluginStats {
@@ -92,8 +108,17 @@ impl PluginStats {
             dedup_hits: get(&self.dedup_hits),
             dedup_misses: get(&self.dedup_misses),
             lease_conflicts: get(&self.lease_conflicts),
+            breaker_opened: get(&self.breaker_opened),
+            breaker_rejected: get(&self.breaker_rejected),
+            shed: get(&self.shed),
+            dropped: get(&self.dropped),
         }
     }
+}
+
+/// Count a core event dropped because the plugin's buffer was full.
+pub(crate) fn count_dropped(stats: &PluginStats) {
+    bump(&stats.dropped, 1);
 }
 
 pub(crate) fn bump(counter: &AtomicU64, n: u64) {
@@ -126,6 +151,10 @@ pub struct Route {
     pub confirm_publishes: bool,
     /// Events of this version being handled right now.
     pub in_flight: std::sync::atomic::AtomicUsize,
+    /// The plugin's circuit breaker (shared by all its versions).
+    pub breaker: Arc<std::sync::Mutex<CircuitBreaker>>,
+    /// What a core event meets while the breaker is open.
+    pub when_open: WhenOpen,
 }
 
 impl Route {
@@ -133,6 +162,59 @@ impl Route {
     /// drains until this reaches zero).
     pub fn in_flight(&self) -> usize {
         self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Ask the breaker whether an event may run now (logging any transition).
+    pub fn admit(&self) -> Admission {
+        let (admission, transition) = self
+            .breaker
+            .lock()
+            .expect("breaker lock")
+            .admit(Instant::now());
+        self.log_transition(transition);
+        admission
+    }
+
+    /// How many events to fetch now given the free slots, or how long to
+    /// wait (see [`CircuitBreaker::fetch_budget`]).
+    pub fn fetch_budget(&self) -> Result<usize, Duration> {
+        let free = self.concurrency.available_permits();
+        self.breaker
+            .lock()
+            .expect("breaker lock")
+            .fetch_budget(Instant::now(), free)
+    }
+
+    /// Tell the breaker how an attempt ended.
+    pub fn record_outcome(&self, failure: Option<&Failure>) {
+        let outcome = match failure {
+            None => BreakerOutcome::Success,
+            Some(f)
+                if matches!(
+                    f.class,
+                    FailureClass::Retryable | FailureClass::DeadlineExceeded
+                ) =>
+            {
+                BreakerOutcome::Failure
+            }
+            Some(_) => BreakerOutcome::Neutral,
+        };
+        let transition = self
+            .breaker
+            .lock()
+            .expect("breaker lock")
+            .record(outcome, Instant::now());
+        self.log_transition(transition);
+    }
+
+    fn log_transition(&self, transition: Option<Transition>) {
+        let Some(t) = transition else { return };
+        if t.to == BreakerState::Open {
+            bump(&self.stats.breaker_opened, 1);
+            tracing::warn!(plugin = %self.tag.name, "circuit breaker {} -> open: the plugin's dependency looks down; pausing its events", t.from.as_str());
+        } else {
+            tracing::info!(plugin = %self.tag.name, "circuit breaker {} -> {}", t.from.as_str(), t.to.as_str());
+        }
     }
 }
 
@@ -288,13 +370,16 @@ impl Dispatcher {
         drop(_instance);
         if let Err(failure) = report.outcome {
             bump(&route.stats.failed_attempts, 1);
+            route.record_outcome(Some(&failure));
             return Err(failure);
         }
         self.commit(route, key, report.published)
             .await
-            .inspect_err(|_| {
+            .inspect_err(|failure| {
                 bump(&route.stats.failed_attempts, 1);
+                route.record_outcome(Some(failure));
             })?;
+        route.record_outcome(None);
         bump(&route.stats.succeeded, 1);
         tracing::debug!(elapsed = ?report.elapsed, "handled");
         Ok(())

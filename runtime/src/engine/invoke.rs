@@ -62,6 +62,8 @@ pub enum FailureClass {
     Trap,
     /// The instance could not be created.
     Instantiate,
+    /// Not run: the plugin's circuit breaker is open (core NATS events).
+    CircuitOpen,
 }
 
 impl FailureClass {
@@ -75,12 +77,13 @@ impl FailureClass {
             FailureClass::StackOverflow => "stack-overflow",
             FailureClass::Trap => "trap",
             FailureClass::Instantiate => "instantiate",
+            FailureClass::CircuitOpen => "circuit-open",
         }
     }
 
     /// Whether a retry could succeed.
     pub fn is_retryable(self) -> bool {
-        self != FailureClass::Permanent
+        !matches!(self, FailureClass::Permanent | FailureClass::CircuitOpen)
     }
 }
 

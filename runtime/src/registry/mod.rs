@@ -9,10 +9,11 @@ pub mod watcher;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
 use serde::Serialize;
 
+use crate::delivery::breaker::{BreakerPolicy, CircuitBreaker, Forced};
 use crate::dispatch::{PluginStats, Route, StatsSnapshot};
 pub use loader::{
     DirError, LoadError, LoadErrorKind, LoadedPlugin, load_dir, load_plugin, plugin_files,
@@ -37,6 +38,8 @@ pub struct PluginStatus {
     pub loaded_at: Option<String>,
     /// Older versions still finishing in-flight events.
     pub draining: Vec<String>,
+    /// Circuit breaker: `closed`, `open` or `half-open` (with `forced-` when an operator set it).
+    pub breaker: String,
 }
 
 #[derive(Default)]
@@ -49,6 +52,7 @@ struct Entry {
     error: Option<String>,
     loading: bool,
     stats: Arc<PluginStats>,
+    breaker: Option<Arc<Mutex<CircuitBreaker>>>,
 }
 
 /// Host-wide reload counters.
@@ -83,6 +87,37 @@ impl Registry {
     /// The counters shared by every version of `name` (created on first use).
     pub fn stats_handle(&self, name: &str) -> Arc<PluginStats> {
         self.with(name, |e| e.stats.clone())
+    }
+
+    /// The circuit breaker of `name` (kept across versions), with `policy`.
+    pub fn breaker_handle(&self, name: &str, policy: BreakerPolicy) -> Arc<Mutex<CircuitBreaker>> {
+        self.with(name, |e| {
+            let breaker = e
+                .breaker
+                .get_or_insert_with(|| {
+                    Arc::new(Mutex::new(CircuitBreaker::new(policy, Instant::now())))
+                })
+                .clone();
+            breaker.lock().expect("breaker lock").set_policy(policy);
+            breaker
+        })
+    }
+
+    /// Force the breaker of `name` open, closed, or back to automatic.
+    pub fn force_breaker(&self, name: &str, forced: Forced) -> Option<&'static str> {
+        let entries = self.entries.lock().expect("registry lock");
+        let breaker = entries.get(name)?.breaker.clone()?;
+        drop(entries);
+        let mut breaker = breaker.lock().expect("breaker lock");
+        if let Some(t) = breaker.force(forced, Instant::now()) {
+            tracing::warn!(
+                plugin = name,
+                "circuit breaker forced {} -> {} by the operator",
+                t.from.as_str(),
+                t.to.as_str()
+            );
+        }
+        Some(breaker.state().as_str())
     }
 
     /// Mark `name` as being loaded.
@@ -178,6 +213,17 @@ impl Registry {
                         .iter()
                         .map(|r| r.tag.version.to_string())
                         .collect(),
+                    breaker: e
+                        .breaker
+                        .as_ref()
+                        .map(|b| {
+                            let b = b.lock().expect("breaker lock");
+                            match b.forced() {
+                                Forced::Auto => b.state().as_str().to_string(),
+                                _ => format!("forced-{}", b.state().as_str()),
+                            }
+                        })
+                        .unwrap_or_else(|| "closed".into()),
                 }
             })
             .collect()
