@@ -4,6 +4,7 @@
 pub mod convert;
 pub mod jetstream;
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_nats::{Client, ConnectOptions, Event, ServerAddr};
@@ -73,14 +74,39 @@ pub async fn connect(urls: &[String], cancel: &CancellationToken) -> Result<Clie
     }
 }
 
+/// Messages the NATS client itself dropped because a subscription's buffer
+/// (64 Ki messages) was full: counted from async-nats slow-consumer events.
+static CLIENT_DROPS: AtomicU64 = AtomicU64::new(0);
+static LAST_DROP_REPORT_MS: AtomicU64 = AtomicU64::new(0);
+
+/// Messages dropped by the NATS client for slow subscriptions, since start.
+pub fn client_drops() -> u64 {
+    CLIENT_DROPS.load(Ordering::Relaxed)
+}
+
 fn log_event(event: Event) {
     match event {
+        Event::SlowConsumer(sid) => {
+            let total = CLIENT_DROPS.fetch_add(1, Ordering::Relaxed) + 1;
+            let now_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0);
+            let last = LAST_DROP_REPORT_MS.load(Ordering::Relaxed);
+            if now_ms.saturating_sub(last) >= 1000
+                && LAST_DROP_REPORT_MS
+                    .compare_exchange(last, now_ms, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_ok()
+            {
+                tracing::error!(
+                    subscription = sid,
+                    dropped_total = total,
+                    "the NATS client dropped messages for a slow subscription: the host cannot keep up; raise max_concurrency or add hosts to the queue group"
+                );
+            }
+        }
         Event::Connected => tracing::info!("NATS connection (re)established"),
         Event::Disconnected => tracing::warn!("NATS connection lost; reconnecting"),
-        Event::SlowConsumer(sid) => tracing::error!(
-            subscription = sid,
-            "NATS dropped messages for a slow subscription: the host cannot keep up; raise max_concurrency or add hosts to the queue group"
-        ),
         Event::Closed => tracing::info!("NATS connection closed"),
         other => tracing::warn!("NATS: {other}"),
     }
