@@ -4,8 +4,14 @@
 //! [`start`] returns a [`HostHandle`] at once; connecting and subscribing go
 //! on in the background (so an unreachable NATS is retried and reported rather
 //! than fatal). [`HostHandle::ready`] resolves once every plugin is subscribed.
+//!
+//! Shutdown (the token of [`HostHandle::shutdown_token`], cancelled on
+//! SIGTERM/SIGINT by the CLI): stop taking events, let in-flight ones finish
+//! for up to `shutdown_grace`, then abandon what still runs (JetStream
+//! messages are Nak'ed for redelivery; see `dispatch::jetstream`), flush, stop.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,6 +33,8 @@ use crate::manifest::DeliveryMode;
 use crate::nats;
 use crate::nats::jetstream::{ConsumerSpec, durable_consumer};
 use crate::registry::{self, DirError, LoadedPlugin};
+use crate::telemetry::Metrics;
+use crate::telemetry::admin::{self, AdminError, StatusFn};
 
 /// Why the host cannot start at all (a single bad plugin is not one of these).
 #[derive(Debug, Error)]
@@ -51,6 +59,9 @@ pub enum ServiceError {
         /// Why.
         source: crate::nats::jetstream::JetStreamSetupError,
     },
+    /// The admin endpoint cannot listen.
+    #[error(transparent)]
+    Admin(#[from] AdminError),
     /// A subscription was refused by the server.
     #[error("cannot subscribe plugin `{plugin}` to `{subject}`: {message}")]
     Subscribe {
@@ -64,7 +75,7 @@ pub enum ServiceError {
 }
 
 /// How one plugin is doing.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct PluginStatus {
     /// Name.
     pub name: String,
@@ -91,6 +102,8 @@ pub struct HostHandle {
     ready: watch::Receiver<bool>,
     shared: Arc<Shared>,
     task: tokio::task::JoinHandle<Result<(), ServiceError>>,
+    metrics: Metrics,
+    admin_addr: Option<SocketAddr>,
 }
 
 impl HostHandle {
@@ -107,6 +120,16 @@ impl HostHandle {
     /// Counters of a loaded plugin.
     pub fn stats(&self, plugin: &str) -> Option<StatsSnapshot> {
         self.shared.stats.get(plugin).map(|s| s.snapshot())
+    }
+
+    /// The host's metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Where the admin endpoint listens, if it is on.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
     }
 
     /// A token that stops the host when cancelled.
@@ -129,8 +152,9 @@ impl HostHandle {
     }
 }
 
-/// How long in-flight events may take to finish at shutdown.
-pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// How long abandoned JetStream attempts get to send their Nak after the
+/// shutdown deadline.
+const SETTLE_AFTER_DEADLINE: Duration = Duration::from_secs(2);
 
 async fn open_dedup_store(
     settings: &Settings,
@@ -196,7 +220,6 @@ async fn consume_jetstream(
     route: &Arc<Route>,
     dispatcher: &Arc<Dispatcher>,
     subscriptions: &TaskTracker,
-    shutdown: &CancellationToken,
 ) -> Result<(), ServiceError> {
     let concurrency = plugin
         .manifest
@@ -214,35 +237,16 @@ async fn consume_jetstream(
             plugin: plugin.name.clone(),
             source,
         })?;
-    let mut messages = consumer
-        .stream()
-        .max_messages_per_batch(concurrency as usize)
-        .messages()
-        .await
-        .map_err(|e| ServiceError::Subscribe {
-            plugin: plugin.name.clone(),
-            subject: plugin.manifest.subjects.join(", "),
-            message: e.to_string(),
-        })?;
     tracing::info!(
         plugin = %plugin.name, stream = ?plugin.manifest.jetstream.as_ref().map(|j| &j.stream),
         durable = ?plugin.manifest.durable_name(&plugin.name), "consuming (JetStream)"
     );
     let dispatcher = dispatcher.clone();
     let route = route.clone();
-    let stop = shutdown.clone();
-    let name = plugin.name.clone();
     subscriptions.spawn(async move {
-        loop {
-            tokio::select! {
-                _ = stop.cancelled() => break,
-                next = messages.next() => match next {
-                    Some(Ok(message)) => dispatcher.dispatch_jetstream(route.clone(), message).await,
-                    Some(Err(e)) => tracing::warn!(plugin = %name, "JetStream consumer: {e}"),
-                    None => break,
-                },
-            }
-        }
+        dispatcher
+            .consume_jetstream(route, consumer, concurrency as usize)
+            .await
     });
     Ok(())
 }
@@ -253,6 +257,7 @@ pub async fn start(settings: Settings) -> Result<HostHandle, ServiceError> {
     let linker = host::linker(engine.engine()).map_err(ServiceError::Linker)?;
     let set = registry::load_dir(&engine, &linker, &settings.plugins).await?;
 
+    let metrics = Metrics::new();
     let mut status = BTreeMap::new();
     let mut stats = BTreeMap::new();
     for failed in &set.failed {
@@ -290,6 +295,7 @@ pub async fn start(settings: Settings) -> Result<HostHandle, ServiceError> {
                 },
             },
         );
+        metrics.plugin_registered(&plugin.name);
         let route = route_for(&settings, &engine, &plugin);
         stats.insert(plugin.name.clone(), route.stats.clone());
         routes.push((plugin, route));
@@ -298,15 +304,99 @@ pub async fn start(settings: Settings) -> Result<HostHandle, ServiceError> {
         tracing::warn!(folder = %settings.plugins.display(), "no plugin to serve; copy <name>.wasm and <name>.toml into the folder");
     }
 
+    metrics.plugin_states(&[
+        ("serving", routes.len() as i64),
+        ("failed", set.failed.len() as i64),
+    ]);
     let shared = Arc::new(Shared { status, stats });
     let shutdown = CancellationToken::new();
     let (ready_tx, ready) = watch::channel(false);
-    let task = tokio::spawn(serve(settings, engine, routes, shutdown.clone(), ready_tx));
+    let admin_stop = CancellationToken::new();
+    let admin_addr = match settings.admin_addr {
+        Some(addr) => Some(
+            admin::start(
+                addr,
+                metrics.clone(),
+                status_fn(&shared, &metrics, &ready, &shutdown),
+                admin_stop.clone(),
+            )
+            .await?,
+        ),
+        None => None,
+    };
+    let task = tokio::spawn({
+        let serving = serve(
+            settings,
+            engine,
+            routes,
+            shutdown.clone(),
+            ready_tx,
+            metrics.clone(),
+        );
+        async move {
+            let result = serving.await;
+            admin_stop.cancel();
+            result
+        }
+    });
     Ok(HostHandle {
         shutdown,
         ready,
         shared,
         task,
+        metrics,
+        admin_addr,
+    })
+}
+
+/// What `/readyz` and `/plugins` answer: ready when NATS is connected, every
+/// plugin is subscribed, every plugin in the folder is serving, and the host
+/// is not shutting down.
+fn status_fn(
+    shared: &Arc<Shared>,
+    metrics: &Metrics,
+    ready: &watch::Receiver<bool>,
+    shutdown: &CancellationToken,
+) -> StatusFn {
+    let (shared, metrics, ready, shutdown) = (
+        shared.clone(),
+        metrics.clone(),
+        ready.clone(),
+        shutdown.clone(),
+    );
+    Arc::new(move || {
+        let mut not_ready = Vec::new();
+        if shutdown.is_cancelled() {
+            not_ready.push("shutting down".to_string());
+        }
+        if !metrics.is_nats_connected() {
+            not_ready.push("NATS is not connected (reconnecting)".to_string());
+        } else if !*ready.borrow() {
+            not_ready.push("subscribing plugins".to_string());
+        }
+        let mut plugins = Vec::new();
+        for p in shared.status.values() {
+            if p.state != "serving" {
+                not_ready.push(format!(
+                    "plugin `{}` is {}: {}",
+                    p.name,
+                    p.state,
+                    p.error.as_deref().unwrap_or("no reason given")
+                ));
+            }
+            let mut doc = serde_json::to_value(p).unwrap_or_default();
+            if let (Some(obj), Some(stats)) = (doc.as_object_mut(), shared.stats.get(&p.name)) {
+                obj.insert(
+                    "stats".into(),
+                    serde_json::to_value(stats.snapshot()).unwrap_or_default(),
+                );
+            }
+            plugins.push(doc);
+        }
+        admin::Status {
+            not_ready,
+            plugins: serde_json::Value::Array(plugins),
+        }
     })
 }
 
@@ -342,8 +432,9 @@ async fn serve(
     routes: Vec<(LoadedPlugin, Arc<Route>)>,
     shutdown: CancellationToken,
     ready: watch::Sender<bool>,
+    metrics: Metrics,
 ) -> Result<(), ServiceError> {
-    let client = match nats::connect(&settings.nats_urls, &shutdown).await {
+    let client = match nats::connect(&settings.nats, &shutdown, Some(&metrics)).await {
         Ok(client) => client,
         Err(nats::ConnectError::Cancelled(_)) => return Ok(()),
         Err(e) => return Err(e.into()),
@@ -356,13 +447,18 @@ async fn serve(
     }
     let dedup = open_dedup_store(&settings, &js).await;
     let tasks = TaskTracker::new();
-    let dispatcher = Arc::new(Dispatcher::new(
-        engine,
-        client.clone(),
-        dedup,
-        tasks.clone(),
-        shutdown.clone(),
-    ));
+    let deadline = CancellationToken::new();
+    let dispatcher = Arc::new(
+        Dispatcher::new(
+            engine,
+            client.clone(),
+            dedup,
+            tasks.clone(),
+            shutdown.clone(),
+        )
+        .with_metrics(metrics)
+        .with_abort(deadline.clone()),
+    );
     let subscriptions = TaskTracker::new();
     for (plugin, route) in routes {
         match plugin.manifest.mode {
@@ -378,16 +474,8 @@ async fn serve(
                 .await?
             }
             DeliveryMode::Jetstream => {
-                consume_jetstream(
-                    &js,
-                    &settings,
-                    &plugin,
-                    &route,
-                    &dispatcher,
-                    &subscriptions,
-                    &shutdown,
-                )
-                .await?
+                consume_jetstream(&js, &settings, &plugin, &route, &dispatcher, &subscriptions)
+                    .await?
             }
         }
     }
@@ -399,17 +487,24 @@ async fn serve(
     tracing::info!("sluice is serving");
 
     shutdown.cancelled().await;
-    tracing::info!("shutting down: no new events; waiting for in-flight events");
+    let grace = settings.shutdown_grace;
+    tracing::info!("shutting down: no new events; waiting up to {grace:?} for in-flight events");
     subscriptions.close();
-    subscriptions.wait().await;
     tasks.close();
-    if tokio::time::timeout(SHUTDOWN_GRACE, tasks.wait())
-        .await
-        .is_err()
-    {
+    let drained = async {
+        subscriptions.wait().await;
+        tasks.wait().await;
+    };
+    if tokio::time::timeout(grace, drained).await.is_err() {
         tracing::warn!(
-            "in-flight events did not finish within {SHUTDOWN_GRACE:?}; stopping anyway"
+            "in-flight events did not finish within {grace:?} (shutdown_grace); JetStream events are handed back for redelivery, core events still running are dropped"
         );
+        deadline.cancel();
+        let settled = async {
+            subscriptions.wait().await;
+            tasks.wait().await;
+        };
+        let _ = tokio::time::timeout(SETTLE_AFTER_DEADLINE, settled).await;
     }
     if let Err(e) = client.flush().await {
         tracing::warn!("final NATS flush failed: {e}");

@@ -4,11 +4,20 @@
 //! server's delivery count. After the policy gives up, the event is published
 //! to the DLQ, and only once that publish is acknowledged is the original
 //! terminated; if the DLQ is unavailable the event is redelivered later.
+//!
+//! Messages are pulled in bounded batches ([`Dispatcher::consume_jetstream`])
+//! so that shutdown can settle every message the server handed over: each
+//! batch is read to its end, and a message that arrives once shutdown began is
+//! Nak'ed at once (redelivered to another host) instead of waiting for
+//! `ack_wait`. Attempts still running at the shutdown deadline are abandoned
+//! and Nak'ed too.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use async_nats::jetstream::consumer::PullConsumer;
 use async_nats::jetstream::{AckKind, Message};
+use futures::StreamExt;
 use tracing::Instrument;
 
 use super::core::replay_count;
@@ -22,13 +31,67 @@ use crate::nats::convert;
 const UNSETTLED_RETRY: Duration = Duration::from_secs(2);
 /// How long a lease outlasts the attempt time limit (outbox commit, acks).
 const LEASE_MARGIN: Duration = Duration::from_secs(5);
+/// How long one pull request waits for messages: bounds how long shutdown
+/// waits for the last batch to end.
+const BATCH_EXPIRES: Duration = Duration::from_secs(1);
 
 impl Dispatcher {
+    /// Pull `consumer`'s messages in batches of `batch` and dispatch them
+    /// until shutdown. The batch in progress at shutdown is read to its end
+    /// (at most [`BATCH_EXPIRES`]), its remaining messages Nak'ed, so none is
+    /// left waiting for `ack_wait`.
+    pub async fn consume_jetstream(
+        self: &Arc<Self>,
+        route: Arc<Route>,
+        consumer: PullConsumer,
+        batch: usize,
+    ) {
+        let mut backoff = Duration::from_millis(100);
+        while !self.shutdown.is_cancelled() {
+            let pulled = consumer
+                .batch()
+                .max_messages(batch)
+                .expires(BATCH_EXPIRES)
+                .messages()
+                .await;
+            let mut messages = match pulled {
+                Ok(messages) => {
+                    backoff = Duration::from_millis(100);
+                    messages
+                }
+                Err(e) => {
+                    tracing::warn!(plugin = %route.tag.name, "JetStream pull request failed: {e}; retrying in {backoff:?}");
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = self.shutdown.cancelled() => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    continue;
+                }
+            };
+            while let Some(next) = messages.next().await {
+                match next {
+                    Ok(message) => self.dispatch_jetstream(route.clone(), message).await,
+                    Err(e) => tracing::warn!(plugin = %route.tag.name, "JetStream consumer: {e}"),
+                }
+            }
+        }
+    }
+
     /// Accept one JetStream message for `route`: wait for a slot, then handle
-    /// it in its own task.
+    /// it in its own task. Once shutdown began, Nak it instead (not started,
+    /// so another host or the next start handles it).
     pub async fn dispatch_jetstream(self: &Arc<Self>, route: Arc<Route>, message: Message) {
         bump(&route.stats.received, 1);
-        let Ok(permit) = route.concurrency.clone().acquire_owned().await else {
+        self.metrics.event_received(&route.tag.name);
+        let permit = tokio::select! {
+            biased;
+            _ = self.shutdown.cancelled() => None,
+            permit = route.concurrency.clone().acquire_owned() => permit.ok(),
+        };
+        let Some(permit) = permit else {
+            self.metrics.shutdown_requeued();
+            ack(&message, AckKind::Nak(None)).await;
             return;
         };
         let this = self.clone();
@@ -104,7 +167,16 @@ impl Dispatcher {
                     reply_to: None,
                 },
             };
-            let failure = match self.attempt(route, &key, &event).await {
+            let result = tokio::select! {
+                result = self.attempt(route, &key, &event) => result,
+                _ = self.abort.cancelled() => {
+                    tracing::warn!("shutdown deadline reached while handling; handed back (Nak) for redelivery");
+                    self.metrics.shutdown_requeued();
+                    ack(message, AckKind::Nak(None)).await;
+                    return;
+                }
+            };
+            let failure = match result {
                 Ok(()) => {
                     self.complete(lease.as_ref()).await;
                     ack(message, AckKind::Ack).await;
@@ -123,6 +195,7 @@ impl Dispatcher {
             let delay = route.retry.delay(attempt, failure.retry_after, &mut rand::rng());
             if failure.class.is_retryable() && route.retry.should_retry(attempt, since_first, delay) {
                 bump(&route.stats.retries, 1);
+                self.metrics.retry_scheduled(&route.tag.name);
                 tracing::warn!(
                     error.class = failure.class.as_str(),
                     "attempt {attempt} failed: {}; redelivery in {delay:?}",

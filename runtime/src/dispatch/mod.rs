@@ -13,7 +13,7 @@ pub mod jetstream;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use async_nats::{Client, HeaderMap};
 use tokio::sync::Semaphore;
@@ -32,6 +32,8 @@ use crate::host::{OutboundMessage, PluginTag};
 use crate::manifest::KeySource;
 use crate::nats::convert;
 use crate::subject::PublishGrants;
+use crate::telemetry::Metrics;
+use crate::telemetry::trace::Propagation;
 
 /// Counters of one plugin, readable while the host runs.
 #[derive(Debug, Default)]
@@ -50,7 +52,7 @@ pub struct PluginStats {
 }
 
 /// A point-in-time copy of [`PluginStats`].
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct StatsSnapshot {
     /// Deliveries received from NATS (JetStream redeliveries included).
     pub received: u64,
@@ -135,6 +137,8 @@ pub struct Dispatcher {
     instances: Arc<Semaphore>,
     tasks: TaskTracker,
     shutdown: CancellationToken,
+    metrics: Metrics,
+    abort: CancellationToken,
 }
 
 impl Dispatcher {
@@ -156,7 +160,22 @@ impl Dispatcher {
             instances,
             tasks,
             shutdown,
+            metrics: Metrics::new(),
+            abort: CancellationToken::new(),
         }
+    }
+
+    /// Report to `metrics` (by default, to a set nobody reads).
+    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    /// When `abort` fires (the shutdown deadline), JetStream attempts still
+    /// running are abandoned and their messages Nak'ed for redelivery.
+    pub fn with_abort(mut self, abort: CancellationToken) -> Self {
+        self.abort = abort;
+        self
     }
 
     /// The JetStream context of the host's connection.
@@ -202,7 +221,10 @@ impl Dispatcher {
         match store.claim(&route.tag.name, key, lease).await {
             Ok(claim) => {
                 match &claim {
-                    Claim::Completed => bump(&route.stats.dedup_hits, 1),
+                    Claim::Completed => {
+                        bump(&route.stats.dedup_hits, 1);
+                        self.metrics.dedup_hit(&route.tag.name);
+                    }
                     Claim::Busy { .. } => bump(&route.stats.lease_conflicts, 1),
                     Claim::Acquired(_) => bump(&route.stats.dedup_misses, 1),
                 }
@@ -240,6 +262,8 @@ impl Dispatcher {
         key: &str,
         event: &types::Event,
     ) -> Result<(), Failure> {
+        let _in_flight = self.metrics.attempt_started(&route.tag.name);
+        let started = Instant::now();
         let Ok(_instance) = self.instances.acquire().await else {
             return Err(Failure {
                 class: FailureClass::Instantiate,
@@ -260,27 +284,39 @@ impl Dispatcher {
         )
         .await;
         drop(_instance);
+        let name = &route.tag.name;
+        if !report.instantiate_time.is_zero() {
+            self.metrics.instantiated(name, report.instantiate_time);
+        }
         if let Err(failure) = report.outcome {
             bump(&route.stats.failed_attempts, 1);
+            self.metrics
+                .event_handled(name, failure.class.as_str(), started.elapsed());
             return Err(failure);
         }
-        self.commit(route, key, report.published)
+        self.commit(route, key, report.published, &Propagation::of_event(event))
             .await
             .inspect_err(|_| {
                 bump(&route.stats.failed_attempts, 1);
+                self.metrics
+                    .event_handled(name, "outbox", started.elapsed());
             })?;
         bump(&route.stats.succeeded, 1);
+        self.metrics
+            .event_handled(name, crate::telemetry::metrics::OK, started.elapsed());
         tracing::debug!(elapsed = ?report.elapsed, "handled");
         Ok(())
     }
 
     /// Send a successful attempt's outbox. With `confirm_publishes`, every
     /// message is a JetStream publish and all acks are awaited (pipelined).
+    /// Each message continues the event's trace (`traceparent`).
     async fn commit(
         &self,
         route: &Route,
         key: &str,
         outbox: Vec<OutboundMessage>,
+        trace: &Propagation,
     ) -> Result<(), Failure> {
         let count = outbox.len() as u64;
         let fail = |subject: &str, e: String| Failure {
@@ -291,7 +327,8 @@ impl Dispatcher {
         if route.confirm_publishes {
             let mut pending = Vec::with_capacity(outbox.len());
             for (index, message) in outbox.into_iter().enumerate() {
-                let headers = convert::outgoing_headers(&message, key, &route.tag.name, index);
+                let mut headers = convert::outgoing_headers(&message, key, &route.tag.name, index);
+                trace.apply(&mut headers);
                 let ack = self
                     .js
                     .publish_with_headers(message.subject.clone(), headers, message.payload)
@@ -311,7 +348,8 @@ impl Dispatcher {
             }
         } else {
             for (index, message) in outbox.into_iter().enumerate() {
-                let headers = convert::outgoing_headers(&message, key, &route.tag.name, index);
+                let mut headers = convert::outgoing_headers(&message, key, &route.tag.name, index);
+                trace.apply(&mut headers);
                 self.client
                     .publish_with_headers(message.subject.clone(), headers, message.payload)
                     .await
@@ -319,6 +357,7 @@ impl Dispatcher {
             }
         }
         bump(&route.stats.published, count);
+        self.metrics.published(&route.tag.name, count);
         Ok(())
     }
 
@@ -331,6 +370,7 @@ impl Dispatcher {
         match dead_letter::publish(&self.js, letter).await {
             Ok(()) => {
                 bump(&route.stats.dead_lettered, 1);
+                self.metrics.dead_lettered(&route.tag.name, true);
                 tracing::error!(
                     error.class = %letter.error_class, attempts = letter.attempts,
                     dlq = %dead_letter::dlq_subject(&route.tag.name),
@@ -340,6 +380,7 @@ impl Dispatcher {
             }
             Err(e) => {
                 bump(&route.stats.dlq_failures, 1);
+                self.metrics.dead_lettered(&route.tag.name, false);
                 Err(e)
             }
         }
