@@ -172,6 +172,8 @@ impl Dispatcher {
                 _ = self.abort.cancelled() => {
                     tracing::warn!("shutdown deadline reached while handling; handed back (Nak) for redelivery");
                     self.metrics.shutdown_requeued();
+                    // Free the key at once, or the redelivery would wait for the lease.
+                    self.release_failed(lease.as_ref(), SystemTime::now()).await;
                     ack(message, AckKind::Nak(None)).await;
                     return;
                 }

@@ -86,11 +86,11 @@ pub async fn connect(
                 tracing::info!(servers = %shown, "connected to NATS");
                 return Ok(client);
             }
-            Err(error) if refused(error.kind()) => {
+            Err(error) if refused(&error) => {
                 return Err(ConnectError::Refused {
                     servers: shown,
                     reason: error.to_string(),
-                    hint: hint(settings, error.kind()),
+                    hint: hint(settings, &error),
                 });
             }
             Err(error) => {
@@ -119,8 +119,8 @@ pub async fn connect_once(settings: &NatsSettings) -> Result<Client, ConnectErro
         Err(error) => Err(ConnectError::Refused {
             servers: shown,
             reason: error.to_string(),
-            hint: if refused(error.kind()) {
-                hint(settings, error.kind())
+            hint: if refused(&error) {
+                hint(settings, &error)
             } else {
                 "is nats-server running? check --nats-url / SLUICE_NATS_URL".into()
             },
@@ -176,18 +176,38 @@ async fn options(settings: &NatsSettings) -> Result<ConnectOptions, ConnectError
     Ok(options)
 }
 
-/// Errors that retrying cannot fix.
-fn refused(kind: ConnectErrorKind) -> bool {
+/// Errors that retrying cannot fix: credentials refused, TLS handshake failed.
+fn refused(error: &async_nats::ConnectError) -> bool {
     matches!(
-        kind,
+        error.kind(),
         ConnectErrorKind::AuthorizationViolation
             | ConnectErrorKind::Authentication
             | ConnectErrorKind::Tls
-    )
+    ) || is_tls_failure(error)
 }
 
-fn hint(settings: &NatsSettings, kind: ConnectErrorKind) -> String {
-    if kind == ConnectErrorKind::Tls {
+/// async-nats reports a failed TLS handshake (unknown issuer, bad client
+/// certificate) as an IO error; find the rustls error inside it.
+fn is_tls_failure(error: &async_nats::ConnectError) -> bool {
+    let mut next: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(error);
+    while let Some(e) = next {
+        if e.is::<rustls::Error>() {
+            return true;
+        }
+        if let Some(inner) = e
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            && inner.is::<rustls::Error>()
+        {
+            return true;
+        }
+        next = e.source();
+    }
+    false
+}
+
+fn hint(settings: &NatsSettings, error: &async_nats::ConnectError) -> String {
+    if error.kind() == ConnectErrorKind::Tls || is_tls_failure(error) {
         return "check nats_tls_ca (the CA that signed the server certificate), nats_tls_cert and nats_tls_key (SLUICE_NATS_TLS_*), and that the URL's host matches the certificate".into();
     }
     match &settings.auth {
