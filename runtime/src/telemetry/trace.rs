@@ -38,7 +38,7 @@ impl TraceParent {
         };
         let valid = hex(version, 2)
             && !version.eq_ignore_ascii_case("ff")
-            && (version == "00" && parts.len() == 4 || version != "00")
+            && (parts.len() == 4 || version != "00")
             && hex(trace_id, 32)
             && nonzero(trace_id)
             && hex(parent_id, 16)
