@@ -269,6 +269,40 @@ pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
     (status, body.to_string())
 }
 
+/// A command for the `sluice` binary `bin` (pass
+/// `env!("CARGO_BIN_EXE_sluice-e2e-host")`), with no SLUICE_* or RUST_LOG inherited.
+pub fn sluice_command(bin: &str) -> Command {
+    let mut cmd = Command::new(bin);
+    for (key, _) in std::env::vars() {
+        if key.starts_with("SLUICE_") {
+            cmd.env_remove(key);
+        }
+    }
+    cmd.env_remove("RUST_LOG");
+    cmd
+}
+
+/// Poll an async condition (an expression that may `.await`) every 20 ms
+/// until it holds or `$timeout` passes, then panic naming `$what`.
+#[macro_export]
+macro_rules! eventually_async {
+    ($timeout:expr, $what:expr, $cond:expr) => {{
+        let deadline = std::time::Instant::now() + $timeout;
+        loop {
+            if $cond {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "timed out after {:?} waiting for: {}",
+                $timeout,
+                $what
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }};
+}
+
 /// Poll `condition` every 10 ms until it holds or `timeout` passes.
 pub async fn eventually(timeout: Duration, what: &str, mut condition: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
@@ -436,19 +470,8 @@ impl Running {
 
     /// SIGTERM and wait (15 s at most) for the exit status.
     pub fn terminate(mut self) -> std::process::ExitStatus {
-        let pid = self.child.id().to_string();
-        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "sluice did not exit after SIGTERM"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.signal("TERM");
+        self.wait_exit(Duration::from_secs(15))
     }
 }
 

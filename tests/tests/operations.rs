@@ -10,19 +10,12 @@ use std::time::{Duration, Instant};
 use async_nats::HeaderMap;
 use bytes::Bytes;
 use sluice_e2e::{
-    NatsServer, PluginDir, Running, consumer_backlog, create_stream, free_port, http_get,
-    next_message, read_stream, stream_messages,
+    NatsServer, PluginDir, Running, consumer_backlog, create_stream, eventually_async, free_port,
+    http_get, next_message, read_stream, stream_messages,
 };
 
 fn sluice() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sluice-e2e-host"));
-    for (key, _) in std::env::vars() {
-        if key.starts_with("SLUICE_") {
-            cmd.env_remove(key);
-        }
-    }
-    cmd.env_remove("RUST_LOG");
-    cmd
+    sluice_e2e::sluice_command(env!("CARGO_BIN_EXE_sluice-e2e-host"))
 }
 
 fn run(nats_url: &str, plugins: &Path, extra: &[&str]) -> Command {
@@ -31,24 +24,6 @@ fn run(nats_url: &str, plugins: &Path, extra: &[&str]) -> Command {
         .arg(plugins)
         .args(extra);
     cmd
-}
-
-macro_rules! eventually_async {
-    ($timeout:expr, $what:expr, $cond:expr) => {{
-        let deadline = Instant::now() + $timeout;
-        loop {
-            if $cond {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "timed out after {:?} waiting for: {}",
-                $timeout,
-                $what
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }};
 }
 
 const SLOW_MANIFEST: &str = "subjects = [\"slowjob.in\"]\npublish = [\"slowjob.in.done\"]\nmode = \"jetstream\"\n\
@@ -411,26 +386,33 @@ async fn mutual_tls_is_reachable_with_the_right_certificates_and_refused_otherwi
     );
 }
 
-#[test]
-fn config_check_prints_the_effective_config_with_secrets_masked() {
+/// `sluice config check` on a file holding `text`: (success, stdout, stderr).
+fn config_check(text: &str, setup: impl FnOnce(&mut Command)) -> (bool, String, String) {
     let dir = tempfile::tempdir().unwrap();
     let conf = dir.path().join("sluice.toml");
-    std::fs::write(
-        &conf,
-        "nats_url = \"nats://app:url-secret@127.0.0.1:4222\"\nshutdown_grace = \"20s\"\nadmin_addr = \"127.0.0.1:9464\"\n",
+    std::fs::write(&conf, text).unwrap();
+    let mut cmd = sluice();
+    cmd.args(["config", "check"]).arg(&conf);
+    setup(&mut cmd);
+    let out = cmd.output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
     )
-    .unwrap();
-    let out = sluice()
-        .args(["config", "check"])
-        .arg(&conf)
-        .args(["--max-concurrency", "7"])
-        .env("SLUICE_NATS_TOKEN", "env-secret")
-        .env("SLUICE_SHUTDOWN_GRACE", "15s")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stdout}{stderr}");
+}
+
+#[test]
+fn config_check_prints_the_effective_config_with_secrets_masked() {
+    let (ok, stdout, stderr) = config_check(
+        "nats_url = \"nats://app:url-secret@127.0.0.1:4222\"\nshutdown_grace = \"20s\"\nadmin_addr = \"127.0.0.1:9464\"\n",
+        |cmd| {
+            cmd.args(["--max-concurrency", "7"])
+                .env("SLUICE_NATS_TOKEN", "env-secret")
+                .env("SLUICE_SHUTDOWN_GRACE", "15s");
+        },
+    );
+    assert!(ok, "{stdout}{stderr}");
     assert!(
         stdout.contains("shutdown_grace = \"15s\""),
         "env beats file: {stdout}"
@@ -446,29 +428,24 @@ fn config_check_prints_the_effective_config_with_secrets_masked() {
         !stdout.contains("url-secret") && !stdout.contains("env-secret"),
         "{stdout}"
     );
-
-    std::fs::write(&conf, "admin_addr = \"everywhere\"\n").unwrap();
-    let out = sluice()
-        .args(["config", "check"])
-        .arg(&conf)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
-    assert!(
-        stderr.contains("admin_addr") && stderr.contains("everywhere"),
-        "{stderr}"
-    );
-    std::fs::write(&conf, "shutdown_grace = \"soon\"\n").unwrap();
-    let out = sluice()
-        .args(["config", "check"])
-        .arg(&conf)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
-    assert!(
-        stderr.contains("shutdown_grace") && stderr.contains("sluice.toml"),
-        "{stderr}"
-    );
+    for (text, key, value) in [
+        ("admin_addr = \"everywhere\"\n", "admin_addr", "everywhere"),
+        (
+            "shutdown_grace = \"soon\"\n",
+            "shutdown_grace",
+            "sluice.toml",
+        ),
+        (
+            "nats_tls_ca = \"/nonexistent/ca.pem\"\n",
+            "nats_tls_ca",
+            "/nonexistent/ca.pem",
+        ),
+    ] {
+        let (ok, _, stderr) = config_check(text, |_| {});
+        assert!(!ok, "{text}");
+        assert!(
+            stderr.contains(key) && stderr.contains(value),
+            "{text}: {stderr}"
+        );
+    }
 }
