@@ -29,6 +29,17 @@ fn run(nats_url: &str, plugins: &Path, extra: &[&str]) -> Command {
 const SLOW_MANIFEST: &str = "subjects = [\"slowjob.in\"]\npublish = [\"slowjob.in.done\"]\nmode = \"jetstream\"\n\
     timeout = \"20s\"\nmax_concurrency = 8\n[jetstream]\nstream = \"SLOWIN\"\nack_wait = \"60s\"\n";
 
+/// A server with the SLOWIN/SLOWOUT streams and a folder with the `slow` plugin.
+async fn slow_jobs_setup() -> (NatsServer, async_nats::jetstream::Context, PluginDir) {
+    let nats = NatsServer::start();
+    let js = async_nats::jetstream::new(nats.client().await);
+    create_stream(&js, "SLOWIN", &["slowjob.in"]).await;
+    create_stream(&js, "SLOWOUT", &["slowjob.in.done"]).await;
+    let dir = PluginDir::new();
+    dir.add("slow", "slow", SLOW_MANIFEST);
+    (nats, js, dir)
+}
+
 async fn publish_jobs(js: &async_nats::jetstream::Context, n: usize, sleep_ms: u64) {
     for i in 0..n {
         let mut headers = HeaderMap::new();
@@ -54,12 +65,7 @@ async fn assert_each_job_done_once(js: &async_nats::jetstream::Context, n: usize
 async fn sigterm_under_load_loses_nothing_and_exits_0_within_the_grace() {
     const JOBS: usize = 240;
     const GRACE: Duration = Duration::from_secs(5);
-    let nats = NatsServer::start();
-    let js = async_nats::jetstream::new(nats.client().await);
-    create_stream(&js, "SLOWIN", &["slowjob.in"]).await;
-    create_stream(&js, "SLOWOUT", &["slowjob.in.done"]).await;
-    let dir = PluginDir::new();
-    dir.add("slow", "slow", SLOW_MANIFEST);
+    let (nats, js, dir) = slow_jobs_setup().await;
     publish_jobs(&js, JOBS, 50).await;
 
     let mut host = Running::spawn(run(&nats.url(), dir.path(), &["--shutdown-grace", "5s"]));
@@ -102,12 +108,7 @@ async fn sigterm_under_load_loses_nothing_and_exits_0_within_the_grace() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn at_the_shutdown_deadline_running_jetstream_events_are_handed_back() {
     const JOBS: usize = 8;
-    let nats = NatsServer::start();
-    let js = async_nats::jetstream::new(nats.client().await);
-    create_stream(&js, "SLOWIN", &["slowjob.in"]).await;
-    create_stream(&js, "SLOWOUT", &["slowjob.in.done"]).await;
-    let dir = PluginDir::new();
-    dir.add("slow", "slow", SLOW_MANIFEST);
+    let (nats, js, dir) = slow_jobs_setup().await;
     publish_jobs(&js, JOBS, 4_000).await;
 
     let admin = format!("127.0.0.1:{}", free_port());
