@@ -1040,6 +1040,34 @@ mod tests {
     }
 
     #[test]
+    fn a_creds_file_is_checked_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let creds = dir.path().join("app.creds");
+        let with = |path: &Path| Overrides {
+            nats_creds_file: Some(path.to_path_buf()),
+            ..Overrides::default()
+        };
+        std::fs::write(&creds, "not a creds file").unwrap();
+        let e = error(&with(&creds), FileConfig::default());
+        assert!(
+            e.contains("nats_creds_file") && e.contains("app.creds"),
+            "{e}"
+        );
+        let seed = nkeys::KeyPair::new_user().seed().unwrap();
+        std::fs::write(
+            &creds,
+            format!(
+                "-----BEGIN NATS USER JWT-----\neyJ0eXAiOiJKV1QiLCJhbGciOiJlZDI1NTE5LW5rZXkifQ.e30.sig\n------END NATS USER JWT------\n\n\
+                 -----BEGIN USER NKEY SEED-----\n{seed}\n------END USER NKEY SEED------\n"
+            ),
+        )
+        .unwrap();
+        let s = resolve(&with(&creds), FileConfig::default()).unwrap();
+        assert_eq!(s.nats.auth, NatsAuth::Creds(creds.clone()));
+        assert!(!render(&s).contains(&seed), "the seed is never shown");
+    }
+
+    #[test]
     fn render_masks_secrets_and_is_a_valid_config_file() {
         let o = Overrides {
             nats_url: Some("nats://app:hunter2@127.0.0.1:4222".into()),
