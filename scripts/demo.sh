@@ -1,18 +1,15 @@
 #!/usr/bin/env bash
 # The sluice demo, from a fresh clone: installs what is missing, builds the
-# example plugins and the host, starts a local nats-server if none answers on
-# $SLUICE_DEMO_NATS (default nats://127.0.0.1:4222), runs the host on a demo
-# plugin folder, publishes sample events, shows them being processed, and
-# stops everything cleanly.
+# example plugins and the host, runs `sluice dev` on a demo plugin folder
+# (which starts a local nats-server if none answers on $SLUICE_DEMO_NATS,
+# default nats://127.0.0.1:4222), publishes sample events, shows them being
+# processed and counted in /metrics, and stops everything cleanly.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT="$PWD"
 . scripts/setup.sh
 
 NATS_URL="${SLUICE_DEMO_NATS:-nats://127.0.0.1:4222}"
-HOSTPORT="${NATS_URL#nats://}"
-HOST="${HOSTPORT%:*}"
-PORT="${HOSTPORT##*:}"
 DEMO="$ROOT/.demo"
 rm -rf "$DEMO" && mkdir -p "$DEMO/plugins"
 
@@ -29,24 +26,26 @@ done
 echo "demo: plugin folder $DEMO/plugins:"; ls -1 "$DEMO/plugins" | sed 's/^/  /'
 "$SLUICE" check "$DEMO/plugins/enrich.wasm" | head -3
 
-NATS_PID=""; HOST_PID=""
+HOST_PID=""
 cleanup() {
     [ -n "$HOST_PID" ] && kill "$HOST_PID" 2>/dev/null && wait "$HOST_PID" 2>/dev/null || true
-    [ -n "$NATS_PID" ] && kill "$NATS_PID" 2>/dev/null && wait "$NATS_PID" 2>/dev/null || true
 }
 trap cleanup EXIT
 
-if (exec 3<>"/dev/tcp/$HOST/$PORT") 2>/dev/null; then
-    echo "demo: using the nats-server already listening at $NATS_URL"
-else
-    echo "demo: starting nats-server on $HOST:$PORT (JetStream, data in .demo/nats)"
-    "$NATS_SERVER_BIN" -a "$HOST" -p "$PORT" -js -sd "$DEMO/nats" >"$DEMO/nats.log" 2>&1 &
-    NATS_PID=$!
-    for _ in $(seq 1 100); do (exec 3<>"/dev/tcp/$HOST/$PORT") 2>/dev/null && break; sleep 0.1; done
-fi
+# GET http://HOST:PORT/PATH with bash only (no curl needed).
+http_get() {
+    local hostport="${1#http://}" path="$2"
+    exec 3<>"/dev/tcp/${hostport%:*}/${hostport##*:}"
+    printf 'GET %s HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n' "$path" "$hostport" >&3
+    sed '1,/^\r$/d' <&3
+    exec 3<&-
+}
 
-echo "demo: starting: sluice run --nats-url $NATS_URL --plugins $DEMO/plugins"
-"$SLUICE" run --nats-url "$NATS_URL" --plugins "$DEMO/plugins" --log "info" 2> >(tee "$DEMO/sluice.log" >&2) &
+# `sluice dev` starts a nats-server (JetStream, data in .demo/nats) when none
+# answers at $NATS_URL, serves the folder, and stops that server on exit.
+echo "demo: starting: sluice dev $DEMO/plugins --nats-url $NATS_URL --data-dir $DEMO/nats"
+"$SLUICE" dev "$DEMO/plugins" --nats-url "$NATS_URL" --data-dir "$DEMO/nats" --log info \
+    2> >(tee "$DEMO/sluice.log" >&2) &
 HOST_PID=$!
 for _ in $(seq 1 600); do
     grep -q "sluice is serving" "$DEMO/sluice.log" 2>/dev/null && break
@@ -55,6 +54,11 @@ for _ in $(seq 1 600); do
 done
 
 "$TRAFFIC" "$NATS_URL"
+
+ADMIN="$(grep -o 'admin endpoint on http://[0-9.]*:[0-9]*' "$DEMO/sluice.log" | head -1 | sed 's/.* on //')"
+echo "demo: $ADMIN/readyz says: $(http_get "$ADMIN" /readyz | head -1)"
+echo "demo: a few counters from $ADMIN/metrics:"
+http_get "$ADMIN" /metrics | grep -E '^sluice_(events_handled_total|retries_total|dead_lettered_total)\{' | grep -v ' 0$' | sed 's/^/  /'
 
 echo "demo: stopping sluice (SIGTERM)"
 kill -TERM "$HOST_PID"

@@ -10,8 +10,14 @@
 //! (in-flight events finish on the old version, later events go to the new
 //! one); a bad new version leaves the old one serving; a removed plugin
 //! drains and unsubscribes.
+//!
+//! Shutdown (the token of [`HostHandle::shutdown_token`], cancelled on
+//! SIGTERM/SIGINT by the CLI): stop taking events, let in-flight ones finish
+//! for up to `shutdown_grace`, then abandon what still runs (JetStream
+//! messages are Nak'ed for redelivery; see `dispatch::jetstream`), flush, stop.
 
 use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -40,6 +46,8 @@ use crate::nats::jetstream::{ConsumerSpec, durable_consumer};
 use crate::registry::{
     self, DirError, LoadedPlugin, PluginStatus, Registry, ReloadCounters, watcher,
 };
+use crate::telemetry::Metrics;
+use crate::telemetry::admin::{self, AdminError, StatusFn};
 
 /// Why the host cannot start at all (a single bad plugin is not one of these).
 #[derive(Debug, Error)]
@@ -56,6 +64,9 @@ pub enum ServiceError {
     /// NATS connection gave up (shutdown requested first).
     #[error(transparent)]
     Connect(#[from] nats::ConnectError),
+    /// The admin endpoint cannot listen.
+    #[error(transparent)]
+    Admin(#[from] AdminError),
 }
 
 /// Why one plugin's subscriptions could not be set up.
@@ -73,6 +84,8 @@ pub struct HostHandle {
     ready: watch::Receiver<bool>,
     registry: Arc<Registry>,
     task: tokio::task::JoinHandle<Result<(), ServiceError>>,
+    metrics: Metrics,
+    admin_addr: Option<SocketAddr>,
 }
 
 impl HostHandle {
@@ -101,6 +114,16 @@ impl HostHandle {
         self.registry.clone()
     }
 
+    /// The host's metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Where the admin endpoint listens, if it is on.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
+    }
+
     /// A token that stops the host when cancelled.
     pub fn shutdown_token(&self) -> CancellationToken {
         self.shutdown.clone()
@@ -121,10 +144,9 @@ impl HostHandle {
     }
 }
 
-/// How long in-flight events may take to finish at shutdown.
-pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
-/// How long one JetStream pull waits for messages before asking again.
-const FETCH_EXPIRY: Duration = Duration::from_millis(500);
+/// How long abandoned JetStream attempts get to send their Nak after the
+/// shutdown deadline.
+const SETTLE_AFTER_DEADLINE: Duration = Duration::from_secs(2);
 /// Quiet time after the last file event of a plugin before it is loaded.
 const DEBOUNCE: Duration = Duration::from_millis(100);
 /// A file that fails to load this soon after its last change may still be
@@ -139,21 +161,104 @@ pub async fn start(settings: Settings) -> Result<HostHandle, ServiceError> {
     // Fail fast on a missing folder; everything else is per plugin.
     registry::plugin_files(&settings.plugins)?;
     let registry = Arc::new(Registry::default());
+    let metrics = Metrics::new();
     let shutdown = CancellationToken::new();
     let (ready_tx, ready) = watch::channel(false);
-    let task = tokio::spawn(serve(
-        settings,
-        engine,
-        linker,
-        registry.clone(),
-        shutdown.clone(),
-        ready_tx,
-    ));
+    let admin_stop = CancellationToken::new();
+    let admin_addr = match settings.admin_addr {
+        Some(addr) => Some(
+            admin::start(
+                addr,
+                metrics.clone(),
+                status_fn(&registry, &metrics, &ready, &shutdown),
+                admin_stop.clone(),
+            )
+            .await?,
+        ),
+        None => None,
+    };
+    let task = tokio::spawn({
+        let serving = serve(
+            settings,
+            engine,
+            linker,
+            registry.clone(),
+            shutdown.clone(),
+            ready_tx,
+            metrics.clone(),
+        );
+        async move {
+            let result = serving.await;
+            admin_stop.cancel();
+            result
+        }
+    });
     Ok(HostHandle {
         shutdown,
         ready,
         registry,
         task,
+        metrics,
+        admin_addr,
+    })
+}
+
+/// What `/readyz` and `/plugins` answer: ready when NATS is connected, every
+/// plugin found at start is subscribed, every plugin in the folder is serving,
+/// and the host is not shutting down.
+fn status_fn(
+    registry: &Arc<Registry>,
+    metrics: &Metrics,
+    ready: &watch::Receiver<bool>,
+    shutdown: &CancellationToken,
+) -> StatusFn {
+    let (registry, metrics, ready, shutdown) = (
+        registry.clone(),
+        metrics.clone(),
+        ready.clone(),
+        shutdown.clone(),
+    );
+    Arc::new(move || {
+        let mut not_ready = Vec::new();
+        if shutdown.is_cancelled() {
+            not_ready.push("shutting down".to_string());
+        }
+        if !metrics.is_nats_connected() {
+            not_ready.push("NATS is not connected (reconnecting)".to_string());
+        } else if !*ready.borrow() {
+            not_ready.push("subscribing plugins".to_string());
+        }
+        let statuses = registry.statuses();
+        let count = |state: &str| statuses.iter().filter(|p| p.state == state).count() as i64;
+        metrics.plugin_states(&[
+            ("serving", count("serving")),
+            ("failed", count("failed")),
+            ("loading", count("loading")),
+            ("draining", count("draining")),
+        ]);
+        let mut plugins = Vec::new();
+        for p in &statuses {
+            if p.state != "serving" {
+                not_ready.push(format!(
+                    "plugin `{}` is {}: {}",
+                    p.name,
+                    p.state,
+                    p.error.as_deref().unwrap_or("no reason given")
+                ));
+            }
+            let mut doc = serde_json::to_value(p).unwrap_or_default();
+            if let (Some(obj), Some(stats)) = (doc.as_object_mut(), registry.stats(&p.name)) {
+                obj.insert(
+                    "stats".into(),
+                    serde_json::to_value(stats).unwrap_or_default(),
+                );
+            }
+            plugins.push(doc);
+        }
+        admin::Status {
+            not_ready,
+            plugins: serde_json::Value::Array(plugins),
+        }
     })
 }
 
@@ -182,8 +287,9 @@ async fn serve(
     registry: Arc<Registry>,
     shutdown: CancellationToken,
     ready: watch::Sender<bool>,
+    metrics: Metrics,
 ) -> Result<(), ServiceError> {
-    let client = match nats::connect(&settings.nats_urls, &shutdown).await {
+    let client = match nats::connect(&settings.nats, &shutdown, Some(&metrics)).await {
         Ok(client) => client,
         Err(nats::ConnectError::Cancelled(_)) => return Ok(()),
         Err(e) => return Err(e.into()),
@@ -196,13 +302,18 @@ async fn serve(
     }
     let dedup = open_dedup_store(&settings, &js).await;
     let tasks = TaskTracker::new();
-    let dispatcher = Arc::new(Dispatcher::new(
-        engine.clone(),
-        client.clone(),
-        dedup,
-        tasks.clone(),
-        shutdown.clone(),
-    ));
+    let deadline = CancellationToken::new();
+    let dispatcher = Arc::new(
+        Dispatcher::new(
+            engine.clone(),
+            client.clone(),
+            dedup,
+            tasks.clone(),
+            shutdown.clone(),
+        )
+        .with_metrics(metrics.clone())
+        .with_abort(deadline.clone()),
+    );
     // Watch before the initial scan, so a file landing in between is not missed.
     let (watcher, mut changes) = match watcher::watch(&settings.plugins) {
         Ok((w, rx)) => (Some(w), rx),
@@ -221,6 +332,7 @@ async fn serve(
         js,
         dispatcher,
         registry,
+        metrics,
         subscriptions: TaskTracker::new(),
         shutdown: shutdown.clone(),
         active: HashMap::new(),
@@ -278,17 +390,25 @@ async fn serve(
     }
     drop(watcher);
 
-    tracing::info!("shutting down: no new events; waiting for in-flight events");
-    supervisor.subscriptions.close();
-    supervisor.subscriptions.wait().await;
+    let grace = supervisor.settings.shutdown_grace;
+    tracing::info!("shutting down: no new events; waiting up to {grace:?} for in-flight events");
+    let subscriptions = supervisor.subscriptions.clone();
+    subscriptions.close();
     tasks.close();
-    if tokio::time::timeout(SHUTDOWN_GRACE, tasks.wait())
-        .await
-        .is_err()
-    {
+    let drained = async {
+        subscriptions.wait().await;
+        tasks.wait().await;
+    };
+    if tokio::time::timeout(grace, drained).await.is_err() {
         tracing::warn!(
-            "in-flight events did not finish within {SHUTDOWN_GRACE:?}; stopping anyway"
+            "in-flight events did not finish within {grace:?} (shutdown_grace); JetStream events are handed back for redelivery, core events still running are dropped"
         );
+        deadline.cancel();
+        let settled = async {
+            subscriptions.wait().await;
+            tasks.wait().await;
+        };
+        let _ = tokio::time::timeout(SETTLE_AFTER_DEADLINE, settled).await;
     }
     if let Err(e) = client.flush().await {
         tracing::warn!("final NATS flush failed: {e}");
@@ -346,6 +466,7 @@ struct Supervisor {
     js: async_nats::jetstream::Context,
     dispatcher: Arc<Dispatcher>,
     registry: Arc<Registry>,
+    metrics: Metrics,
     subscriptions: TaskTracker,
     shutdown: CancellationToken,
     active: HashMap<String, Active>,
@@ -429,6 +550,7 @@ impl Supervisor {
                     None => tracing::error!("{e}; this plugin is not served, the others are"),
                 }
                 self.registry.failed(name, e.kind.to_string());
+                self.metrics.plugin_reload_failed(name);
                 return None;
             }
         };
@@ -477,6 +599,7 @@ impl Supervisor {
                         "{e}; the previous subscriptions (if any) stay"
                     );
                     self.registry.failed(name, e.to_string());
+                    self.metrics.plugin_reload_failed(name);
                     return None;
                 }
                 if let Some(old) = self.active.remove(name) {
@@ -495,6 +618,8 @@ impl Supervisor {
                     .serving(name, route, loaded.manifest.subjects.clone(), mode, cached);
             }
         }
+        self.metrics.plugin_registered(name);
+        self.metrics.plugin_reloaded(name);
         let how = if cached {
             "from the compile cache"
         } else {
@@ -676,63 +801,8 @@ impl Supervisor {
         let dispatcher = self.dispatcher.clone();
         let slot = slot.clone();
         let stop = stop.clone();
-        let name = plugin.name.clone();
-        // Pull only as many messages as there are free slots (and none while
-        // the breaker is open): everything else waits in the stream, not in
-        // host memory, and its delivery count does not grow.
-        self.subscriptions.spawn(async move {
-            while !stop.is_cancelled() {
-                let route = slot.load_full();
-                let budget = match route.fetch_budget() {
-                    Ok(0) => {
-                        tokio::select! {
-                            _ = stop.cancelled() => break,
-                            permit = route.concurrency.acquire() => drop(permit),
-                        }
-                        continue;
-                    }
-                    Ok(n) => n,
-                    Err(wait) => {
-                        tokio::select! {
-                            _ = stop.cancelled() => break,
-                            _ = tokio::time::sleep(wait.max(Duration::from_millis(20))) => {}
-                        }
-                        continue;
-                    }
-                };
-                let batch = consumer
-                    .batch()
-                    .max_messages(budget)
-                    .expires(FETCH_EXPIRY)
-                    .messages()
-                    .await;
-                let mut batch = match batch {
-                    Ok(batch) => batch,
-                    Err(e) => {
-                        tracing::warn!(plugin = %name, "JetStream fetch failed: {e}; retrying");
-                        tokio::select! {
-                            _ = stop.cancelled() => break,
-                            _ = tokio::time::sleep(FETCH_EXPIRY) => {}
-                        }
-                        continue;
-                    }
-                };
-                loop {
-                    tokio::select! {
-                        // Fetched but not started: left unacknowledged, redelivered after ack_wait.
-                        _ = stop.cancelled() => break,
-                        next = batch.next() => match next {
-                            Some(Ok(message)) => dispatcher.dispatch_jetstream(slot.load_full(), message).await,
-                            Some(Err(e)) => {
-                                tracing::debug!(plugin = %name, "JetStream batch ended: {e}");
-                                break;
-                            }
-                            None => break,
-                        },
-                    }
-                }
-            }
-        });
+        self.subscriptions
+            .spawn(async move { dispatcher.consume_jetstream(slot, consumer, stop).await });
         Ok(())
     }
 }

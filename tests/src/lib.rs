@@ -37,6 +37,7 @@ pub fn nats_server_bin() -> PathBuf {
 pub struct NatsServer {
     child: Child,
     port: u16,
+    conf: PathBuf,
     _store: tempfile::TempDir,
 }
 
@@ -60,36 +61,54 @@ impl NatsServer {
                 ),
             )
             .unwrap();
-            let child = Command::new(nats_server_bin())
-                .arg("-c")
-                .arg(&conf)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap_or_else(|e| {
-                    panic!(
-                        "cannot start {:?}: {e}. Run `make test`, which installs nats-server, or set NATS_SERVER_BIN",
-                        nats_server_bin()
-                    )
-                });
             let mut server = NatsServer {
-                child,
+                child: spawn_nats_server(&conf),
                 port,
+                conf,
                 _store: store,
             };
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = server.child.try_wait() {
-                    break; // port taken or bad config: try another port
-                }
-                if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                    return server;
-                }
-                std::thread::sleep(Duration::from_millis(20));
+            if server.wait_listening() {
+                return server;
             }
             let _ = server.child.kill();
         }
         panic!("nats-server did not start (tried 5 ports)");
+    }
+
+    /// Wait (10 s at most) until the server accepts connections; false if it exited.
+    fn wait_listening(&mut self) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return false; // port taken or bad config
+            }
+            if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    /// Kill the server (its JetStream store is kept for [`NatsServer::restart`]).
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Start the server again on the same port with the same config and store.
+    pub fn restart(&mut self) {
+        self.child = spawn_nats_server(&self.conf);
+        assert!(
+            self.wait_listening(),
+            "nats-server did not restart on port {}",
+            self.port
+        );
+    }
+
+    /// The folder of the server's config and store (for extra files such as certificates).
+    pub fn dir(&self) -> &Path {
+        self._store.path()
     }
 
     /// The client URL.
@@ -103,6 +122,21 @@ impl NatsServer {
             .await
             .expect("test client connects")
     }
+}
+
+fn spawn_nats_server(conf: &Path) -> Child {
+    Command::new(nats_server_bin())
+        .arg("-c")
+        .arg(conf)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot start {:?}: {e}. Run `make test`, which installs nats-server, or set NATS_SERVER_BIN",
+                nats_server_bin()
+            )
+        })
 }
 
 impl Drop for NatsServer {
@@ -222,11 +256,16 @@ impl PluginDir {
 
 /// Start a host in-process for `plugins`, and wait until it is subscribed.
 pub async fn start_host(nats_url: &str, plugins: &Path) -> HostHandle {
-    start_host_with(nats_url, plugins, |_| {}).await
+    start_host_with(Overrides {
+        nats_url: Some(nats_url.to_string()),
+        plugins: Some(plugins.to_path_buf()),
+        ..Overrides::default()
+    })
+    .await
 }
 
 /// Like [`start_host`], with settings adjusted by `adjust`.
-pub async fn start_host_with(
+pub async fn start_host_adjusted(
     nats_url: &str,
     plugins: &Path,
     adjust: impl FnOnce(&mut Overrides),
@@ -234,10 +273,16 @@ pub async fn start_host_with(
     let mut overrides = Overrides {
         nats_url: Some(nats_url.to_string()),
         plugins: Some(plugins.to_path_buf()),
-        max_instances: Some(64),
         ..Overrides::default()
     };
     adjust(&mut overrides);
+    start_host_with(overrides).await
+}
+
+/// Start a host in-process with `overrides` (64 instances unless set), and
+/// wait until it is subscribed.
+pub async fn start_host_with(mut overrides: Overrides) -> HostHandle {
+    overrides.max_instances = overrides.max_instances.or(Some(64));
     let settings = config::resolve(&overrides, FileConfig::default()).expect("valid test settings");
     sluice::telemetry::init(settings.log_format, "warn,sluice=info");
     let mut host = service::start(settings).await.expect("host starts");
@@ -245,6 +290,63 @@ pub async fn start_host_with(
         .await
         .expect("host ready within 30s");
     host
+}
+
+/// GET `path` from an HTTP server at `addr`: (status code, body).
+pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .unwrap_or_else(|e| panic!("cannot connect to the admin endpoint {addr}: {e}"));
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut response))
+        .await
+        .expect("admin endpoint answers within 10s")
+        .unwrap();
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").expect("an HTTP response");
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("a status code");
+    (status, body.to_string())
+}
+
+/// A command for the `sluice` binary `bin` (pass
+/// `env!("CARGO_BIN_EXE_sluice-e2e-host")`), with no SLUICE_* or RUST_LOG inherited.
+pub fn sluice_command(bin: &str) -> Command {
+    let mut cmd = Command::new(bin);
+    for (key, _) in std::env::vars() {
+        if key.starts_with("SLUICE_") {
+            cmd.env_remove(key);
+        }
+    }
+    cmd.env_remove("RUST_LOG");
+    cmd
+}
+
+/// Poll an async condition (an expression that may `.await`) every 20 ms
+/// until it holds or `$timeout` passes, then panic naming `$what`.
+#[macro_export]
+macro_rules! eventually_async {
+    ($timeout:expr, $what:expr, $cond:expr) => {{
+        let deadline = std::time::Instant::now() + $timeout;
+        loop {
+            if $cond {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "timed out after {:?} waiting for: {}",
+                $timeout,
+                $what
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }};
 }
 
 /// Poll `condition` every 10 ms until it holds or `timeout` passes.
@@ -371,6 +473,41 @@ impl Running {
         );
     }
 
+    /// Send signal `name` (e.g. `TERM`, `INT`).
+    pub fn signal(&self, name: &str) {
+        let pid = self.child.id().to_string();
+        let sent = Command::new("kill")
+            .args([&format!("-{name}"), &pid])
+            .status()
+            .unwrap();
+        assert!(sent.success(), "kill -{name} {pid}");
+    }
+
+    /// Wait for the process to exit within `timeout`; its status.
+    pub fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "sluice did not exit within {timeout:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The exit status if the process has exited, without waiting.
+    pub fn wait_exit_now(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().unwrap()
+    }
+
+    /// Every stderr line received so far (and not yet consumed by `wait_for`).
+    pub fn drain_lines(&self) -> Vec<String> {
+        self.lines.try_iter().collect()
+    }
+
     /// SIGKILL: no cleanup at all.
     pub fn kill_9(mut self) {
         self.child.kill().expect("SIGKILL");
@@ -379,19 +516,8 @@ impl Running {
 
     /// SIGTERM and wait (15 s at most) for the exit status.
     pub fn terminate(mut self) -> std::process::ExitStatus {
-        let pid = self.child.id().to_string();
-        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "sluice did not exit after SIGTERM"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.signal("TERM");
+        self.wait_exit(Duration::from_secs(15))
     }
 }
 

@@ -8,14 +8,7 @@ use bytes::Bytes;
 use sluice_e2e::{NatsServer, PluginDir, Running, free_port, next_message, plugin_wasm};
 
 fn sluice() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sluice-e2e-host"));
-    for (key, _) in std::env::vars() {
-        if key.starts_with("SLUICE_") {
-            cmd.env_remove(key);
-        }
-    }
-    cmd.env_remove("RUST_LOG");
-    cmd
+    sluice_e2e::sluice_command(env!("CARGO_BIN_EXE_sluice-e2e-host"))
 }
 
 fn text(out: &Output) -> (String, String) {

@@ -10,31 +10,13 @@ use async_nats::HeaderMap;
 use bytes::Bytes;
 use sluice::dlq::{self, Filter};
 use sluice_e2e::{
-    NatsServer, PluginDir, Running, consumer_backlog, create_stream, eventually, read_stream,
-    start_host, stream_messages,
+    NatsServer, PluginDir, Running, consumer_backlog, create_stream, eventually, eventually_async,
+    read_stream, start_host, stream_messages,
 };
 
 const WAIT: Duration = Duration::from_secs(30);
 
 /// Poll an async condition every 20 ms until it holds or `timeout` passes.
-macro_rules! eventually_async {
-    ($timeout:expr, $what:expr, $cond:expr) => {{
-        let deadline = std::time::Instant::now() + $timeout;
-        loop {
-            if $cond {
-                break;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "timed out after {:?} waiting for: {}",
-                $timeout,
-                $what
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }};
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flaky_jetstream_event_is_retried_with_nak_and_processed_once() {
     let nats = NatsServer::start();

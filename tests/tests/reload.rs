@@ -9,7 +9,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use sluice_e2e::{
     NatsServer, PluginDir, consumer_backlog, create_stream, eventually, plugin_wasm, read_stream,
-    start_host, start_host_with, stream_messages, variant, version_of,
+    start_host, start_host_adjusted, stream_messages, variant, version_of,
 };
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -388,7 +388,7 @@ async fn a_restart_with_a_warm_cache_does_not_recompile_and_a_corrupt_entry_is_r
     let url = nats.url();
     let start = || {
         let cache_dir = cache_dir.clone();
-        start_host_with(&url, dir.path(), move |o| o.compile_cache = Some(cache_dir))
+        start_host_adjusted(&url, dir.path(), move |o| o.compile_cache = Some(cache_dir))
     };
     let host = start().await;
     let cold = host.reload_counters();

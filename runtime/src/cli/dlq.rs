@@ -8,7 +8,7 @@ use anyhow::{Context, bail};
 use base64::Engine as _;
 use clap::{Args, Subcommand};
 
-use crate::config::{self, FileConfig, Overrides};
+use crate::config::Overrides;
 use crate::dlq::{self, Entry, Filter};
 
 /// Arguments of `sluice dlq`.
@@ -16,7 +16,7 @@ use crate::dlq::{self, Entry, Filter};
 pub struct DlqArgs {
     #[command(subcommand)]
     command: DlqCommand,
-    /// TOML config file (for nats_url and dlq_stream).
+    /// TOML config file (for the NATS connection keys and dlq_stream).
     #[arg(long, env = "SLUICE_CONFIG", global = true)]
     config: Option<PathBuf>,
     /// NATS server URL(s) [default: nats://127.0.0.1:4222].
@@ -25,6 +25,8 @@ pub struct DlqArgs {
     /// DLQ stream name [default: SLUICE_DLQ].
     #[arg(long, env = "SLUICE_DLQ_STREAM", global = true)]
     dlq_stream: Option<String>,
+    #[command(flatten)]
+    nats: super::NatsArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -99,23 +101,14 @@ impl Select {
 }
 
 pub async fn dlq(args: DlqArgs) -> anyhow::Result<ExitCode> {
-    let file = match &args.config {
-        Some(path) => FileConfig::load(path)?,
-        None => FileConfig::default(),
+    let mut overrides = Overrides {
+        nats_url: args.nats_url.clone(),
+        dlq_stream: args.dlq_stream.clone(),
+        ..Overrides::default()
     };
-    let settings = config::resolve(
-        &Overrides {
-            nats_url: args.nats_url.clone(),
-            dlq_stream: args.dlq_stream.clone(),
-            ..Overrides::default()
-        },
-        file,
-    )?;
-    let url = settings.nats_urls.join(",");
-    let client = tokio::time::timeout(Duration::from_secs(10), async_nats::connect(url.as_str()))
-        .await
-        .map_err(|_| anyhow::anyhow!("cannot reach NATS at {url} within 10s"))?
-        .with_context(|| format!("cannot connect to NATS at {url}"))?;
+    args.nats.apply(&mut overrides);
+    let settings = super::settings(args.config.as_deref(), &overrides)?;
+    let client = crate::nats::connect_once(&settings.nats).await?;
     let js = async_nats::jetstream::new(client.clone());
     let stream = settings.dlq_stream.as_str();
     match args.command {

@@ -1,8 +1,11 @@
-//! Command line: `sluice run`, `sluice check`, `sluice invoke`, `sluice dlq`. Every `run`
-//! flag can also be set by a SLUICE_* environment variable and by the TOML
-//! file given with `--config` (precedence: flag > env > file > default).
+//! Command line: `sluice run`, `sluice dev`, `sluice config check`,
+//! `sluice check`, `sluice invoke`, `sluice dlq`. Every setting flag can also be
+//! set by a SLUICE_* environment variable and by the TOML file given with
+//! `--config` (precedence: flag > env > file > default).
 
 mod check;
+mod config_check;
+mod dev;
 mod dlq;
 mod invoke;
 mod run;
@@ -13,7 +16,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::Overrides;
+use crate::config::{Overrides, Secret};
 
 /// Route NATS events to sandboxed WebAssembly consumer plugins.
 #[derive(Debug, Parser)]
@@ -27,6 +30,10 @@ pub struct Cli {
 enum Command {
     /// Serve every plugin in the plugin folder.
     Run(RunArgs),
+    /// Serve a plugin folder on a laptop: start a local nats-server if none answers.
+    Dev(dev::DevArgs),
+    /// Validate configuration.
+    Config(config_check::ConfigArgs),
     /// Check that a file is a sluice plugin component; list its imports.
     Check(check::CheckArgs),
     /// Run a plugin on one event without NATS; print outcome, logs and publishes.
@@ -41,9 +48,18 @@ pub struct RunArgs {
     /// TOML config file; its keys are the long flag names with `_` for `-`.
     #[arg(long, env = "SLUICE_CONFIG")]
     config: Option<PathBuf>,
+    #[command(flatten)]
+    settings: SettingsArgs,
+}
+
+/// Every host setting as a flag and SLUICE_* env var (see docs/operations.md).
+#[derive(Debug, Args)]
+pub struct SettingsArgs {
     /// NATS server URL(s), comma-separated [default: nats://127.0.0.1:4222].
-    #[arg(long, env = "SLUICE_NATS_URL")]
+    #[arg(long, env = "SLUICE_NATS_URL", hide_env_values = true)]
     nats_url: Option<String>,
+    #[command(flatten)]
+    nats: NatsArgs,
     /// Plugin folder with <name>.wasm + <name>.toml [default: plugins].
     #[arg(long, env = "SLUICE_PLUGINS")]
     plugins: Option<PathBuf>,
@@ -80,11 +96,65 @@ pub struct RunArgs {
     /// Compile cache folder, or `off` [default: ~/.cache/sluice/compiled].
     #[arg(long, env = "SLUICE_COMPILE_CACHE")]
     compile_cache: Option<String>,
+    /// Admin HTTP endpoint (/healthz /readyz /metrics /plugins), IP:PORT or off [default: off].
+    #[arg(long, env = "SLUICE_ADMIN_ADDR")]
+    admin_addr: Option<String>,
+    /// How long in-flight events may finish at shutdown [default: 10s].
+    #[arg(long, env = "SLUICE_SHUTDOWN_GRACE", value_parser = parse_duration)]
+    shutdown_grace: Option<Duration>,
 }
 
-impl RunArgs {
+/// NATS authentication, TLS and connect timeout flags (shared by `run`, `dev`,
+/// `config check` and `dlq`).
+#[derive(Debug, Args)]
+pub struct NatsArgs {
+    /// NATS user name (with --nats-password).
+    #[arg(long, env = "SLUICE_NATS_USER")]
+    nats_user: Option<String>,
+    /// NATS password; prefer the env var or the file (flags show in `ps`).
+    #[arg(long, env = "SLUICE_NATS_PASSWORD", hide_env_values = true)]
+    nats_password: Option<Secret>,
+    /// NATS token; prefer the env var or the file (flags show in `ps`).
+    #[arg(long, env = "SLUICE_NATS_TOKEN", hide_env_values = true)]
+    nats_token: Option<Secret>,
+    /// File holding an NKey seed (`SU...`).
+    #[arg(long, env = "SLUICE_NATS_NKEY_FILE")]
+    nats_nkey_file: Option<PathBuf>,
+    /// NATS credentials file (.creds: user JWT + seed).
+    #[arg(long, env = "SLUICE_NATS_CREDS_FILE")]
+    nats_creds_file: Option<PathBuf>,
+    /// CA certificates (PEM) for the server's TLS certificate; turns TLS on.
+    #[arg(long, env = "SLUICE_NATS_TLS_CA")]
+    nats_tls_ca: Option<PathBuf>,
+    /// Client certificate (PEM) for mutual TLS; turns TLS on.
+    #[arg(long, env = "SLUICE_NATS_TLS_CERT")]
+    nats_tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of the client certificate.
+    #[arg(long, env = "SLUICE_NATS_TLS_KEY")]
+    nats_tls_key: Option<PathBuf>,
+    /// Time limit of one NATS connection attempt [default: 5s].
+    #[arg(long, env = "SLUICE_NATS_CONNECT_TIMEOUT", value_parser = parse_duration)]
+    nats_connect_timeout: Option<Duration>,
+}
+
+impl NatsArgs {
+    /// Put these flags into `o`.
+    fn apply(&self, o: &mut Overrides) {
+        o.nats_user = self.nats_user.clone();
+        o.nats_password = self.nats_password.clone();
+        o.nats_token = self.nats_token.clone();
+        o.nats_nkey_file = self.nats_nkey_file.clone();
+        o.nats_creds_file = self.nats_creds_file.clone();
+        o.nats_tls_ca = self.nats_tls_ca.clone();
+        o.nats_tls_cert = self.nats_tls_cert.clone();
+        o.nats_tls_key = self.nats_tls_key.clone();
+        o.nats_connect_timeout = self.nats_connect_timeout;
+    }
+}
+
+impl SettingsArgs {
     fn overrides(&self) -> Overrides {
-        Overrides {
+        let mut o = Overrides {
             nats_url: self.nats_url.clone(),
             plugins: self.plugins.clone(),
             log_format: self.log_format.clone(),
@@ -98,8 +168,25 @@ impl RunArgs {
             dedup_ttl: self.dedup_ttl,
             dlq_stream: self.dlq_stream.clone(),
             compile_cache: self.compile_cache.clone(),
-        }
+            admin_addr: self.admin_addr.clone(),
+            shutdown_grace: self.shutdown_grace,
+            ..Overrides::default()
+        };
+        self.nats.apply(&mut o);
+        o
     }
+}
+
+/// Read `file` (if any) and merge `args` over it into validated settings.
+fn settings(
+    file: Option<&std::path::Path>,
+    overrides: &Overrides,
+) -> Result<crate::config::Settings, crate::config::ConfigError> {
+    let file = match file {
+        Some(path) => crate::config::FileConfig::load(path)?,
+        None => crate::config::FileConfig::default(),
+    };
+    crate::config::resolve(overrides, file)
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -123,6 +210,8 @@ pub fn main() -> ExitCode {
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Run(args) => run::run(args).await,
+            Command::Dev(args) => dev::dev(args).await,
+            Command::Config(args) => config_check::config(args),
             Command::Check(args) => check::check(args).await,
             Command::Invoke(args) => invoke::invoke(args).await,
             Command::Dlq(args) => dlq::dlq(args).await,

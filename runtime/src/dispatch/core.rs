@@ -18,9 +18,19 @@ use crate::nats::convert;
 impl Dispatcher {
     /// Accept one core NATS message for `route`. Waits for a per-plugin slot
     /// (back-pressure on the subscription), then handles it in its own task.
+    /// At shutdown it still waits, until the shutdown deadline.
     pub async fn dispatch_core(self: &Arc<Self>, route: Arc<Route>, message: async_nats::Message) {
         bump(&route.stats.received, 1);
-        let Ok(permit) = route.concurrency.clone().acquire_owned().await else {
+        self.metrics.event_received(&route.tag.name);
+        let permit = tokio::select! {
+            permit = route.concurrency.clone().acquire_owned() => permit,
+            _ = self.abort.cancelled() => {
+                tracing::warn!(plugin = %route.tag.name, subject = %message.subject,
+                    "shutdown deadline reached before a core NATS event could start; it is dropped (core NATS is at-most-once)");
+                return;
+            }
+        };
+        let Ok(permit) = permit else {
             return;
         };
         let this = self.clone();
@@ -122,6 +132,7 @@ impl Dispatcher {
                 && route.retry.should_retry(attempt, started.elapsed(), delay)
             {
                 bump(&route.stats.retries, 1);
+                self.metrics.retry_scheduled(&route.tag.name);
                 span.in_scope(|| {
                     tracing::warn!(
                         error.class = failure.class.as_str(),

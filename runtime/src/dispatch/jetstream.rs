@@ -4,11 +4,22 @@
 //! server's delivery count. After the policy gives up, the event is published
 //! to the DLQ, and only once that publish is acknowledged is the original
 //! terminated; if the DLQ is unavailable the event is redelivered later.
+//!
+//! Messages are pulled in bounded batches ([`Dispatcher::consume_jetstream`])
+//! so that shutdown can settle every message the server handed over: each
+//! batch is read to its end, and a message that arrives once shutdown began is
+//! Nak'ed at once (redelivered to another host) instead of waiting for
+//! `ack_wait`. Attempts still running at the shutdown deadline are abandoned
+//! and Nak'ed too.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use arc_swap::ArcSwap;
+use async_nats::jetstream::consumer::PullConsumer;
 use async_nats::jetstream::{AckKind, Message};
+use futures::StreamExt;
+use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::core::replay_count;
@@ -23,13 +34,92 @@ use crate::nats::convert;
 const UNSETTLED_RETRY: Duration = Duration::from_secs(2);
 /// How long a lease outlasts the attempt time limit (outbox commit, acks).
 const LEASE_MARGIN: Duration = Duration::from_secs(5);
+/// How long one pull request waits for messages: bounds how long shutdown
+/// waits for the last batch to end.
+const BATCH_EXPIRES: Duration = Duration::from_secs(1);
 
 impl Dispatcher {
+    /// Pull and dispatch messages for the plugin in `slot` until `stop`
+    /// (plugin removed or resubscribed) or shutdown. Each pull asks for only
+    /// as many messages as there are free slots, and none while the circuit
+    /// breaker is open: everything else waits in the stream, not in host
+    /// memory, and its delivery count does not grow. A batch is always read
+    /// to its end; messages not started when stopping are Nak'ed at once
+    /// rather than left to `ack_wait`.
+    pub async fn consume_jetstream(
+        self: &Arc<Self>,
+        slot: Arc<ArcSwap<Route>>,
+        consumer: PullConsumer,
+        stop: CancellationToken,
+    ) {
+        let mut backoff = Duration::from_millis(100);
+        while !stop.is_cancelled() {
+            let route = slot.load_full();
+            let budget = match route.fetch_budget() {
+                Ok(0) => {
+                    tokio::select! {
+                        _ = stop.cancelled() => break,
+                        permit = route.concurrency.acquire() => drop(permit),
+                    }
+                    continue;
+                }
+                Ok(n) => n,
+                Err(wait) => {
+                    tokio::select! {
+                        _ = stop.cancelled() => break,
+                        _ = tokio::time::sleep(wait.max(Duration::from_millis(20))) => {}
+                    }
+                    continue;
+                }
+            };
+            let pulled = consumer
+                .batch()
+                .max_messages(budget)
+                .expires(BATCH_EXPIRES)
+                .messages()
+                .await;
+            let mut messages = match pulled {
+                Ok(messages) => {
+                    backoff = Duration::from_millis(100);
+                    messages
+                }
+                Err(e) => {
+                    tracing::warn!(plugin = %route.tag.name, "JetStream pull request failed: {e}; retrying in {backoff:?}");
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = stop.cancelled() => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    continue;
+                }
+            };
+            while let Some(next) = messages.next().await {
+                match next {
+                    Ok(message) if stop.is_cancelled() => {
+                        // Removed or resubscribed (not shutdown): hand it back now.
+                        ack(&message, AckKind::Nak(None)).await;
+                    }
+                    Ok(message) => self.dispatch_jetstream(slot.load_full(), message).await,
+                    Err(e) => tracing::debug!(plugin = %route.tag.name, "JetStream batch: {e}"),
+                }
+            }
+        }
+    }
+
     /// Accept one JetStream message for `route`: wait for a slot, then handle
-    /// it in its own task.
+    /// it in its own task. Once shutdown began, Nak it instead (not started,
+    /// so another host or the next start handles it).
     pub async fn dispatch_jetstream(self: &Arc<Self>, route: Arc<Route>, message: Message) {
         bump(&route.stats.received, 1);
-        let Ok(permit) = route.concurrency.clone().acquire_owned().await else {
+        self.metrics.event_received(&route.tag.name);
+        let permit = tokio::select! {
+            biased;
+            _ = self.shutdown.cancelled() => None,
+            permit = route.concurrency.clone().acquire_owned() => permit.ok(),
+        };
+        let Some(permit) = permit else {
+            self.metrics.shutdown_requeued();
+            ack(&message, AckKind::Nak(None)).await;
             return;
         };
         let this = self.clone();
@@ -117,7 +207,18 @@ impl Dispatcher {
                 ack(message, AckKind::Nak(Some(wait))).await;
                 return;
             }
-            let failure = match self.attempt(route, &key, &event).await {
+            let result = tokio::select! {
+                result = self.attempt(route, &key, &event) => result,
+                _ = self.abort.cancelled() => {
+                    tracing::warn!("shutdown deadline reached while handling; handed back (Nak) for redelivery");
+                    self.metrics.shutdown_requeued();
+                    // Free the key at once, or the redelivery would wait for the lease.
+                    self.release_failed(lease.as_ref(), SystemTime::now()).await;
+                    ack(message, AckKind::Nak(None)).await;
+                    return;
+                }
+            };
+            let failure = match result {
                 Ok(()) => {
                     self.complete(lease.as_ref()).await;
                     ack(message, AckKind::Ack).await;
@@ -136,6 +237,7 @@ impl Dispatcher {
             let delay = route.retry.delay(attempt, failure.retry_after, &mut rand::rng());
             if failure.class.is_retryable() && route.retry.should_retry(attempt, since_first, delay) {
                 bump(&route.stats.retries, 1);
+                self.metrics.retry_scheduled(&route.tag.name);
                 tracing::warn!(
                     error.class = failure.class.as_str(),
                     "attempt {attempt} failed: {}; redelivery in {delay:?}",

@@ -36,6 +36,8 @@ use crate::host::{OutboundMessage, PluginTag};
 use crate::manifest::KeySource;
 use crate::nats::convert;
 use crate::subject::PublishGrants;
+use crate::telemetry::Metrics;
+use crate::telemetry::trace::Propagation;
 
 /// Counters of one plugin, readable while the host runs.
 #[derive(Debug, Default)]
@@ -58,7 +60,7 @@ pub struct PluginStats {
 }
 
 /// A point-in-time copy of [`PluginStats`].
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct StatsSnapshot {
     /// Deliveries received from NATS (JetStream redeliveries included).
     pub received: u64,
@@ -243,6 +245,8 @@ pub struct Dispatcher {
     instances: Arc<Semaphore>,
     tasks: TaskTracker,
     shutdown: CancellationToken,
+    metrics: Metrics,
+    abort: CancellationToken,
 }
 
 impl Dispatcher {
@@ -264,7 +268,22 @@ impl Dispatcher {
             instances,
             tasks,
             shutdown,
+            metrics: Metrics::new(),
+            abort: CancellationToken::new(),
         }
+    }
+
+    /// Report to `metrics` (by default, to a set nobody reads).
+    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = metrics;
+        self
+    }
+
+    /// When `abort` fires (the shutdown deadline), JetStream attempts still
+    /// running are abandoned and their messages Nak'ed for redelivery.
+    pub fn with_abort(mut self, abort: CancellationToken) -> Self {
+        self.abort = abort;
+        self
     }
 
     /// The JetStream context of the host's connection.
@@ -310,7 +329,10 @@ impl Dispatcher {
         match store.claim(&route.tag.name, key, lease).await {
             Ok(claim) => {
                 match &claim {
-                    Claim::Completed => bump(&route.stats.dedup_hits, 1),
+                    Claim::Completed => {
+                        bump(&route.stats.dedup_hits, 1);
+                        self.metrics.dedup_hit(&route.tag.name);
+                    }
                     Claim::Busy { .. } => bump(&route.stats.lease_conflicts, 1),
                     Claim::Acquired(_) => bump(&route.stats.dedup_misses, 1),
                 }
@@ -348,6 +370,8 @@ impl Dispatcher {
         key: &str,
         event: &types::Event,
     ) -> Result<(), Failure> {
+        let _in_flight = self.metrics.attempt_started(&route.tag.name);
+        let started = Instant::now();
         let Ok(_instance) = self.instances.acquire().await else {
             return Err(Failure {
                 class: FailureClass::Instantiate,
@@ -368,30 +392,42 @@ impl Dispatcher {
         )
         .await;
         drop(_instance);
+        let name = &route.tag.name;
+        if !report.instantiate_time.is_zero() {
+            self.metrics.instantiated(name, report.instantiate_time);
+        }
         if let Err(failure) = report.outcome {
             bump(&route.stats.failed_attempts, 1);
             route.record_outcome(Some(&failure));
+            self.metrics
+                .event_handled(name, failure.class.as_str(), started.elapsed());
             return Err(failure);
         }
-        self.commit(route, key, report.published)
+        self.commit(route, key, report.published, &Propagation::of_event(event))
             .await
             .inspect_err(|failure| {
                 bump(&route.stats.failed_attempts, 1);
                 route.record_outcome(Some(failure));
+                self.metrics
+                    .event_handled(name, "outbox", started.elapsed());
             })?;
         route.record_outcome(None);
         bump(&route.stats.succeeded, 1);
+        self.metrics
+            .event_handled(name, crate::telemetry::metrics::OK, started.elapsed());
         tracing::debug!(elapsed = ?report.elapsed, "handled");
         Ok(())
     }
 
     /// Send a successful attempt's outbox. With `confirm_publishes`, every
     /// message is a JetStream publish and all acks are awaited (pipelined).
+    /// Each message continues the event's trace (`traceparent`).
     async fn commit(
         &self,
         route: &Route,
         key: &str,
         outbox: Vec<OutboundMessage>,
+        trace: &Propagation,
     ) -> Result<(), Failure> {
         let count = outbox.len() as u64;
         let fail = |subject: &str, e: String| Failure {
@@ -402,7 +438,8 @@ impl Dispatcher {
         if route.confirm_publishes {
             let mut pending = Vec::with_capacity(outbox.len());
             for (index, message) in outbox.into_iter().enumerate() {
-                let headers = convert::outgoing_headers(&message, key, &route.tag, index);
+                let mut headers = convert::outgoing_headers(&message, key, &route.tag, index);
+                trace.apply(&mut headers);
                 let ack = self
                     .js
                     .publish_with_headers(message.subject.clone(), headers, message.payload)
@@ -422,7 +459,8 @@ impl Dispatcher {
             }
         } else {
             for (index, message) in outbox.into_iter().enumerate() {
-                let headers = convert::outgoing_headers(&message, key, &route.tag, index);
+                let mut headers = convert::outgoing_headers(&message, key, &route.tag, index);
+                trace.apply(&mut headers);
                 self.client
                     .publish_with_headers(message.subject.clone(), headers, message.payload)
                     .await
@@ -430,6 +468,7 @@ impl Dispatcher {
             }
         }
         bump(&route.stats.published, count);
+        self.metrics.published(&route.tag.name, count);
         Ok(())
     }
 
@@ -442,6 +481,7 @@ impl Dispatcher {
         match dead_letter::publish(&self.js, letter).await {
             Ok(()) => {
                 bump(&route.stats.dead_lettered, 1);
+                self.metrics.dead_lettered(&route.tag.name, true);
                 tracing::error!(
                     error.class = %letter.error_class, attempts = letter.attempts,
                     dlq = %dead_letter::dlq_subject(&route.tag.name),
@@ -451,6 +491,7 @@ impl Dispatcher {
             }
             Err(e) => {
                 bump(&route.stats.dlq_failures, 1);
+                self.metrics.dead_lettered(&route.tag.name, false);
                 Err(e)
             }
         }

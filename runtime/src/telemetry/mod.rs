@@ -1,5 +1,13 @@
-//! Log setup: human-readable by default, JSON lines with `--log-format json`,
-//! filtered with RUST_LOG syntax (`--log`, `SLUICE_LOG`, or `RUST_LOG`).
+//! What an operator sees of a running host: logs ([`init`]: human-readable by
+//! default, JSON lines with `--log-format json`, filtered with RUST_LOG syntax
+//! from `--log`, `SLUICE_LOG` or `RUST_LOG`), Prometheus [`metrics`], and the
+//! [`admin`] HTTP endpoint (`/healthz`, `/readyz`, `/metrics`, `/plugins`).
+
+pub mod admin;
+pub mod metrics;
+pub mod trace;
+
+pub use metrics::Metrics;
 
 use tracing_subscriber::EnvFilter;
 

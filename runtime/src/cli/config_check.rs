@@ -1,0 +1,43 @@
+//! `sluice config check FILE`: validate a config file together with the
+//! SLUICE_* environment and flags, exactly as `sluice run` would, and print
+//! the effective configuration (every key, secrets masked) as TOML.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Subcommand};
+
+use super::SettingsArgs;
+use crate::config;
+
+/// Arguments of `sluice config`.
+#[derive(Debug, Args)]
+pub struct ConfigArgs {
+    #[command(subcommand)]
+    command: ConfigCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Validate FILE (plus SLUICE_* env and flags) and print the effective config, secrets masked.
+    Check {
+        /// The TOML config file.
+        file: PathBuf,
+        #[command(flatten)]
+        settings: SettingsArgs,
+    },
+}
+
+pub fn config(args: ConfigArgs) -> anyhow::Result<ExitCode> {
+    match args.command {
+        ConfigCommand::Check { file, settings } => {
+            let settings = super::settings(Some(&file), &settings.overrides())?;
+            println!(
+                "# {}: valid. Effective configuration (flag > env > file > default; secrets masked):",
+                file.display()
+            );
+            print!("{}", config::render(&settings));
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

@@ -1,0 +1,498 @@
+//! Prometheus metrics of the host, in one [`Metrics`] handle.
+//!
+//! Why a handle with named methods rather than metric objects spread through
+//! the code: the dispatch, reload and sandbox code each report what happened
+//! in one line (`metrics.event_handled(plugin, outcome, elapsed)`), while the
+//! metric names, labels, buckets and help texts live here, next to the
+//! reference in docs/operations.md. Every per-plugin series is created (at
+//! zero) when the plugin is registered, so a dashboard sees a counter before
+//! it first moves.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::{Registry, Unit};
+
+/// `Content-Type` of [`Metrics::render`]: the Prometheus text format 0.0.4.
+pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
+
+/// Outcome label of a successful attempt.
+pub const OK: &str = "ok";
+
+/// Values of the `limit` label of `sluice_limit_violations_total`.
+pub const LIMITS: &[&str] = &["time", "memory", "stack", "publish", "log"];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PluginLabels {
+    plugin: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    plugin: String,
+    outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LimitLabels {
+    plugin: String,
+    limit: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabels {
+    state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VersionLabels {
+    version: String,
+}
+
+type Histograms = Family<PluginLabels, Histogram, fn() -> Histogram>;
+
+fn handler_histogram() -> Histogram {
+    // 0.5 ms .. ~16 s
+    Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+}
+
+fn instantiate_histogram() -> Histogram {
+    // 10 µs .. ~0.3 s
+    Histogram::new(exponential_buckets(0.000_01, 2.0, 16))
+}
+
+struct Inner {
+    registry: Registry,
+    events_received: Family<PluginLabels, Counter>,
+    events_handled: Family<OutcomeLabels, Counter>,
+    handler_duration: Histograms,
+    instantiate_duration: Histograms,
+    in_flight: Family<PluginLabels, Gauge>,
+    retries: Family<PluginLabels, Counter>,
+    dead_lettered: Family<PluginLabels, Counter>,
+    dead_letter_failures: Family<PluginLabels, Counter>,
+    dedup_hits: Family<PluginLabels, Counter>,
+    published: Family<PluginLabels, Counter>,
+    reloads: Family<PluginLabels, Counter>,
+    reload_failures: Family<PluginLabels, Counter>,
+    limit_violations: Family<LimitLabels, Counter>,
+    plugins: Family<StateLabels, Gauge>,
+    nats_connected: Gauge,
+    nats_reconnects: Counter,
+    shutdown_requeued: Counter,
+    connected: AtomicBool,
+    ever_connected: AtomicBool,
+}
+
+/// The host's metrics; clone-cheap, shared by every part of the host.
+#[derive(Clone)]
+pub struct Metrics {
+    inner: Arc<Inner>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+impl Metrics {
+    /// A fresh set of metrics (one per host).
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("sluice");
+        let events_received = Family::default();
+        registry.register(
+            "events_received",
+            "Events received from NATS per plugin (JetStream redeliveries included)",
+            events_received.clone(),
+        );
+        let events_handled = Family::default();
+        registry.register(
+            "events_handled",
+            "Handler attempts per plugin and outcome (ok, or the failure class)",
+            events_handled.clone(),
+        );
+        let handler_duration = Histograms::new_with_constructor(handler_histogram);
+        registry.register_with_unit(
+            "handler_duration",
+            "Time per attempt: instantiate, handle and commit the outbox",
+            Unit::Seconds,
+            handler_duration.clone(),
+        );
+        let instantiate_duration = Histograms::new_with_constructor(instantiate_histogram);
+        registry.register_with_unit(
+            "instantiate_duration",
+            "Time to instantiate a fresh plugin instance for one attempt",
+            Unit::Seconds,
+            instantiate_duration.clone(),
+        );
+        let in_flight = Family::default();
+        registry.register(
+            "events_in_flight",
+            "Attempts running right now per plugin",
+            in_flight.clone(),
+        );
+        let retries = Family::default();
+        registry.register(
+            "retries",
+            "Retries scheduled (core: host timer; JetStream: Nak with delay)",
+            retries.clone(),
+        );
+        let dead_lettered = Family::default();
+        registry.register(
+            "dead_lettered",
+            "Events whose dead letter the DLQ stream acknowledged",
+            dead_lettered.clone(),
+        );
+        let dead_letter_failures = Family::default();
+        registry.register(
+            "dead_letter_failures",
+            "Dead-letter publishes that failed (JetStream events are redelivered, core events lost)",
+            dead_letter_failures.clone(),
+        );
+        let dedup_hits = Family::default();
+        registry.register(
+            "dedup_hits",
+            "Deliveries skipped because their idempotency key had already completed",
+            dedup_hits.clone(),
+        );
+        let published = Family::default();
+        registry.register(
+            "published",
+            "Messages published from committed outboxes",
+            published.clone(),
+        );
+        let reloads = Family::default();
+        registry.register(
+            "plugin_reloads",
+            "New plugin versions put in service by hot reload",
+            reloads.clone(),
+        );
+        let reload_failures = Family::default();
+        registry.register(
+            "plugin_reload_failures",
+            "Plugin versions that failed to load on reload (the old version keeps serving)",
+            reload_failures.clone(),
+        );
+        let limit_violations = Family::default();
+        registry.register(
+            "limit_violations",
+            "Sandbox limits a plugin hit, by limit (time, memory, stack, publish, log)",
+            limit_violations.clone(),
+        );
+        let plugins = Family::default();
+        registry.register(
+            "plugins",
+            "Plugins found in the plugin folder, by state",
+            plugins.clone(),
+        );
+        let nats_connected = Gauge::default();
+        registry.register(
+            "nats_connected",
+            "1 while the NATS connection is up, 0 while it is down",
+            nats_connected.clone(),
+        );
+        let nats_reconnects = Counter::default();
+        registry.register(
+            "nats_reconnects",
+            "Times the NATS connection was re-established after being lost",
+            nats_reconnects.clone(),
+        );
+        let shutdown_requeued = Counter::default();
+        registry.register(
+            "shutdown_requeued",
+            "JetStream messages handed back (Nak) at shutdown instead of being handled",
+            shutdown_requeued.clone(),
+        );
+        let build = Family::<VersionLabels, Gauge>::default();
+        build
+            .get_or_create(&VersionLabels {
+                version: env!("CARGO_PKG_VERSION").into(),
+            })
+            .set(1);
+        registry.register("build_info", "The sluice version (value 1)", build);
+        Metrics {
+            inner: Arc::new(Inner {
+                registry,
+                events_received,
+                events_handled,
+                handler_duration,
+                instantiate_duration,
+                in_flight,
+                retries,
+                dead_lettered,
+                dead_letter_failures,
+                dedup_hits,
+                published,
+                reloads,
+                reload_failures,
+                limit_violations,
+                plugins,
+                nats_connected,
+                nats_reconnects,
+                shutdown_requeued,
+                connected: AtomicBool::new(false),
+                ever_connected: AtomicBool::new(false),
+            }),
+        }
+    }
+
+    /// The metrics in the Prometheus text format.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ =
+            prometheus_client::encoding::prometheus_text::encode(&mut out, &self.inner.registry);
+        out
+    }
+
+    /// Create every per-plugin series of `plugin` at zero.
+    pub fn plugin_registered(&self, plugin: &str) {
+        let i = &self.inner;
+        let p = labels(plugin);
+        drop(i.events_received.get_or_create(&p));
+        drop(i.events_handled.get_or_create(&outcome(plugin, OK)));
+        drop(i.handler_duration.get_or_create(&p));
+        drop(i.instantiate_duration.get_or_create(&p));
+        drop(i.in_flight.get_or_create(&p));
+        drop(i.retries.get_or_create(&p));
+        drop(i.dead_lettered.get_or_create(&p));
+        drop(i.dead_letter_failures.get_or_create(&p));
+        drop(i.dedup_hits.get_or_create(&p));
+        drop(i.published.get_or_create(&p));
+        drop(i.reloads.get_or_create(&p));
+        drop(i.reload_failures.get_or_create(&p));
+        for limit in LIMITS {
+            drop(
+                i.limit_violations
+                    .get_or_create(&limit_labels(plugin, limit)),
+            );
+        }
+    }
+
+    /// One event received from NATS for `plugin`.
+    pub fn event_received(&self, plugin: &str) {
+        self.inner
+            .events_received
+            .get_or_create(&labels(plugin))
+            .inc();
+    }
+
+    /// An attempt is starting; the returned guard counts it in flight until dropped.
+    pub fn attempt_started(&self, plugin: &str) -> InFlight {
+        let gauge = self.inner.in_flight.get_or_create_owned(&labels(plugin));
+        gauge.inc();
+        InFlight(gauge)
+    }
+
+    /// An attempt of `plugin` finished with `outcome` ([`OK`] or a failure
+    /// class name) after `elapsed`. A failure class that is a sandbox limit
+    /// (`deadline-exceeded`, `out-of-memory`, `stack-overflow`) also counts
+    /// as a limit violation.
+    pub fn event_handled(&self, plugin: &str, outcome_label: &str, elapsed: Duration) {
+        let i = &self.inner;
+        i.events_handled
+            .get_or_create(&outcome(plugin, outcome_label))
+            .inc();
+        i.handler_duration
+            .get_or_create(&labels(plugin))
+            .observe(elapsed.as_secs_f64());
+        let limit = match outcome_label {
+            "deadline-exceeded" => Some("time"),
+            "out-of-memory" => Some("memory"),
+            "stack-overflow" => Some("stack"),
+            _ => None,
+        };
+        if let Some(limit) = limit {
+            self.limit_violation(plugin, limit);
+        }
+    }
+
+    /// A fresh instance of `plugin` took `elapsed` to instantiate.
+    pub fn instantiated(&self, plugin: &str, elapsed: Duration) {
+        self.inner
+            .instantiate_duration
+            .get_or_create(&labels(plugin))
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// A retry of a `plugin` event was scheduled.
+    pub fn retry_scheduled(&self, plugin: &str) {
+        self.inner.retries.get_or_create(&labels(plugin)).inc();
+    }
+
+    /// A `plugin` event was dead-lettered (`ok`) or its DLQ publish failed.
+    pub fn dead_lettered(&self, plugin: &str, ok: bool) {
+        let family = if ok {
+            &self.inner.dead_lettered
+        } else {
+            &self.inner.dead_letter_failures
+        };
+        family.get_or_create(&labels(plugin)).inc();
+    }
+
+    /// A delivery of an already completed key was skipped.
+    pub fn dedup_hit(&self, plugin: &str) {
+        self.inner.dedup_hits.get_or_create(&labels(plugin)).inc();
+    }
+
+    /// `count` outbox messages of `plugin` were published.
+    pub fn published(&self, plugin: &str, count: u64) {
+        self.inner
+            .published
+            .get_or_create(&labels(plugin))
+            .inc_by(count);
+    }
+
+    /// Hot reload put a new version of `plugin` in service.
+    pub fn plugin_reloaded(&self, plugin: &str) {
+        self.inner.reloads.get_or_create(&labels(plugin)).inc();
+    }
+
+    /// Hot reload failed to load a new version of `plugin`.
+    pub fn plugin_reload_failed(&self, plugin: &str) {
+        self.inner
+            .reload_failures
+            .get_or_create(&labels(plugin))
+            .inc();
+    }
+
+    /// `plugin` hit sandbox limit `limit` (one of [`LIMITS`]).
+    pub fn limit_violation(&self, plugin: &str, limit: &str) {
+        self.inner
+            .limit_violations
+            .get_or_create(&limit_labels(plugin, limit))
+            .inc();
+    }
+
+    /// Set how many plugins are in each state (e.g. serving, failed).
+    pub fn plugin_states(&self, counts: &[(&str, i64)]) {
+        for (state, count) in counts {
+            self.inner
+                .plugins
+                .get_or_create(&StateLabels {
+                    state: state.to_string(),
+                })
+                .set(*count);
+        }
+    }
+
+    /// The NATS connection went up or down; an up after the first is a reconnect.
+    pub fn nats_connected(&self, connected: bool) {
+        let i = &self.inner;
+        i.connected.store(connected, Ordering::SeqCst);
+        i.nats_connected.set(i64::from(connected));
+        if connected && i.ever_connected.swap(true, Ordering::SeqCst) {
+            i.nats_reconnects.inc();
+        }
+    }
+
+    /// Whether the NATS connection is up.
+    pub fn is_nats_connected(&self) -> bool {
+        self.inner.connected.load(Ordering::SeqCst)
+    }
+
+    /// A JetStream message was handed back at shutdown.
+    pub fn shutdown_requeued(&self) {
+        self.inner.shutdown_requeued.inc();
+    }
+}
+
+/// Counts one attempt in flight while alive.
+#[must_use = "the attempt is in flight until the guard is dropped"]
+pub struct InFlight(Gauge);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+fn labels(plugin: &str) -> PluginLabels {
+    PluginLabels {
+        plugin: plugin.to_string(),
+    }
+}
+
+fn outcome(plugin: &str, outcome: &str) -> OutcomeLabels {
+    OutcomeLabels {
+        plugin: plugin.to_string(),
+        outcome: outcome.to_string(),
+    }
+}
+
+fn limit_labels(plugin: &str, limit: &str) -> LimitLabels {
+    LimitLabels {
+        plugin: plugin.to_string(),
+        limit: limit.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn series_exist_at_zero_and_move() {
+        let m = Metrics::new();
+        m.plugin_registered("orders");
+        let text = m.render();
+        assert!(
+            text.contains("sluice_plugin_reloads_total{plugin=\"orders\"} 0"),
+            "{text}"
+        );
+        assert!(
+            text.contains("sluice_limit_violations_total{plugin=\"orders\",limit=\"publish\"} 0"),
+            "{text}"
+        );
+        assert!(text.contains("sluice_nats_connected 0"), "{text}");
+        m.event_received("orders");
+        m.event_handled("orders", "deadline-exceeded", Duration::from_millis(3));
+        m.nats_connected(true);
+        m.nats_connected(false);
+        m.nats_connected(true);
+        let text = m.render();
+        assert!(
+            text.contains("sluice_events_received_total{plugin=\"orders\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "sluice_events_handled_total{plugin=\"orders\",outcome=\"deadline-exceeded\"} 1"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("sluice_limit_violations_total{plugin=\"orders\",limit=\"time\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("sluice_handler_duration_seconds_count{plugin=\"orders\"} 1"),
+            "{text}"
+        );
+        assert!(text.contains("sluice_nats_reconnects_total 1"), "{text}");
+        assert!(m.is_nats_connected());
+        let guard = m.attempt_started("orders");
+        assert!(
+            m.render()
+                .contains("sluice_events_in_flight{plugin=\"orders\"} 1")
+        );
+        drop(guard);
+        assert!(
+            m.render()
+                .contains("sluice_events_in_flight{plugin=\"orders\"} 0")
+        );
+    }
+}
