@@ -619,7 +619,9 @@ impl Supervisor {
             }
         }
         self.metrics.plugin_registered(name);
-        self.metrics.plugin_reloaded(name);
+        if previous.is_some() {
+            self.metrics.plugin_reloaded(name);
+        }
         let how = if cached {
             "from the compile cache"
         } else {

@@ -133,8 +133,16 @@ async fn metrics_parse_as_prometheus_text_and_move_with_real_traffic() {
     let host = start_host_with(with_admin(&nats, &dir)).await;
     let admin = host.admin_addr().unwrap();
 
-    // A plugin that failed to load keeps the host not ready, with the reason.
-    let (status, body) = http_get(admin, "/readyz").await;
+    // A plugin that failed to load keeps the host not ready, with the reason
+    // (reported once the just-written file has settled).
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let (status, body) = loop {
+        let (status, body) = http_get(admin, "/readyz").await;
+        if body.contains("plugin `garbage` is failed") || std::time::Instant::now() > deadline {
+            break (status, body);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     assert_eq!(status, 503, "{body}");
     assert!(body.contains("plugin `garbage` is failed"), "{body}");
     let (status, plugins) = http_get(admin, "/plugins").await;

@@ -343,6 +343,14 @@ async fn a_deleted_jetstream_plugin_stops_consuming_and_catches_up_when_copied_b
         host.plugins().iter().all(|p| p.name != "mirror")
     })
     .await;
+    // The removed plugin's last pull request expires (it would hand back, Nak,
+    // whatever it still received); after that nothing pulls at all.
+    eventually_async!(WAIT, "no pull request outstanding", {
+        let stream = js.get_stream("IN").await.unwrap();
+        let mut consumer: async_nats::jetstream::consumer::PullConsumer =
+            stream.get_consumer("sluice-mirror").await.unwrap();
+        consumer.info().await.unwrap().num_waiting == 0
+    });
     for i in 1..=20 {
         js.publish("in.while-gone", Bytes::from(i.to_string()))
             .await
