@@ -31,7 +31,7 @@ use tokio_util::task::TaskTracker;
 use wasmtime::component::Linker;
 
 use crate::config::{DedupStoreKind, Settings, apply_retry};
-use crate::delivery::breaker::BreakerPolicy;
+use crate::delivery::breaker::{BreakerPolicy, Forced};
 use crate::delivery::dead_letter;
 use crate::delivery::dedup::{DedupStore, MemoryStore};
 use crate::delivery::dedup_kv::KvStore;
@@ -47,7 +47,7 @@ use crate::registry::{
     self, DirError, LoadedPlugin, PluginStatus, Registry, ReloadCounters, watcher,
 };
 use crate::telemetry::Metrics;
-use crate::telemetry::admin::{self, AdminError, StatusFn};
+use crate::telemetry::admin::{self, AdminError, ControlFn, StatusFn};
 
 /// Why the host cannot start at all (a single bad plugin is not one of these).
 #[derive(Debug, Error)]
@@ -171,6 +171,7 @@ pub async fn start(settings: Settings) -> Result<HostHandle, ServiceError> {
                 addr,
                 metrics.clone(),
                 status_fn(&registry, &metrics, &ready, &shutdown),
+                control_fn(&registry),
                 admin_stop.clone(),
             )
             .await?,
@@ -200,6 +201,33 @@ pub async fn start(settings: Settings) -> Result<HostHandle, ServiceError> {
         task,
         metrics,
         admin_addr,
+    })
+}
+
+/// What `POST /plugins/{name}/breaker/{action}` does.
+fn control_fn(registry: &Arc<Registry>) -> ControlFn {
+    let registry = registry.clone();
+    Arc::new(move |plugin, action| {
+        let forced = match action {
+            "open" => Forced::Open,
+            "close" | "closed" => Forced::Closed,
+            "auto" => Forced::Auto,
+            other => {
+                return Err(format!(
+                    "unknown breaker action `{other}`; use open, close or auto"
+                ));
+            }
+        };
+        registry
+            .force_breaker(plugin, forced)
+            .map(|state| {
+                if forced == Forced::Auto {
+                    state.to_string()
+                } else {
+                    format!("forced {state}")
+                }
+            })
+            .ok_or_else(|| format!("no plugin `{plugin}` is loaded"))
     })
 }
 
@@ -676,6 +704,7 @@ impl Supervisor {
                 .when_open
                 .or(self.settings.breaker.when_open)
                 .unwrap_or_default(),
+            metrics: self.metrics.clone(),
         })
     }
 
@@ -742,7 +771,7 @@ impl Supervisor {
                             Some(message) => {
                                 if let Err(mpsc::error::TrySendError::Full(_)) = tx.try_send(message) {
                                     let route = slot.load();
-                                    crate::dispatch::count_dropped(&route.stats);
+                                    crate::dispatch::count_dropped(&route);
                                     unreported += 1;
                                     if last_report.elapsed() >= Duration::from_secs(1) {
                                         tracing::warn!(

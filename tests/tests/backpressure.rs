@@ -187,3 +187,143 @@ async fn an_open_breaker_dead_letters_or_sheds_core_events_and_operators_can_for
     assert_eq!(registry.force_breaker("keep", Forced::Auto), Some("closed"));
     host.shutdown().await.unwrap();
 }
+
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_100k_core_events_at_a_slow_plugin_stays_bounded_and_counts_every_drop() {
+    const BURST: u64 = 100_000;
+    let nats = NatsServer::start();
+    let dir = PluginDir::new();
+    dir.add(
+        "slow",
+        "slow",
+        "subjects = [\"burst.e\"]\npublish = [\"burst.e.done\"]\nmax_concurrency = 4\ncore_buffer = 1000\n[idempotency]\ndedup = false",
+    );
+    let host = start_host(&nats.url(), dir.path()).await;
+    let client_drops_before = sluice::nats::client_drops();
+    let rss_before = rss_kib();
+
+    // The burst comes from its own thread and runtime, like another process.
+    let url = nats.url();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let publisher = async_nats::connect(url).await.unwrap();
+            let mut headers = HeaderMap::new();
+            headers.insert("x-sleep-ms", "2");
+            for i in 0..BURST {
+                publisher
+                    .publish_with_headers("burst.e", headers.clone(), Bytes::from(i.to_string()))
+                    .await
+                    .unwrap();
+            }
+            publisher.flush().await.unwrap();
+        })
+    })
+    .join()
+    .unwrap();
+
+    // Every event is either handled or counted as dropped; nothing vanishes.
+    let mut peak_rss = rss_before;
+    eventually_async!(
+        Duration::from_secs(120),
+        format!(
+            "every event accounted for: {:?}, client drops {}",
+            host.stats("slow"),
+            sluice::nats::client_drops() - client_drops_before
+        ),
+        {
+            peak_rss = peak_rss.max(rss_kib());
+            let s = host.stats("slow").unwrap();
+            let client = sluice::nats::client_drops() - client_drops_before;
+            s.succeeded + s.dropped + client == BURST
+        }
+    );
+    let s = host.stats("slow").unwrap();
+    let client = sluice::nats::client_drops() - client_drops_before;
+    assert!(
+        s.dropped > 0,
+        "a slow plugin under a 100k burst must drop some: {s:?}"
+    );
+    assert_eq!(
+        s.received, s.succeeded,
+        "everything taken from the buffer was handled: {s:?}"
+    );
+    let growth_mib = peak_rss.saturating_sub(rss_before) / 1024;
+    assert!(
+        growth_mib < 200,
+        "memory stays bounded: grew {growth_mib} MiB"
+    );
+    let metrics = host.metrics().render();
+    assert!(
+        metrics.contains(&format!(
+            "sluice_core_dropped_total{{plugin=\"slow\"}} {}",
+            s.dropped
+        )),
+        "drops are exported"
+    );
+    eprintln!(
+        "burst of {BURST}: handled {}, dropped by the host buffer {}, dropped by the NATS client {client}, RSS growth {growth_mib} MiB",
+        s.succeeded, s.dropped
+    );
+    host.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operators_force_a_breaker_and_read_plugin_status_from_the_cli() {
+    let nats = NatsServer::start();
+    let dir = PluginDir::new();
+    dir.add(
+        "mirror",
+        "mirror",
+        "subjects = [\"m.>\"]\npublish = [\"mirror.>\"]",
+    );
+    let host = sluice_e2e::start_host_with(sluice::config::Overrides {
+        nats_url: Some(nats.url()),
+        plugins: Some(dir.path().to_path_buf()),
+        admin_addr: Some("127.0.0.1:0".into()),
+        ..Default::default()
+    })
+    .await;
+    let admin = host.admin_addr().unwrap().to_string();
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice-e2e-host"))
+            .args(args)
+            .args(["--admin", &admin])
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, out, err) = cli(&["breaker", "mirror", "open"]);
+    assert!(
+        ok && out.contains("mirror: breaker forced open"),
+        "{out}{err}"
+    );
+    assert_eq!(breaker_of(&host, "mirror"), "forced-open");
+    let (ok, table, err) = cli(&["plugins"]);
+    assert!(ok, "{err}");
+    assert!(
+        table.contains("BREAKER") && table.contains("mirror") && table.contains("forced-open"),
+        "{table}"
+    );
+    let (ok, out, _) = cli(&["breaker", "mirror", "auto"]);
+    assert!(ok && out.contains("breaker closed"), "{out}");
+    let (ok, _, err) = cli(&["breaker", "nosuch", "open"]);
+    assert!(!ok && err.contains("404"), "{err}");
+    host.shutdown().await.unwrap();
+}

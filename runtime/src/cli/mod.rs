@@ -8,6 +8,7 @@ mod config_check;
 mod dev;
 mod dlq;
 mod invoke;
+mod remote;
 mod run;
 
 use std::path::PathBuf;
@@ -40,6 +41,10 @@ enum Command {
     Invoke(invoke::InvokeArgs),
     /// List, replay or purge dead-lettered events.
     Dlq(dlq::DlqArgs),
+    /// Status of every plugin of a running host (through its admin endpoint).
+    Plugins(remote::PluginsArgs),
+    /// Force a plugin's circuit breaker open or closed, or back to auto.
+    Breaker(remote::BreakerArgs),
 }
 
 /// Flags of `sluice run`.
@@ -215,6 +220,8 @@ pub fn main() -> ExitCode {
             Command::Check(args) => check::check(args).await,
             Command::Invoke(args) => invoke::invoke(args).await,
             Command::Dlq(args) => dlq::dlq(args).await,
+            Command::Plugins(args) => remote::plugins(args).await,
+            Command::Breaker(args) => remote::breaker(args).await,
         }
     });
     match result {

@@ -119,8 +119,9 @@ impl PluginStats {
 }
 
 /// Count a core event dropped because the plugin's buffer was full.
-pub(crate) fn count_dropped(stats: &PluginStats) {
-    bump(&stats.dropped, 1);
+pub(crate) fn count_dropped(route: &Route) {
+    bump(&route.stats.dropped, 1);
+    route.metrics.core_dropped(&route.tag.name);
 }
 
 pub(crate) fn bump(counter: &AtomicU64, n: u64) {
@@ -157,6 +158,8 @@ pub struct Route {
     pub breaker: Arc<std::sync::Mutex<CircuitBreaker>>,
     /// What a core event meets while the breaker is open.
     pub when_open: WhenOpen,
+    /// The host's metrics (breaker transitions, drops).
+    pub metrics: crate::telemetry::Metrics,
 }
 
 impl Route {
@@ -211,6 +214,8 @@ impl Route {
 
     fn log_transition(&self, transition: Option<Transition>) {
         let Some(t) = transition else { return };
+        self.metrics
+            .breaker_transition(&self.tag.name, t.to.as_str());
         if t.to == BreakerState::Open {
             bump(&self.stats.breaker_opened, 1);
             tracing::warn!(plugin = %self.tag.name, "circuit breaker {} -> open: the plugin's dependency looks down; pausing its events", t.from.as_str());

@@ -110,6 +110,10 @@ pub async fn connect(
     }
 }
 
+/// Messages one subscription may hold in the NATS client before the host's
+/// reader takes them (the client drops past this, as a "slow consumer").
+pub const SUBSCRIPTION_CAPACITY: usize = 256 * 1024;
+
 /// Messages the NATS client itself dropped because a subscription's buffer
 /// (64 Ki messages) was full: counted from async-nats slow-consumer events.
 static CLIENT_DROPS: AtomicU64 = AtomicU64::new(0);
@@ -154,9 +158,13 @@ fn server_addrs(settings: &NatsSettings) -> Result<Vec<ServerAddr>, ConnectError
 
 /// Connect options from the settings: auth, TLS, timeouts, unlimited reconnects.
 async fn options(settings: &NatsSettings) -> Result<ConnectOptions, ConnectError> {
+    // Each subscription's client-side buffer: the host's own reader drains it
+    // into the plugin's bounded `core_buffer` (where drops are counted
+    // exactly); this one only absorbs scheduling hiccups during bursts.
     let mut options = ConnectOptions::new()
         .name("sluice")
         .connection_timeout(settings.connect_timeout)
+        .subscription_capacity(SUBSCRIPTION_CAPACITY)
         .max_reconnects(None);
     options = match &settings.auth {
         NatsAuth::None => options,

@@ -1,6 +1,7 @@
 //! The admin HTTP endpoint: `/healthz` (the process is alive), `/readyz`
 //! (NATS connected and every plugin serving; 503 with the reasons otherwise),
-//! `/metrics` (Prometheus text) and `/plugins` (JSON status of each plugin).
+//! `/metrics` (Prometheus text), `/plugins` (JSON status of each plugin) and
+//! `POST /plugins/{name}/breaker/{open|close|auto}` (operator override).
 //!
 //! It is off unless `admin_addr` is set, and meant for a loopback or cluster
 //! address: it has no authentication and exposes plugin names and errors.
@@ -11,10 +12,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
+use axum::extract::Path;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use thiserror::Error;
 use tokio_util::sync::CancellationToken;
 
@@ -32,6 +34,10 @@ pub struct Status {
 /// Produces the current [`Status`].
 pub type StatusFn = Arc<dyn Fn() -> Status + Send + Sync>;
 
+/// Applies an operator action to a plugin: `(plugin, breaker action)` ->
+/// the new breaker state, or why not (unknown plugin or action).
+pub type ControlFn = Arc<dyn Fn(&str, &str) -> Result<String, String> + Send + Sync>;
+
 /// The admin endpoint could not listen.
 #[derive(Debug, Error)]
 #[error(
@@ -48,6 +54,7 @@ pub struct AdminError {
 struct AppState {
     metrics: Metrics,
     status: StatusFn,
+    control: ControlFn,
 }
 
 /// Bind `addr` now (so a taken port fails the start), then serve in the
@@ -56,6 +63,7 @@ pub async fn start(
     addr: SocketAddr,
     metrics: Metrics,
     status: StatusFn,
+    control: ControlFn,
     stop: CancellationToken,
 ) -> Result<SocketAddr, AdminError> {
     let listener = tokio::net::TcpListener::bind(addr)
@@ -70,7 +78,12 @@ pub async fn start(
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
         .route("/plugins", get(plugins))
-        .with_state(AppState { metrics, status });
+        .route("/plugins/{name}/breaker/{action}", post(breaker))
+        .with_state(AppState {
+            metrics,
+            status,
+            control,
+        });
     tokio::spawn(async move {
         let served = axum::serve(listener, app)
             .with_graceful_shutdown(async move { stop.cancelled().await })
@@ -107,6 +120,18 @@ async fn metrics_text(State(state): State<AppState>) -> Response {
         state.metrics.render(),
     )
         .into_response()
+}
+
+/// `POST /plugins/{name}/breaker/{open|close|auto}`: force a plugin's circuit
+/// breaker open or closed, or hand it back to its policy.
+async fn breaker(
+    State(state): State<AppState>,
+    Path((name, action)): Path<(String, String)>,
+) -> Response {
+    match (state.control)(&name, &action) {
+        Ok(new_state) => (StatusCode::OK, format!("{name}: breaker {new_state}\n")).into_response(),
+        Err(why) => (StatusCode::NOT_FOUND, format!("{why}\n")).into_response(),
+    }
 }
 
 async fn plugins(State(state): State<AppState>) -> Response {

@@ -40,6 +40,12 @@ struct OutcomeLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateTransitionLabels {
+    plugin: String,
+    to: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct LimitLabels {
     plugin: String,
     limit: String,
@@ -86,6 +92,9 @@ struct Inner {
     nats_connected: Gauge,
     nats_reconnects: Counter,
     shutdown_requeued: Counter,
+    breaker_state: Family<PluginLabels, Gauge>,
+    breaker_transitions: Family<StateTransitionLabels, Counter>,
+    core_dropped: Family<PluginLabels, Counter>,
     connected: AtomicBool,
     ever_connected: AtomicBool,
 }
@@ -216,6 +225,24 @@ impl Metrics {
             "JetStream messages handed back (Nak) at shutdown instead of being handled",
             shutdown_requeued.clone(),
         );
+        let breaker_state = Family::<PluginLabels, Gauge>::default();
+        registry.register(
+            "breaker_state",
+            "Circuit breaker per plugin: 0 closed, 1 half-open, 2 open",
+            breaker_state.clone(),
+        );
+        let breaker_transitions = Family::<StateTransitionLabels, Counter>::default();
+        registry.register(
+            "breaker_transitions",
+            "Circuit breaker state changes per plugin and new state",
+            breaker_transitions.clone(),
+        );
+        let core_dropped = Family::<PluginLabels, Counter>::default();
+        registry.register(
+            "core_dropped",
+            "Core NATS events dropped because the plugin's buffer was full (slow consumer)",
+            core_dropped.clone(),
+        );
         let build = Family::<VersionLabels, Gauge>::default();
         build
             .get_or_create(&VersionLabels {
@@ -243,6 +270,9 @@ impl Metrics {
                 nats_connected,
                 nats_reconnects,
                 shutdown_requeued,
+                breaker_state,
+                breaker_transitions,
+                core_dropped,
                 connected: AtomicBool::new(false),
                 ever_connected: AtomicBool::new(false),
             }),
@@ -274,6 +304,8 @@ impl Metrics {
         drop(i.published.get_or_create(&p));
         drop(i.reloads.get_or_create(&p));
         drop(i.reload_failures.get_or_create(&p));
+        drop(i.breaker_state.get_or_create(&p));
+        drop(i.core_dropped.get_or_create(&p));
         for limit in LIMITS {
             drop(
                 i.limit_violations
@@ -354,6 +386,31 @@ impl Metrics {
             .published
             .get_or_create(&labels(plugin))
             .inc_by(count);
+    }
+
+    /// The circuit breaker of `plugin` moved to `to` (`closed`, `half-open`, `open`).
+    pub fn breaker_transition(&self, plugin: &str, to: &str) {
+        let level = match to {
+            "open" => 2,
+            "half-open" => 1,
+            _ => 0,
+        };
+        self.inner
+            .breaker_state
+            .get_or_create(&labels(plugin))
+            .set(level);
+        self.inner
+            .breaker_transitions
+            .get_or_create(&StateTransitionLabels {
+                plugin: plugin.to_string(),
+                to: to.to_string(),
+            })
+            .inc();
+    }
+
+    /// A core event of `plugin` was dropped: its buffer was full.
+    pub fn core_dropped(&self, plugin: &str) {
+        self.inner.core_dropped.get_or_create(&labels(plugin)).inc();
     }
 
     /// Hot reload put a new version of `plugin` in service.
