@@ -9,28 +9,11 @@ use bytes::Bytes;
 use sluice::delivery::breaker::Forced;
 use sluice::dlq::{self, Filter};
 use sluice_e2e::{
-    NatsServer, PluginDir, consumer_backlog, create_stream, eventually, read_stream, start_host,
+    NatsServer, PluginDir, consumer_backlog, create_stream, eventually, eventually_async,
+    read_stream, start_host,
 };
 
 const WAIT: Duration = Duration::from_secs(30);
-
-macro_rules! eventually_async {
-    ($timeout:expr, $what:expr, $cond:expr) => {{
-        let deadline = std::time::Instant::now() + $timeout;
-        loop {
-            if $cond {
-                break;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "timed out after {:?} waiting for: {}",
-                $timeout,
-                $what
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }};
-}
 
 fn breaker_of(host: &sluice::service::HostHandle, name: &str) -> String {
     host.plugins()

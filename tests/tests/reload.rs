@@ -8,30 +8,13 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures::StreamExt;
 use sluice_e2e::{
-    NatsServer, PluginDir, consumer_backlog, create_stream, eventually, plugin_wasm, read_stream,
-    start_host, start_host_adjusted, stream_messages, variant, version_of,
+    NatsServer, PluginDir, consumer_backlog, create_stream, eventually, eventually_async,
+    plugin_wasm, read_stream, start_host, start_host_adjusted, stream_messages, variant,
+    version_of,
 };
 
 const WAIT: Duration = Duration::from_secs(30);
 const MIRROR_CORE: &str = "subjects = [\"load.>\"]\npublish = [\"mirror.>\"]\nmax_concurrency = 64\n[idempotency]\ndedup = false";
-
-macro_rules! eventually_async {
-    ($timeout:expr, $what:expr, $cond:expr) => {{
-        let deadline = std::time::Instant::now() + $timeout;
-        loop {
-            if $cond {
-                break;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "timed out after {:?} waiting for: {}",
-                $timeout,
-                $what
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }};
-}
 
 fn serving_version(host: &sluice::service::HostHandle, name: &str) -> Option<String> {
     host.plugins()
