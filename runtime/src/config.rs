@@ -2,41 +2,47 @@
 //! variables and flags, merged with precedence flag > env > file > default,
 //! then validated into [`Settings`]. Flags and env arrive together as
 //! [`Overrides`] (clap reads both); the file is [`FileConfig`].
+//!
+//! The per-plugin limit keys (`timeout`, `max_memory_mb`, `max_payload`, ...)
+//! set host-wide defaults that are also every plugin's ceiling; the file's
+//! `[plugin.<name>]` tables set one plugin's ceiling and publish allow-list
+//! (see [`crate::limits`]).
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use serde::Deserialize;
 use thiserror::Error;
 
 use crate::delivery::RetryPolicy;
 use crate::engine::EngineSettings;
+use crate::limits::{LimitOverrides, Limits, PluginRules, SandboxPolicy, with_limit_keys};
 use crate::manifest::RetryOverrides;
 
-/// The config file as written (unknown keys are errors).
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FileConfig {
-    /// NATS server URL(s), comma-separated.
-    pub nats_url: Option<String>,
-    /// The plugin folder.
-    pub plugins: Option<PathBuf>,
-    /// `pretty` or `json`.
-    pub log_format: Option<String>,
-    /// Log filter, RUST_LOG syntax.
-    pub log: Option<String>,
-    /// Default per-plugin concurrency cap.
-    pub max_concurrency: Option<u32>,
-    /// Host-wide cap on live plugin instances.
-    pub max_instances: Option<u32>,
-    /// Default time limit per event.
-    #[serde(default, with = "humantime_serde")]
-    pub timeout: Option<Duration>,
-    /// Linear memory cap per instance, in MiB.
-    pub max_memory_mb: Option<u32>,
-    /// Default retry policy.
-    #[serde(default)]
-    pub retry: RetryOverrides,
+with_limit_keys! {
+    /// The config file as written (unknown keys are errors).
+    #[derive(Debug, Default, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct FileConfig {
+        /// NATS server URL(s), comma-separated.
+        pub nats_url: Option<String>,
+        /// The plugin folder.
+        pub plugins: Option<PathBuf>,
+        /// `pretty` or `json`.
+        pub log_format: Option<String>,
+        /// Log filter, RUST_LOG syntax.
+        pub log: Option<String>,
+        /// Host-wide cap on live plugin instances.
+        pub max_instances: Option<u32>,
+        /// Subject patterns any plugin may publish to, whatever its manifest grants.
+        pub publish_allow: Option<Vec<String>>,
+        /// The operator's rules per plugin name: `[plugin.<name>]`.
+        #[serde(default)]
+        pub plugin: BTreeMap<String, PluginRules>,
+        /// Default retry policy.
+        #[serde(default)]
+        pub retry: RetryOverrides,
+    }
 }
 
 /// Values given by flag or SLUICE_* env var (clap resolves those two).
@@ -50,14 +56,12 @@ pub struct Overrides {
     pub log_format: Option<String>,
     /// `--log` / `SLUICE_LOG`.
     pub log: Option<String>,
-    /// `--max-concurrency` / `SLUICE_MAX_CONCURRENCY`.
-    pub max_concurrency: Option<u32>,
     /// `--max-instances` / `SLUICE_MAX_INSTANCES`.
     pub max_instances: Option<u32>,
-    /// `--timeout` / `SLUICE_TIMEOUT`.
-    pub timeout: Option<Duration>,
-    /// `--max-memory-mb` / `SLUICE_MAX_MEMORY_MB`.
-    pub max_memory_mb: Option<u32>,
+    /// `--publish-allow` / `SLUICE_PUBLISH_ALLOW`.
+    pub publish_allow: Option<Vec<String>>,
+    /// The limit flags (`--timeout`, `--max-memory-mb`, ...) and their env vars.
+    pub limits: LimitOverrides,
 }
 
 /// Log output format.
@@ -80,10 +84,8 @@ pub struct Settings {
     pub log_format: LogFormat,
     /// Log filter.
     pub log: String,
-    /// Default per-plugin concurrency cap.
-    pub max_concurrency: u32,
-    /// Default per-event time limit.
-    pub timeout: Duration,
+    /// Limits, allow-lists and per-plugin rules.
+    pub sandbox: SandboxPolicy,
     /// Default retry policy.
     pub retry: RetryPolicy,
     /// Engine sizing.
@@ -136,6 +138,7 @@ impl FileConfig {
 /// Merge overrides (flag/env) over the file over defaults, and validate.
 pub fn resolve(overrides: &Overrides, file: FileConfig) -> Result<Settings, ConfigError> {
     let invalid = |key, message: String| ConfigError::Invalid { key, message };
+    let sandbox = sandbox_policy(overrides, &file)?;
     let nats_url = overrides
         .nats_url
         .clone()
@@ -171,13 +174,6 @@ pub fn resolve(overrides: &Overrides, file: FileConfig) -> Result<Settings, Conf
             ));
         }
     };
-    let max_concurrency = overrides
-        .max_concurrency
-        .or(file.max_concurrency)
-        .unwrap_or(32);
-    if max_concurrency == 0 {
-        return Err(invalid("max_concurrency", "must be at least 1".into()));
-    }
     let max_instances = overrides
         .max_instances
         .or(file.max_instances)
@@ -186,23 +182,6 @@ pub fn resolve(overrides: &Overrides, file: FileConfig) -> Result<Settings, Conf
         return Err(invalid(
             "max_instances",
             "must be between 1 and 10000".into(),
-        ));
-    }
-    let timeout = overrides
-        .timeout
-        .or(file.timeout)
-        .unwrap_or(Duration::from_secs(5));
-    if timeout.is_zero() {
-        return Err(invalid(
-            "timeout",
-            "must be greater than zero, e.g. \"5s\"".into(),
-        ));
-    }
-    let max_memory_mb = overrides.max_memory_mb.or(file.max_memory_mb).unwrap_or(64);
-    if !(1..=4096).contains(&max_memory_mb) {
-        return Err(invalid(
-            "max_memory_mb",
-            "must be between 1 and 4096".into(),
         ));
     }
     let retry = apply_retry(RetryPolicy::default(), &file.retry);
@@ -225,15 +204,47 @@ pub fn resolve(overrides: &Overrides, file: FileConfig) -> Result<Settings, Conf
             .clone()
             .or(file.log)
             .unwrap_or_else(|| "info".into()),
-        max_concurrency,
-        timeout,
+        engine: engine_settings(max_instances, &sandbox.largest()),
+        sandbox,
         retry,
-        engine: EngineSettings {
-            max_instances,
-            max_memory_bytes: (max_memory_mb as usize) << 20,
-            ..EngineSettings::default()
-        },
     })
+}
+
+/// Host limits (defaults < file < flag/env), allow-list and per-plugin rules.
+fn sandbox_policy(overrides: &Overrides, file: &FileConfig) -> Result<SandboxPolicy, ConfigError> {
+    let from_file = file.limit_overrides();
+    for layer in [&from_file, &overrides.limits] {
+        layer.validate().map_err(|e| ConfigError::Invalid {
+            key: e.key,
+            message: e.message,
+        })?;
+    }
+    let policy = SandboxPolicy {
+        defaults: Limits::default()
+            .overlay(&from_file)
+            .overlay(&overrides.limits),
+        publish_allow: overrides
+            .publish_allow
+            .clone()
+            .or_else(|| file.publish_allow.clone()),
+        rules: file.plugin.clone(),
+    };
+    policy.validate().map_err(|e| ConfigError::Invalid {
+        key: e.key,
+        message: e.message,
+    })?;
+    Ok(policy)
+}
+
+/// The engine sized so every plugin fits within its largest allowed limits.
+fn engine_settings(max_instances: u32, largest: &Limits) -> EngineSettings {
+    EngineSettings {
+        max_instances,
+        max_memory_bytes: largest.max_memory_bytes(),
+        max_table_elements: largest.max_table_elements as usize,
+        max_core_instances: largest.max_core_instances,
+        ..EngineSettings::default()
+    }
 }
 
 /// Apply per-plugin or file overrides to a retry policy.
@@ -281,6 +292,8 @@ fn validate_nats_url(url: &str) -> Result<(), String> {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     #[test]
@@ -295,8 +308,8 @@ mod tests {
         };
         let s = resolve(&overrides, file).unwrap();
         assert_eq!(s.nats_urls, vec!["nats://flag:4222"]);
-        assert_eq!(s.max_concurrency, 4);
-        assert_eq!(s.timeout, Duration::from_secs(2));
+        assert_eq!(s.sandbox.defaults.max_concurrency, 4);
+        assert_eq!(s.sandbox.defaults.timeout, Duration::from_secs(2));
         assert_eq!(s.log, "info");
         assert_eq!(s.plugins, PathBuf::from("plugins"));
     }
@@ -327,6 +340,53 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("log_format"), "{e}");
+    }
+
+    #[test]
+    fn limits_layer_and_plugin_rules_size_the_engine() {
+        let file: FileConfig = toml::from_str(
+            r#"
+            max_memory_mb = 32
+            max_payload = "1MiB"
+            publish_allow = ["events.>"]
+            [plugin.big]
+            max_memory_mb = 256
+            publish_allow = ["orders.>"]
+            "#,
+        )
+        .unwrap();
+        let overrides = Overrides {
+            limits: LimitOverrides {
+                max_payload: Some(crate::limits::ByteSize(2 << 20)),
+                ..LimitOverrides::default()
+            },
+            ..Overrides::default()
+        };
+        let s = resolve(&overrides, file).unwrap();
+        assert_eq!(s.sandbox.defaults.max_memory_mb, 32);
+        assert_eq!(s.sandbox.defaults.max_payload.bytes(), 2 << 20, "flag wins");
+        assert_eq!(s.sandbox.ceiling("big").max_memory_mb, 256);
+        assert_eq!(s.engine.max_memory_bytes, 256 << 20, "pool fits `big`");
+        assert_eq!(s.sandbox.publish_allow, Some(vec!["events.>".to_string()]));
+
+        let e = resolve(
+            &Overrides::default(),
+            toml::from_str("[plugin.x]\nmax_memory_mb = 0").unwrap(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("plugin.x") && e.contains("max_memory_mb"), "{e}");
+        let e = toml::from_str::<FileConfig>("[plugin.x]\npublish = [\"a\"]")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("publish"), "unknown rule keys are named: {e}");
+        let e = resolve(
+            &Overrides::default(),
+            toml::from_str("publish_allow = [\"a..b\"]").unwrap(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("publish_allow"), "{e}");
     }
 
     #[test]

@@ -20,8 +20,10 @@ use tracing::Instrument;
 use crate::delivery::RetryPolicy;
 use crate::engine::WasmEngine;
 use crate::engine::component::CompiledPlugin;
-use crate::engine::invoke::{self, Failure, InvocationRequest, InvokeLimits};
-use crate::host::{OutboundMessage, PluginTag};
+use crate::engine::invoke::{
+    self, ClassCounters, ClassCounts, Failure, InvocationRequest, InvokeLimits,
+};
+use crate::host::{LogBudget, OutboundMessage, PluginTag};
 use crate::nats::convert;
 use crate::subject::PublishGrants;
 
@@ -34,6 +36,11 @@ pub struct PluginStats {
     retries: AtomicU64,
     gave_up: AtomicU64,
     published: AtomicU64,
+    refused_publishes: AtomicU64,
+    log_dropped: AtomicU64,
+    failures: ClassCounters,
+    gave_up_by: ClassCounters,
+    last_gave_up: std::sync::Mutex<Option<Failure>>,
 }
 
 /// A point-in-time copy of [`PluginStats`].
@@ -51,6 +58,14 @@ pub struct StatsSnapshot {
     pub gave_up: u64,
     /// Messages published from committed outboxes.
     pub published: u64,
+    /// Publishes refused (not granted, reserved, invalid, over a limit).
+    pub refused_publishes: u64,
+    /// Plugin log lines dropped (per-event cap or rate limit).
+    pub log_dropped: u64,
+    /// Failed attempts per failure class.
+    pub failures: ClassCounts,
+    /// Events given up on, per failure class of their last attempt.
+    pub gave_up_by: ClassCounts,
 }
 
 impl PluginStats {
@@ -64,7 +79,24 @@ impl PluginStats {
             retries: get(&self.retries),
             gave_up: get(&self.gave_up),
             published: get(&self.published),
+            refused_publishes: get(&self.refused_publishes),
+            log_dropped: get(&self.log_dropped),
+            failures: self.failures.snapshot(),
+            gave_up_by: self.gave_up_by.snapshot(),
         }
+    }
+
+    /// Count an event given up on, and keep its failure (what a dead-letter
+    /// record carries: class and bounded message).
+    pub fn record_give_up(&self, failure: &Failure) {
+        bump(&self.gave_up, 1);
+        self.gave_up_by.bump(failure.class);
+        *self.last_gave_up.lock().expect("stats lock") = Some(failure.clone());
+    }
+
+    /// The failure of the last event given up on.
+    pub fn last_gave_up(&self) -> Option<Failure> {
+        self.last_gave_up.lock().expect("stats lock").clone()
     }
 }
 
@@ -86,6 +118,8 @@ pub struct Route {
     pub retry: RetryPolicy,
     /// Per-plugin concurrency cap.
     pub concurrency: Arc<Semaphore>,
+    /// Log rate limit shared by the plugin's invocations.
+    pub log_budget: Arc<LogBudget>,
     /// Counters.
     pub stats: Arc<PluginStats>,
 }
@@ -184,7 +218,7 @@ impl Dispatcher {
                 attempt += 1;
                 continue;
             }
-            bump(&route.stats.gave_up, 1);
+            route.stats.record_give_up(&failure);
             let why = if failure.class.is_retryable() {
                 format!("giving up after {attempt} attempt(s)")
             } else {
@@ -220,12 +254,19 @@ impl Dispatcher {
                 tag: route.tag.clone(),
                 grants: route.grants.clone(),
                 limits: route.limits,
+                log_budget: route.log_budget.clone(),
                 keep_logs: false,
             },
         )
         .await;
+        bump(
+            &route.stats.refused_publishes,
+            report.refused_publishes.into(),
+        );
+        bump(&route.stats.log_dropped, report.log_dropped.into());
         if let Err(failure) = report.outcome {
             bump(&route.stats.failed_attempts, 1);
+            route.stats.failures.bump(failure.class);
             return Err(failure);
         }
         self.commit(route, &event.idempotency_key, report.published)

@@ -10,6 +10,7 @@ pub mod delivery;
 pub mod dispatch;
 pub mod engine;
 pub mod host;
+pub mod limits;
 pub mod manifest;
 pub mod nats;
 pub mod registry;

@@ -17,9 +17,9 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::{Settings, apply_retry};
 use crate::dispatch::{Dispatcher, PluginStats, Route, StatsSnapshot};
-use crate::engine::invoke::InvokeLimits;
-use crate::engine::{EngineError, WasmEngine};
-use crate::host::{self, PluginTag};
+use crate::engine::invoke::Failure;
+use crate::engine::{EngineError, PoolUsage, WasmEngine};
+use crate::host::{self, LogBudget, PluginTag};
 use crate::nats;
 use crate::registry::{self, DirError, LoadedPlugin};
 
@@ -68,6 +68,7 @@ pub struct PluginStatus {
 struct Shared {
     status: BTreeMap<String, PluginStatus>,
     stats: BTreeMap<String, Arc<PluginStats>>,
+    engine: WasmEngine,
 }
 
 /// Control of a running host.
@@ -92,6 +93,16 @@ impl HostHandle {
     /// Counters of a loaded plugin.
     pub fn stats(&self, plugin: &str) -> Option<StatsSnapshot> {
         self.shared.stats.get(plugin).map(|s| s.snapshot())
+    }
+
+    /// The failure of the last event of `plugin` given up on (class and message).
+    pub fn last_gave_up(&self, plugin: &str) -> Option<Failure> {
+        self.shared.stats.get(plugin).and_then(|s| s.last_gave_up())
+    }
+
+    /// Live instances in the engine's pool (all zero when idle: nothing leaked).
+    pub fn pool_usage(&self) -> PoolUsage {
+        self.shared.engine.pool_usage()
     }
 
     /// A token that stops the host when cancelled.
@@ -155,7 +166,7 @@ pub async fn start(settings: Settings) -> Result<HostHandle, ServiceError> {
                 subjects: plugin.manifest.subjects.clone(),
             },
         );
-        let route = route_for(&settings, &engine, &plugin);
+        let route = route_for(&settings, &plugin);
         stats.insert(plugin.name.clone(), route.stats.clone());
         routes.push((plugin, route));
     }
@@ -163,7 +174,11 @@ pub async fn start(settings: Settings) -> Result<HostHandle, ServiceError> {
         tracing::warn!(folder = %settings.plugins.display(), "no plugin to serve; copy <name>.wasm and <name>.toml into the folder");
     }
 
-    let shared = Arc::new(Shared { status, stats });
+    let shared = Arc::new(Shared {
+        status,
+        stats,
+        engine: engine.clone(),
+    });
     let shutdown = CancellationToken::new();
     let (ready_tx, ready) = watch::channel(false);
     let task = tokio::spawn(serve(settings, engine, routes, shutdown.clone(), ready_tx));
@@ -175,24 +190,26 @@ pub async fn start(settings: Settings) -> Result<HostHandle, ServiceError> {
     })
 }
 
-fn route_for(settings: &Settings, engine: &WasmEngine, plugin: &LoadedPlugin) -> Arc<Route> {
+fn route_for(settings: &Settings, plugin: &LoadedPlugin) -> Arc<Route> {
     let manifest = &plugin.manifest;
-    let concurrency = manifest.max_concurrency.unwrap_or(settings.max_concurrency);
+    let sandbox = settings
+        .sandbox
+        .resolve(&plugin.name, &manifest.limits, &manifest.publish);
+    for capped in &sandbox.capped {
+        tracing::warn!(plugin = %plugin.name, "manifest {capped}; the operator's limit applies");
+    }
+    let limits = sandbox.limits;
     Arc::new(Route {
         tag: PluginTag {
             name: plugin.name.as_str().into(),
             version: plugin.compiled.info.version.as_str().into(),
         },
         compiled: plugin.compiled.clone(),
-        grants: Arc::new(manifest.publish.clone()),
-        limits: InvokeLimits {
-            timeout: manifest.timeout.unwrap_or(settings.timeout),
-            max_memory_bytes: engine.settings().max_memory_bytes,
-            max_table_elements: engine.settings().max_table_elements,
-            ..InvokeLimits::default()
-        },
+        grants: Arc::new(sandbox.grants),
+        limits: limits.invoke_limits(),
         retry: apply_retry(settings.retry, &manifest.retry),
-        concurrency: Arc::new(Semaphore::new(concurrency as usize)),
+        concurrency: Arc::new(Semaphore::new(limits.max_concurrency as usize)),
+        log_budget: Arc::new(LogBudget::new(limits.max_log_rate)),
         stats: Arc::new(PluginStats::default()),
     })
 }

@@ -190,13 +190,20 @@ impl PluginDir {
 
 /// Start a host in-process for `plugins`, and wait until it is subscribed.
 pub async fn start_host(nats_url: &str, plugins: &Path) -> HostHandle {
+    start_host_with(nats_url, plugins, "").await
+}
+
+/// Like [`start_host`], with `config` as the host's config file (TOML), e.g.
+/// limits or `[plugin.<name>]` rules. `max_instances` defaults to 64.
+pub async fn start_host_with(nats_url: &str, plugins: &Path, config: &str) -> HostHandle {
+    let file: FileConfig = toml::from_str(config).expect("valid test host config");
     let overrides = Overrides {
         nats_url: Some(nats_url.to_string()),
         plugins: Some(plugins.to_path_buf()),
-        max_instances: Some(64),
+        max_instances: file.max_instances.is_none().then_some(64),
         ..Overrides::default()
     };
-    let settings = config::resolve(&overrides, FileConfig::default()).expect("valid test settings");
+    let settings = config::resolve(&overrides, file).expect("valid test settings");
     sluice::telemetry::init(settings.log_format, "warn,sluice=info");
     let mut host = service::start(settings).await.expect("host starts");
     tokio::time::timeout(Duration::from_secs(30), host.ready())

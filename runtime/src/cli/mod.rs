@@ -13,6 +13,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use crate::config::Overrides;
+use crate::limits::{ByteSize, LimitOverrides};
 
 /// Route NATS events to sandboxed WebAssembly consumer plugins.
 #[derive(Debug, Parser)]
@@ -50,31 +51,74 @@ pub struct RunArgs {
     /// Log filter in RUST_LOG syntax [default: info].
     #[arg(long, env = "SLUICE_LOG")]
     log: Option<String>,
-    /// Default per-plugin cap on events handled at once [default: 32].
-    #[arg(long, env = "SLUICE_MAX_CONCURRENCY")]
-    max_concurrency: Option<u32>,
     /// Host-wide cap on live plugin instances [default: 256].
     #[arg(long, env = "SLUICE_MAX_INSTANCES")]
     max_instances: Option<u32>,
-    /// Default time limit per event, e.g. 5s or 250ms [default: 5s].
+    /// Subject patterns any plugin may publish to, comma-separated, whatever
+    /// its manifest grants [default: no restriction beyond the manifest].
+    #[arg(long, env = "SLUICE_PUBLISH_ALLOW", value_delimiter = ',')]
+    publish_allow: Option<Vec<String>>,
+    #[command(flatten)]
+    limits: LimitArgs,
+}
+
+/// The per-plugin limits: host-wide defaults that no manifest may exceed.
+#[derive(Debug, Args)]
+pub struct LimitArgs {
+    /// Time limit per event (wall clock), e.g. 5s or 250ms [default: 5s].
     #[arg(long, env = "SLUICE_TIMEOUT", value_parser = parse_duration)]
     timeout: Option<Duration>,
-    /// Linear memory cap per plugin instance, in MiB [default: 64].
+    /// Events of one plugin handled at once [default: 32].
+    #[arg(long, env = "SLUICE_MAX_CONCURRENCY")]
+    max_concurrency: Option<u32>,
+    /// Linear memory per plugin instance, in MiB [default: 64].
     #[arg(long, env = "SLUICE_MAX_MEMORY_MB")]
     max_memory_mb: Option<u32>,
+    /// Table elements per plugin instance [default: 20000].
+    #[arg(long, env = "SLUICE_MAX_TABLE_ELEMENTS")]
+    max_table_elements: Option<u32>,
+    /// Core WebAssembly instances per plugin instance [default: 16].
+    #[arg(long, env = "SLUICE_MAX_CORE_INSTANCES")]
+    max_core_instances: Option<u32>,
+    /// Largest event payload handed to a plugin, e.g. 4MiB [default: 4MiB].
+    #[arg(long, env = "SLUICE_MAX_PAYLOAD")]
+    max_payload: Option<ByteSize>,
+    /// Messages one event may publish [default: 100].
+    #[arg(long, env = "SLUICE_MAX_PUBLISHES")]
+    max_publishes: Option<u32>,
+    /// Bytes one event may publish (payloads, subjects, headers) [default: 4MiB].
+    #[arg(long, env = "SLUICE_MAX_PUBLISH_BYTES")]
+    max_publish_bytes: Option<ByteSize>,
+    /// Log records plus stdout/stderr lines logged per event [default: 1000].
+    #[arg(long, env = "SLUICE_MAX_LOG_LINES")]
+    max_log_lines: Option<u32>,
+    /// Log lines per second per plugin, across its events [default: 1000].
+    #[arg(long, env = "SLUICE_MAX_LOG_RATE")]
+    max_log_rate: Option<u32>,
 }
 
 impl RunArgs {
     fn overrides(&self) -> Overrides {
+        let l = &self.limits;
         Overrides {
             nats_url: self.nats_url.clone(),
             plugins: self.plugins.clone(),
             log_format: self.log_format.clone(),
             log: self.log.clone(),
-            max_concurrency: self.max_concurrency,
             max_instances: self.max_instances,
-            timeout: self.timeout,
-            max_memory_mb: self.max_memory_mb,
+            publish_allow: self.publish_allow.clone(),
+            limits: LimitOverrides {
+                timeout: l.timeout,
+                max_concurrency: l.max_concurrency,
+                max_memory_mb: l.max_memory_mb,
+                max_table_elements: l.max_table_elements,
+                max_core_instances: l.max_core_instances,
+                max_payload: l.max_payload,
+                max_publishes: l.max_publishes,
+                max_publish_bytes: l.max_publish_bytes,
+                max_log_lines: l.max_log_lines,
+                max_log_rate: l.max_log_rate,
+            },
         }
     }
 }
