@@ -268,8 +268,8 @@ impl Default for Limits {
             max_payload: ByteSize::mib(4),
             max_publishes: 100,
             max_publish_bytes: ByteSize::mib(4),
-            max_log_lines: 1_000,
-            max_log_rate: 1_000,
+            max_log_lines: 100,
+            max_log_rate: 100,
         }
     }
 }

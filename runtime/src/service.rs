@@ -17,6 +17,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::{Settings, apply_retry};
 use crate::dispatch::{Dispatcher, PluginStats, Route, StatsSnapshot};
+use crate::engine::governor::GovernorStats;
 use crate::engine::invoke::Failure;
 use crate::engine::{EngineError, PoolUsage, WasmEngine};
 use crate::host::{self, LogBudget, PluginTag};
@@ -103,6 +104,11 @@ impl HostHandle {
     /// Live instances in the engine's pool (all zero when idle: nothing leaked).
     pub fn pool_usage(&self) -> PoolUsage {
         self.shared.engine.pool_usage()
+    }
+
+    /// What the CPU governor has seen (demotions, throttled ticks).
+    pub fn governor_stats(&self) -> GovernorStats {
+        self.shared.engine.governor().stats()
     }
 
     /// A token that stops the host when cancelled.

@@ -89,10 +89,10 @@ pub struct LimitArgs {
     /// Bytes one event may publish (payloads, subjects, headers) [default: 4MiB].
     #[arg(long, env = "SLUICE_MAX_PUBLISH_BYTES")]
     max_publish_bytes: Option<ByteSize>,
-    /// Log records plus stdout/stderr lines logged per event [default: 1000].
+    /// Log records plus stdout/stderr lines logged per event [default: 100].
     #[arg(long, env = "SLUICE_MAX_LOG_LINES")]
     max_log_lines: Option<u32>,
-    /// Log lines per second per plugin, across its events [default: 1000].
+    /// Log lines per second per plugin, across its events [default: 100].
     #[arg(long, env = "SLUICE_MAX_LOG_RATE")]
     max_log_rate: Option<u32>,
 }

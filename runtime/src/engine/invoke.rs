@@ -18,6 +18,7 @@ use wasmtime::{Store, Trap};
 use crate::engine::WasmEngine;
 use crate::engine::bindings::v0_1::sluice::plugin::types;
 use crate::engine::component::CompiledPlugin;
+use crate::engine::governor::CpuTicket;
 use crate::host::{
     HostState, LogBudget, LogGate, LogRecord, MemoryLimiter, OutboundMessage, PluginTag,
     PublishLimits, truncated,
@@ -248,8 +249,24 @@ pub async fn invoke(
         request.log_budget,
         limits.max_log_lines,
     ));
+    let deadline = started + limits.timeout;
+    let ticket = engine.governor().enter(&request.tag.name, deadline);
+    if !ticket.admit().await {
+        return refused_before_start(
+            started,
+            Failure::new(
+                FailureClass::DeadlineExceeded,
+                &format!(
+                    "time limit of {:?} exceeded waiting for CPU: this plugin's attempts usually run long, and they run only in the background share while other plugins are busy",
+                    limits.timeout
+                ),
+            ),
+        );
+    }
+    let lane = ticket.lane_handle();
     let mut store = new_store(
         engine,
+        ticket,
         HostState::new(
             request.tag,
             request.grants,
@@ -262,7 +279,6 @@ pub async fn invoke(
             gate,
             request.keep_logs,
         ),
-        started + limits.timeout,
     );
 
     let mut instantiate_time = Duration::ZERO;
@@ -279,15 +295,27 @@ pub async fn invoke(
             .await
             .map_err(|e| (FailureClass::Trap, e))
     };
-    // Epoch interruption stops wasm code; this backstop also stops a plugin
-    // that waits in a host call (for example a long WASI sleep).
-    let backstop = limits.timeout + Duration::from_millis(200);
-    let result = match tokio::time::timeout(backstop, call).await {
-        Ok(result) => result,
-        Err(_) => Err((
-            FailureClass::DeadlineExceeded,
-            wasmtime::Error::msg("the handler did not return in time (waiting in a host call)"),
-        )),
+    // While the call is suspended outside the governor (the plugin waits in
+    // a host call), it gives its CPU lane back.
+    let result = {
+        let mut call = std::pin::pin!(call);
+        let call = std::future::poll_fn(|cx| {
+            let poll = call.as_mut().poll(cx);
+            if poll.is_pending() {
+                lane.suspended();
+            }
+            poll
+        });
+        // Epoch interruption stops wasm code; this backstop also stops a
+        // plugin that waits in a host call (for example a long WASI sleep).
+        let backstop = limits.timeout + Duration::from_millis(200);
+        match tokio::time::timeout(backstop, call).await {
+            Ok(result) => result,
+            Err(_) => Err((
+                FailureClass::DeadlineExceeded,
+                wasmtime::Error::msg("the handler did not return in time (waiting in a host call)"),
+            )),
+        }
     };
 
     let state = store.data_mut();
@@ -341,12 +369,13 @@ fn refused_before_start(started: Instant, failure: Failure) -> InvocationReport 
 }
 
 /// A store for one invocation: limits applied, and an epoch callback that
-/// interrupts at `deadline` and otherwise follows the CPU governor.
-fn new_store(engine: &WasmEngine, state: HostState, deadline: Instant) -> Store<HostState> {
+/// follows `ticket` (interrupt at the deadline, else the CPU governor).
+fn new_store(engine: &WasmEngine, mut ticket: CpuTicket, state: HostState) -> Store<HostState> {
     let mut store = Store::new(engine.engine(), state);
     store.limiter(|s| &mut s.limiter);
-    let mut ticket = engine.governor().enter(deadline);
-    store.set_epoch_deadline(1);
+    // A background invocation (admitted with a fresh lane) checks in at the
+    // first epoch check; a foreground one at the end of its first tick.
+    store.set_epoch_deadline(u64::from(ticket.in_foreground()));
     store.epoch_deadline_callback(move |_| Ok(ticket.on_tick()));
     store
 }
@@ -411,7 +440,7 @@ pub async fn smoke(
         0,
     ));
     let state = HostState::new(
-        tag,
+        tag.clone(),
         Arc::default(),
         limits.publish,
         MemoryLimiter::new(
@@ -422,7 +451,11 @@ pub async fn smoke(
         gate,
         false,
     );
-    let mut store = new_store(engine, state, Instant::now() + limits.timeout);
+    let ticket = engine
+        .governor()
+        .enter(&tag.name, Instant::now() + limits.timeout);
+    let _ = ticket.admit().await;
+    let mut store = new_store(engine, ticket, state);
     plugin
         .pre
         .instantiate_async(&mut store)

@@ -106,7 +106,9 @@ impl WasmEngine {
         let engine =
             Engine::new(&engine_config(&settings)).map_err(|source| EngineError { source })?;
         let ticker = EpochTicker::start(engine.clone(), settings.epoch_tick);
-        let governor = CpuGovernor::new(settings.epoch_tick, governor::DEFAULT_PAUSE_TICKS);
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let governor =
+            CpuGovernor::new(settings.epoch_tick, cores, governor::BUSY_BACKGROUND_SHARE);
         Ok(WasmEngine {
             engine,
             settings: Arc::new(settings),
