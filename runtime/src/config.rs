@@ -34,6 +34,8 @@ with_limit_keys! {
         pub log: Option<String>,
         /// Host-wide cap on live plugin instances.
         pub max_instances: Option<u32>,
+        /// Cores' worth of CPU long-running invocations get while short events flow.
+        pub background_cpu_share: Option<f64>,
         /// Subject patterns any plugin may publish to, whatever its manifest grants.
         pub publish_allow: Option<Vec<String>>,
         /// The operator's rules per plugin name: `[plugin.<name>]`.
@@ -58,6 +60,8 @@ pub struct Overrides {
     pub log: Option<String>,
     /// `--max-instances` / `SLUICE_MAX_INSTANCES`.
     pub max_instances: Option<u32>,
+    /// `--background-cpu-share` / `SLUICE_BACKGROUND_CPU_SHARE`.
+    pub background_cpu_share: Option<f64>,
     /// `--publish-allow` / `SLUICE_PUBLISH_ALLOW`.
     pub publish_allow: Option<Vec<String>>,
     /// The limit flags (`--timeout`, `--max-memory-mb`, ...) and their env vars.
@@ -184,6 +188,18 @@ pub fn resolve(overrides: &Overrides, file: FileConfig) -> Result<Settings, Conf
             "must be between 1 and 10000".into(),
         ));
     }
+    let background_cpu_share = overrides
+        .background_cpu_share
+        .or(file.background_cpu_share)
+        .unwrap_or(crate::engine::governor::DEFAULT_BACKGROUND_SHARE);
+    if !(0.01..=1024.0).contains(&background_cpu_share) {
+        return Err(invalid(
+            "background_cpu_share",
+            format!(
+                "{background_cpu_share} is out of range; use a number of cores from 0.01 to 1024 (e.g. 0.1)"
+            ),
+        ));
+    }
     let retry = apply_retry(RetryPolicy::default(), &file.retry);
     if retry.max_attempts == 0 {
         return Err(invalid(
@@ -204,7 +220,10 @@ pub fn resolve(overrides: &Overrides, file: FileConfig) -> Result<Settings, Conf
             .clone()
             .or(file.log)
             .unwrap_or_else(|| "info".into()),
-        engine: engine_settings(max_instances, &sandbox.largest()),
+        engine: EngineSettings {
+            background_cpu_share,
+            ..engine_settings(max_instances, &sandbox.largest())
+        },
         sandbox,
         retry,
     })
@@ -368,6 +387,17 @@ mod tests {
         assert_eq!(s.sandbox.ceiling("big").max_memory_mb, 256);
         assert_eq!(s.engine.max_memory_bytes, 256 << 20, "pool fits `big`");
         assert_eq!(s.sandbox.publish_allow, Some(vec!["events.>".to_string()]));
+        assert_eq!(s.engine.background_cpu_share, 0.1, "default");
+        let e = resolve(
+            &Overrides {
+                background_cpu_share: Some(0.0),
+                ..Overrides::default()
+            },
+            FileConfig::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("background_cpu_share"), "{e}");
 
         let e = resolve(
             &Overrides::default(),

@@ -59,6 +59,25 @@ async fn settle(
     (before, host.stats(plugin).unwrap())
 }
 
+/// Run one case on `plugin` (subject `hostile.<mode>`) and check its outcome.
+async fn run_case(
+    host: &HostHandle,
+    client: &async_nats::Client,
+    plugin: &str,
+    case: &Case,
+) -> (StatsSnapshot, StatsSnapshot) {
+    let (before, after) = settle(
+        host,
+        client,
+        plugin,
+        format!("hostile.{}", case.mode),
+        case.payload.clone(),
+    )
+    .await;
+    check(host, plugin, case, &before, &after);
+    (before, after)
+}
+
 /// Assert a case's outcome from the stats before and after its event.
 fn check(
     host: &HostHandle,
@@ -167,15 +186,7 @@ async fn each_misbehaviour_ends_only_its_invocation_with_the_right_class() {
         },
     ];
     for case in &cases {
-        let (before, after) = settle(
-            &host,
-            &client,
-            "hostile",
-            format!("hostile.{}", case.mode),
-            case.payload.clone(),
-        )
-        .await;
-        check(&host, "hostile", case, &before, &after);
+        run_case(&host, &client, "hostile", case).await;
         neighbour_answers(&client, &mut mirrored, case.mode).await;
     }
     let stats = host.stats("hostile").unwrap();
@@ -265,15 +276,7 @@ async fn escape_attempts_are_refused_and_nothing_leaves_the_sandbox() {
     ];
     let mut refused = Vec::new();
     for case in &cases {
-        let (before, after) = settle(
-            &host,
-            &client,
-            "hostile",
-            format!("hostile.{}", case.mode),
-            case.payload.clone(),
-        )
-        .await;
-        check(&host, "hostile", case, &before, &after);
+        let (before, after) = run_case(&host, &client, "hostile", case).await;
         refused.push(after.refused_publishes - before.refused_publishes);
     }
     assert_eq!(
@@ -365,15 +368,7 @@ async fn oversized_payloads_fail_permanently_without_instantiating() {
             &["1025 bytes", "1024 bytes", "max_payload"],
         )
     };
-    let (before, after) = settle(
-        &host,
-        &client,
-        "hostile",
-        "hostile.panic".into(),
-        big.payload.clone(),
-    )
-    .await;
-    check(&host, "hostile", &big, &before, &after);
+    let (_, after) = run_case(&host, &client, "hostile", &big).await;
     assert_eq!(after.failures.get(FailureClass::Trap), 0, "never ran");
     // At the limit it runs (and panics, as it should).
     let (before, after) = settle(
@@ -423,15 +418,7 @@ async fn a_manifest_cannot_raise_its_limits_above_the_operators() {
         ),
     ];
     for case in &cases {
-        let (before, after) = settle(
-            &host,
-            &client,
-            "hostile",
-            format!("hostile.{}", case.mode),
-            String::new(),
-        )
-        .await;
-        check(&host, "hostile", case, &before, &after);
+        run_case(&host, &client, "hostile", case).await;
     }
     host.shutdown().await.unwrap();
 }

@@ -54,6 +54,10 @@ pub struct RunArgs {
     /// Host-wide cap on live plugin instances [default: 256].
     #[arg(long, env = "SLUICE_MAX_INSTANCES")]
     max_instances: Option<u32>,
+    /// Cores' worth of CPU that long-running plugin invocations get, all
+    /// together, while short events are flowing [default: 0.1].
+    #[arg(long, env = "SLUICE_BACKGROUND_CPU_SHARE")]
+    background_cpu_share: Option<f64>,
     /// Subject patterns any plugin may publish to, comma-separated, whatever
     /// its manifest grants [default: no restriction beyond the manifest].
     #[arg(long, env = "SLUICE_PUBLISH_ALLOW", value_delimiter = ',')]
@@ -106,6 +110,7 @@ impl RunArgs {
             log_format: self.log_format.clone(),
             log: self.log.clone(),
             max_instances: self.max_instances,
+            background_cpu_share: self.background_cpu_share,
             publish_allow: self.publish_allow.clone(),
             limits: LimitOverrides {
                 timeout: l.timeout,
@@ -154,5 +159,49 @@ pub fn main() -> ExitCode {
             eprintln!("sluice: error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run_args(args: &[&str]) -> Result<RunArgs, clap::Error> {
+        let cli = Cli::try_parse_from(std::iter::once("sluice").chain(args.iter().copied()))?;
+        match cli.command {
+            Command::Run(args) => Ok(args),
+            _ => unreachable!("only `run` is parsed here"),
+        }
+    }
+
+    #[test]
+    fn limit_flags_and_the_allow_list_become_overrides() {
+        let args = run_args(&[
+            "run",
+            "--max-payload",
+            "256KiB",
+            "--max-publish-bytes",
+            "1048576",
+            "--max-log-rate",
+            "10",
+            "--publish-allow",
+            "orders.>,audit.>",
+            "--background-cpu-share",
+            "0.5",
+        ])
+        .unwrap();
+        let o = args.overrides();
+        assert_eq!(o.limits.max_payload, Some(ByteSize(256 << 10)));
+        assert_eq!(o.limits.max_publish_bytes, Some(ByteSize(1 << 20)));
+        assert_eq!(o.limits.max_log_rate, Some(10));
+        assert_eq!(o.background_cpu_share, Some(0.5));
+        assert_eq!(
+            o.publish_allow,
+            Some(vec!["orders.>".to_string(), "audit.>".to_string()])
+        );
+        let e = run_args(&["run", "--max-payload", "huge"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--max-payload") && e.contains("huge"), "{e}");
     }
 }

@@ -22,7 +22,7 @@
 //!   interactive work was seen within the last [`BUSY_WINDOW`], a lane given
 //!   back first idles in proportion to how long it was held (wasm, host calls,
 //!   copying results, teardown alike), so that background work as a whole
-//!   gets [`BUSY_BACKGROUND_SHARE`] of one core.
+//!   gets `background_cpu_share` of one core ([`DEFAULT_BACKGROUND_SHARE`]).
 //!
 //! This is work-conserving where it matters: plugins that all run long (a
 //! host of CPU-heavy but honest plugins) never throttle each other, because
@@ -45,8 +45,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use wasmtime::UpdateDeadline;
 
 /// The share of one core that background work gets, all lanes together,
-/// while interactive work is flowing.
-pub const BUSY_BACKGROUND_SHARE: f64 = 0.2;
+/// while interactive work is flowing (host config `background_cpu_share`).
+pub const DEFAULT_BACKGROUND_SHARE: f64 = 0.1;
 
 /// How recently interactive work must have been seen for background work to
 /// be throttled.

@@ -54,6 +54,9 @@ pub struct EngineSettings {
     pub max_core_instances: u32,
     /// How often the epoch advances; the granularity of per-event time limits.
     pub epoch_tick: Duration,
+    /// Cores' worth of CPU that long-running invocations get, together, while
+    /// short events are flowing (see [`governor`]).
+    pub background_cpu_share: f64,
 }
 
 impl Default for EngineSettings {
@@ -64,6 +67,7 @@ impl Default for EngineSettings {
             max_table_elements: 20_000,
             max_core_instances: 16,
             epoch_tick: Duration::from_millis(10),
+            background_cpu_share: governor::DEFAULT_BACKGROUND_SHARE,
         }
     }
 }
@@ -107,8 +111,7 @@ impl WasmEngine {
             Engine::new(&engine_config(&settings)).map_err(|source| EngineError { source })?;
         let ticker = EpochTicker::start(engine.clone(), settings.epoch_tick);
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let governor =
-            CpuGovernor::new(settings.epoch_tick, cores, governor::BUSY_BACKGROUND_SHARE);
+        let governor = CpuGovernor::new(settings.epoch_tick, cores, settings.background_cpu_share);
         Ok(WasmEngine {
             engine,
             settings: Arc::new(settings),

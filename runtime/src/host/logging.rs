@@ -10,7 +10,7 @@
 use std::sync::Arc;
 
 use crate::engine::bindings::v0_1::sluice::plugin::{logging, types};
-use crate::host::throttle::{Admission, LogGate};
+use crate::host::throttle::LogGate;
 use crate::host::{HostState, PluginTag, truncated};
 
 /// Longest message logged per record, in bytes; the rest is cut.
@@ -59,17 +59,8 @@ impl LogSink {
 
     /// Log one record from the plugin, or count it as dropped past the cap.
     pub fn record(&mut self, level: &str, message: &str, fields: Vec<(String, String)>) {
-        match self.gate.admit() {
-            Admission::Admit => {}
-            Admission::EventCapReached { first: true } => {
-                tracing::warn!(
-                    plugin = %self.tag.name, version = %self.tag.version,
-                    "plugin reached its limit of {} log lines for this event; dropping the rest (max_log_lines)",
-                    self.gate.max_lines()
-                );
-                return;
-            }
-            Admission::EventCapReached { first: false } | Admission::RateLimited => return,
+        if !self.gate.admit_line("log records") {
+            return;
         }
         let message = truncated(message, MAX_LOG_MESSAGE);
         let fields: Vec<(String, String)> = fields

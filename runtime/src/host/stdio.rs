@@ -23,7 +23,7 @@ use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
 
 use crate::host::PluginTag;
-use crate::host::throttle::{Admission, LogGate};
+use crate::host::throttle::LogGate;
 
 /// Most bytes of stdout plus stderr logged per invocation.
 pub const MAX_OUTPUT_BYTES_PER_EVENT: usize = 64 * 1024;
@@ -168,17 +168,8 @@ impl CapturedOutput {
                 .stderr_tail
                 .push_back(crate::host::truncated(line, STDERR_TAIL_LINE).into_owned());
         }
-        match self.gate.admit() {
-            Admission::Admit => {}
-            Admission::EventCapReached { first: true } => {
-                tracing::warn!(
-                    plugin = %self.tag.name, version = %self.tag.version,
-                    "plugin reached its limit of {} log lines for this event; dropping the rest of its output (max_log_lines)",
-                    self.gate.max_lines()
-                );
-                return;
-            }
-            Admission::EventCapReached { first: false } | Admission::RateLimited => return,
+        if !self.gate.admit_line("output") {
+            return;
         }
         match stream {
             Stream::Stdout => tracing::info!(

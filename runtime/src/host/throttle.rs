@@ -136,6 +136,23 @@ impl LogGate {
         Admission::Admit
     }
 
+    /// Whether to log one line of `what` (a log record, a stdout line, ...);
+    /// warns once per event when the event's cap is reached.
+    pub fn admit_line(&self, what: &str) -> bool {
+        match self.admit() {
+            Admission::Admit => true,
+            Admission::EventCapReached { first: true } => {
+                tracing::warn!(
+                    plugin = %self.tag.name, version = %self.tag.version,
+                    "plugin reached its limit of {} log lines for this event; dropping the rest of its {what} (max_log_lines)",
+                    self.max_lines
+                );
+                false
+            }
+            Admission::EventCapReached { first: false } | Admission::RateLimited => false,
+        }
+    }
+
     /// Count `n` lines dropped by another limit (the output byte cap).
     pub fn count_dropped(&self, n: u32) {
         self.dropped.fetch_add(n, Ordering::Relaxed);
