@@ -475,3 +475,27 @@ async fn a_manifest_change_moves_the_subscriptions() {
     );
     host.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_renamed_into_place_is_deployed() {
+    let nats = NatsServer::start();
+    let dir = PluginDir::new();
+    let base = std::fs::read(plugin_wasm("mirror")).unwrap();
+    let (v1, v2) = (variant(&base, 1), variant(&base, 2));
+    dir.write("mirror.wasm", &v1)
+        .write("mirror.toml", MIRROR_CORE.as_bytes());
+    let host = start_host(&nats.url(), dir.path()).await;
+    // The deploy tool's way: write beside, then rename over (atomic).
+    dir.write("mirror.wasm.part", &v2);
+    std::fs::rename(
+        dir.path().join("mirror.wasm.part"),
+        dir.path().join("mirror.wasm"),
+    )
+    .unwrap();
+    eventually(WAIT, "the renamed file serves", || {
+        serving_version(&host, "mirror") == Some(version_of(&v2))
+    })
+    .await;
+    assert_eq!(host.reload_counters().reload_failures, 0);
+    host.shutdown().await.unwrap();
+}
