@@ -20,7 +20,10 @@ fn handle(event: Event) -> HandlerResult {
         &event.payload,
         &[("x-attempt", &attempt)],
     )?;
-    if let Some(until) = event.header("x-fail-until-ms").and_then(|v| v.parse::<u128>().ok()) {
+    if let Some(until) = event
+        .header("x-fail-until-ms")
+        .and_then(|v| v.parse::<u128>().ok())
+    {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_millis())
