@@ -101,16 +101,6 @@ fn content_hash<'a>(
     format!("sha256:{}", hex::encode(&hash.finalize()[..16]))
 }
 
-/// The key for a core NATS event: `Nats-Msg-Id` if present, else
-/// `sha256:<hex>` over subject and payload (length-prefixed, so `a`+`bc` and
-/// `ab`+`c` differ).
-pub fn idempotency_key(msg_id: Option<&str>, subject: &str, payload: &[u8]) -> String {
-    if let Some(id) = msg_id.filter(|id| !id.is_empty()) {
-        return id.to_string();
-    }
-    content_hash(subject, payload, std::iter::empty())
-}
-
 /// The `Nats-Msg-Id` for the `index`-th publish (0-based) of `plugin` while
 /// handling the event with `key`.
 pub fn outgoing_msg_id(key: &str, plugin: &str, index: usize) -> String {
@@ -127,21 +117,35 @@ pub fn outgoing_msg_id(key: &str, plugin: &str, index: usize) -> String {
 mod tests {
     use super::*;
 
+    /// The key of a core message with an optional `Nats-Msg-Id`.
+    fn core_key(msg_id: Option<&str>, subject: &str, payload: &[u8]) -> String {
+        let lookup = |name: &str| {
+            (name == MSG_ID_HEADER)
+                .then(|| msg_id.map(str::to_string))
+                .flatten()
+        };
+        derive_key(&KeyInput {
+            subject,
+            payload,
+            header: &lookup,
+            stream_seq: None,
+            source: None,
+            hash_headers: &[],
+        })
+    }
+
     #[test]
     fn msg_id_header_wins_over_content_hash() {
-        assert_eq!(idempotency_key(Some("order-7"), "s", b"x"), "order-7");
-        assert_eq!(
-            idempotency_key(Some(""), "s", b"x"),
-            idempotency_key(None, "s", b"x")
-        );
+        assert_eq!(core_key(Some("order-7"), "s", b"x"), "order-7");
+        assert_eq!(core_key(Some(""), "s", b"x"), core_key(None, "s", b"x"));
     }
 
     #[test]
     fn content_hash_depends_on_subject_and_payload_boundaries() {
-        let a = idempotency_key(None, "a", b"bc");
-        let b = idempotency_key(None, "ab", b"c");
+        let a = core_key(None, "a", b"bc");
+        let b = core_key(None, "ab", b"c");
         assert_ne!(a, b);
-        assert_eq!(a, idempotency_key(None, "a", b"bc"));
+        assert_eq!(a, core_key(None, "a", b"bc"));
         assert!(a.starts_with("sha256:"));
     }
 

@@ -9,5 +9,5 @@ pub mod dedup_kv;
 pub mod key;
 pub mod retry;
 
-pub use key::{idempotency_key, outgoing_msg_id};
+pub use key::outgoing_msg_id;
 pub use retry::{Jitter, RetryPolicy};

@@ -8,9 +8,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tracing::Instrument;
 
-use super::{Dispatcher, Route, bump, header_pairs, trace_id};
+use super::{Dispatcher, Route, bump, dead_letter_for, trace_id};
 use crate::delivery::breaker::{Admission, WhenOpen};
-use crate::delivery::dead_letter::DeadLetter;
 use crate::delivery::dedup::Claim;
 use crate::engine::invoke::{Failure, FailureClass};
 use crate::nats::convert;
@@ -83,8 +82,7 @@ impl Dispatcher {
                     Err(_) => return,
                 },
             };
-            let mut event = convert::core_event(&message, attempt);
-            event.idempotency_key = key.clone();
+            let event = convert::core_event(&message, &key, attempt);
             let span = tracing::info_span!(
                 "event", otel.kind = "consumer", plugin = %route.tag.name, version = %route.tag.version,
                 subject = %event.subject, key = %key, attempt, trace_id = %trace
@@ -154,23 +152,16 @@ impl Dispatcher {
                 continue;
             }
             bump(&route.stats.gave_up, 1);
-            let letter = DeadLetter {
-                plugin: route.tag.name.to_string(),
-                version: route.tag.version.to_string(),
-                subject: message.subject.to_string(),
-                headers: header_pairs(message.headers.as_ref()),
-                payload: message.payload.clone(),
-                stream: None,
-                sequence: None,
-                attempts: attempt,
-                error_class: failure.class.as_str().to_string(),
-                error: failure.message.clone(),
-                key: key.clone(),
-                first_failure: first,
-                last_failure: now,
-                trace_id: trace.clone(),
-                replay: replay_count(message.headers.as_ref()),
-            };
+            let letter = dead_letter_for(
+                &route,
+                &message,
+                None,
+                &key,
+                attempt,
+                &failure,
+                (first, now),
+                &trace,
+            );
             if let Err(e) = self
                 .dead_letter(&route, &letter)
                 .instrument(span.clone())

@@ -22,11 +22,9 @@ use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use super::core::replay_count;
-use super::{Dispatcher, Route, bump, header_pairs, trace_id};
+use super::{Dispatcher, Route, bump, dead_letter_for, trace_id};
 use crate::delivery::breaker::Admission;
-use crate::delivery::dead_letter::DeadLetter;
-use crate::delivery::dedup::{Claim, epoch_ms, from_epoch_ms};
+use crate::delivery::dedup::{Claim, epoch_ms};
 use crate::engine::bindings::v0_1::sluice::plugin::types;
 use crate::nats::convert;
 
@@ -248,23 +246,7 @@ impl Dispatcher {
                 return;
             }
             bump(&route.stats.gave_up, 1);
-            let letter = DeadLetter {
-                plugin: route.tag.name.to_string(),
-                version: route.tag.version.to_string(),
-                subject: message.subject.to_string(),
-                headers: header_pairs(message.headers.as_ref()),
-                payload: message.payload.clone(),
-                stream: Some(stream.clone()),
-                sequence: Some(sequence),
-                attempts: attempt,
-                error_class: failure.class.as_str().to_string(),
-                error: failure.message.clone(),
-                key: key.clone(),
-                first_failure: from_epoch_ms(epoch_ms(first)),
-                last_failure: now,
-                trace_id: trace.clone(),
-                replay: replay_count(message.headers.as_ref()),
-            };
+            let letter = dead_letter_for(route, message, Some((&stream, sequence)), &key, attempt, &failure, (first, now), &trace);
             self.release_failed(lease.as_ref(), now).await;
             match self.dead_letter(route, &letter).await {
                 Ok(()) => ack(message, AckKind::Term).await,

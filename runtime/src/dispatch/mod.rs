@@ -517,8 +517,40 @@ pub fn trace_id(headers: Option<&HeaderMap>) -> String {
         .unwrap_or_else(|| hex::encode(rand::random::<[u8; 16]>()))
 }
 
+/// The dead letter of `message` after its last failed attempt, for either
+/// delivery mode (`source` is the JetStream stream and sequence).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn dead_letter_for(
+    route: &Route,
+    message: &async_nats::Message,
+    source: Option<(&str, u64)>,
+    key: &str,
+    attempts: u32,
+    failure: &Failure,
+    (first_failure, last_failure): (SystemTime, SystemTime),
+    trace_id: &str,
+) -> DeadLetter {
+    DeadLetter {
+        plugin: route.tag.name.to_string(),
+        version: route.tag.version.to_string(),
+        subject: message.subject.to_string(),
+        headers: header_pairs(message.headers.as_ref()),
+        payload: message.payload.clone(),
+        stream: source.map(|(stream, _)| stream.to_string()),
+        sequence: source.map(|(_, seq)| seq),
+        attempts,
+        error_class: failure.class.as_str().to_string(),
+        error: failure.message.clone(),
+        key: key.to_string(),
+        first_failure,
+        last_failure,
+        trace_id: trace_id.to_string(),
+        replay: core::replay_count(message.headers.as_ref()),
+    }
+}
+
 /// Headers as (name, value) pairs, for dead letters.
-pub(crate) fn header_pairs(headers: Option<&HeaderMap>) -> Vec<(String, String)> {
+fn header_pairs(headers: Option<&HeaderMap>) -> Vec<(String, String)> {
     convert::headers_to_vec(headers)
         .into_iter()
         .map(|h| (h.name, h.value))

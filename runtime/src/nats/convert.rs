@@ -5,18 +5,14 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use async_nats::HeaderMap;
 use async_nats::header::{HeaderName, HeaderValue};
 
-use crate::delivery::key::{MSG_ID_HEADER, idempotency_key, outgoing_msg_id};
+use crate::delivery::key::{MSG_ID_HEADER, outgoing_msg_id};
 use crate::engine::bindings::v0_1::sluice::plugin::types;
 use crate::host::{OutboundMessage, PluginTag};
 
-/// Build the plugin event for a core NATS message.
-pub fn core_event(message: &async_nats::Message, attempt: u32) -> types::Event {
+/// Build the plugin event for a core NATS message whose idempotency key the
+/// dispatcher already derived (see `delivery::key::derive_key`).
+pub fn core_event(message: &async_nats::Message, key: &str, attempt: u32) -> types::Event {
     let headers = headers_to_vec(message.headers.as_ref());
-    let msg_id = message
-        .headers
-        .as_ref()
-        .and_then(|h| h.get(MSG_ID_HEADER))
-        .map(|v| v.as_str());
     let received_ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
@@ -24,7 +20,7 @@ pub fn core_event(message: &async_nats::Message, attempt: u32) -> types::Event {
     types::Event {
         subject: message.subject.to_string(),
         payload: message.payload.to_vec(),
-        idempotency_key: idempotency_key(msg_id, &message.subject, &message.payload),
+        idempotency_key: key.to_string(),
         headers,
         attempt,
         delivery: types::Delivery {

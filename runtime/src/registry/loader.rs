@@ -84,15 +84,6 @@ pub struct DirError {
     pub source: std::io::Error,
 }
 
-/// Every plugin in a folder: those that loaded and those that failed.
-#[derive(Default)]
-pub struct PluginSet {
-    /// Plugins ready to serve.
-    pub loaded: Vec<LoadedPlugin>,
-    /// Plugins that failed, with the reason.
-    pub failed: Vec<LoadError>,
-}
-
 /// The `.wasm` files in `dir`, sorted by name.
 pub fn plugin_files(dir: &Path) -> Result<Vec<PathBuf>, DirError> {
     let entries = std::fs::read_dir(dir).map_err(|source| DirError {
@@ -105,23 +96,6 @@ pub fn plugin_files(dir: &Path) -> Result<Vec<PathBuf>, DirError> {
         .collect();
     files.sort();
     Ok(files)
-}
-
-/// Load every plugin in `dir`.
-pub async fn load_dir(
-    engine: &WasmEngine,
-    linker: &Linker<HostState>,
-    dir: &Path,
-    cache: Option<&CompileCache>,
-) -> Result<PluginSet, DirError> {
-    let mut set = PluginSet::default();
-    for path in plugin_files(dir)? {
-        match load_plugin(engine, linker, &path, cache).await {
-            Ok(plugin) => set.loaded.push(plugin),
-            Err(error) => set.failed.push(error),
-        }
-    }
-    Ok(set)
 }
 
 /// The plugin name of a `.wasm` or `.toml` path, if it is a valid one.

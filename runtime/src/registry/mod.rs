@@ -15,9 +15,7 @@ use serde::Serialize;
 
 use crate::delivery::breaker::{BreakerPolicy, CircuitBreaker, Forced};
 use crate::dispatch::{PluginStats, Route, StatsSnapshot};
-pub use loader::{
-    DirError, LoadError, LoadErrorKind, LoadedPlugin, load_dir, load_plugin, plugin_files,
-};
+pub use loader::{DirError, LoadError, LoadErrorKind, LoadedPlugin, load_plugin, plugin_files};
 
 /// How one plugin is doing, as `/plugins` and `HostHandle::plugins` report it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
