@@ -7,7 +7,13 @@
 //! with the key named, and so that `sluice config check` can show exactly what
 //! a running host would use. Secrets (passwords, tokens, seeds) are held in
 //! [`Secret`], whose `Debug` never prints them, and [`render`] masks them.
+//!
+//! The per-plugin limit keys (`timeout`, `max_memory_mb`, `max_payload`, ...)
+//! set host-wide defaults that are also every plugin's ceiling; the file's
+//! `[plugin.<name>]` tables set one plugin's ceiling and publish allow-list
+//! (see [`crate::limits`]).
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -20,72 +26,75 @@ use thiserror::Error;
 use crate::delivery::RetryPolicy;
 use crate::delivery::breaker::BreakerOverrides;
 use crate::engine::EngineSettings;
+use crate::limits::{LimitOverrides, Limits, PluginRules, SandboxPolicy, with_limit_keys};
 use crate::manifest::RetryOverrides;
 
-/// The config file as written (unknown keys are errors).
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FileConfig {
-    /// NATS server URL(s), comma-separated.
-    pub nats_url: Option<String>,
-    /// The plugin folder.
-    pub plugins: Option<PathBuf>,
-    /// `pretty` or `json`.
-    pub log_format: Option<String>,
-    /// Log filter, RUST_LOG syntax.
-    pub log: Option<String>,
-    /// Default per-plugin concurrency cap.
-    pub max_concurrency: Option<u32>,
-    /// Host-wide cap on live plugin instances.
-    pub max_instances: Option<u32>,
-    /// Default time limit per event.
-    #[serde(default, with = "humantime_serde")]
-    pub timeout: Option<Duration>,
-    /// Linear memory cap per instance, in MiB.
-    pub max_memory_mb: Option<u32>,
-    /// Dedup store: `kv` (NATS KV, shared by hosts) or `memory` (this host only).
-    pub dedup_store: Option<String>,
-    /// KV bucket for dedup records.
-    pub dedup_bucket: Option<String>,
-    /// How long completed keys are remembered.
-    #[serde(default, with = "humantime_serde")]
-    pub dedup_ttl: Option<Duration>,
-    /// Name of the DLQ stream.
-    pub dlq_stream: Option<String>,
-    /// Compile cache folder, or `off`.
-    pub compile_cache: Option<String>,
-    /// NATS user name (with `nats_password`).
-    pub nats_user: Option<String>,
-    /// NATS password (with `nats_user`).
-    pub nats_password: Option<Secret>,
-    /// NATS authentication token.
-    pub nats_token: Option<Secret>,
-    /// File holding an NKey seed (`SU...`).
-    pub nats_nkey_file: Option<PathBuf>,
-    /// NATS credentials file (`.creds`: user JWT and NKey seed).
-    pub nats_creds_file: Option<PathBuf>,
-    /// PEM file of CA certificates that sign the server's certificate.
-    pub nats_tls_ca: Option<PathBuf>,
-    /// PEM client certificate (with `nats_tls_key`).
-    pub nats_tls_cert: Option<PathBuf>,
-    /// PEM private key of the client certificate.
-    pub nats_tls_key: Option<PathBuf>,
-    /// Time limit of one connection attempt.
-    #[serde(default, with = "humantime_serde")]
-    pub nats_connect_timeout: Option<Duration>,
-    /// Admin HTTP endpoint address (`IP:PORT`), or `off`.
-    pub admin_addr: Option<String>,
-    /// How long in-flight events may take to finish at shutdown.
-    #[serde(default, with = "humantime_serde")]
-    pub shutdown_grace: Option<Duration>,
-    /// Default retry policy.
-    #[serde(default)]
-    pub retry: RetryOverrides,
-    /// Default circuit breaker policy.
-    #[serde(default)]
-    pub breaker: BreakerOverrides,
-    /// Default core NATS buffer per plugin.
-    pub core_buffer: Option<usize>,
+with_limit_keys! {
+    /// The config file as written (unknown keys are errors).
+    #[derive(Debug, Default, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct FileConfig {
+        /// NATS server URL(s), comma-separated.
+        pub nats_url: Option<String>,
+        /// The plugin folder.
+        pub plugins: Option<PathBuf>,
+        /// `pretty` or `json`.
+        pub log_format: Option<String>,
+        /// Log filter, RUST_LOG syntax.
+        pub log: Option<String>,
+        /// Host-wide cap on live plugin instances.
+        pub max_instances: Option<u32>,
+        /// Dedup store: `kv` (NATS KV, shared by hosts) or `memory` (this host only).
+        pub dedup_store: Option<String>,
+        /// KV bucket for dedup records.
+        pub dedup_bucket: Option<String>,
+        /// How long completed keys are remembered.
+        #[serde(default, with = "humantime_serde")]
+        pub dedup_ttl: Option<Duration>,
+        /// Name of the DLQ stream.
+        pub dlq_stream: Option<String>,
+        /// Compile cache folder, or `off`.
+        pub compile_cache: Option<String>,
+        /// NATS user name (with `nats_password`).
+        pub nats_user: Option<String>,
+        /// NATS password (with `nats_user`).
+        pub nats_password: Option<Secret>,
+        /// NATS authentication token.
+        pub nats_token: Option<Secret>,
+        /// File holding an NKey seed (`SU...`).
+        pub nats_nkey_file: Option<PathBuf>,
+        /// NATS credentials file (`.creds`: user JWT and NKey seed).
+        pub nats_creds_file: Option<PathBuf>,
+        /// PEM file of CA certificates that sign the server's certificate.
+        pub nats_tls_ca: Option<PathBuf>,
+        /// PEM client certificate (with `nats_tls_key`).
+        pub nats_tls_cert: Option<PathBuf>,
+        /// PEM private key of the client certificate.
+        pub nats_tls_key: Option<PathBuf>,
+        /// Time limit of one connection attempt.
+        #[serde(default, with = "humantime_serde")]
+        pub nats_connect_timeout: Option<Duration>,
+        /// Admin HTTP endpoint address (`IP:PORT`), or `off`.
+        pub admin_addr: Option<String>,
+        /// How long in-flight events may take to finish at shutdown.
+        #[serde(default, with = "humantime_serde")]
+        pub shutdown_grace: Option<Duration>,
+        /// Default retry policy.
+        #[serde(default)]
+        pub retry: RetryOverrides,
+        /// Default circuit breaker policy.
+        #[serde(default)]
+        pub breaker: BreakerOverrides,
+        /// Default core NATS buffer per plugin.
+        pub core_buffer: Option<usize>,
+        /// Cores' worth of CPU long-running invocations get while short events flow.
+        pub background_cpu_share: Option<f64>,
+        /// Subject patterns any plugin may publish to, whatever its manifest grants.
+        pub publish_allow: Option<Vec<String>>,
+        /// The operator's rules per plugin name: `[plugin.<name>]`.
+        #[serde(default)]
+        pub plugin: BTreeMap<String, PluginRules>,
+    }
 }
 
 /// Values given by flag or SLUICE_* env var (clap resolves those two).
@@ -99,14 +108,8 @@ pub struct Overrides {
     pub log_format: Option<String>,
     /// `--log` / `SLUICE_LOG`.
     pub log: Option<String>,
-    /// `--max-concurrency` / `SLUICE_MAX_CONCURRENCY`.
-    pub max_concurrency: Option<u32>,
     /// `--max-instances` / `SLUICE_MAX_INSTANCES`.
     pub max_instances: Option<u32>,
-    /// `--timeout` / `SLUICE_TIMEOUT`.
-    pub timeout: Option<Duration>,
-    /// `--max-memory-mb` / `SLUICE_MAX_MEMORY_MB`.
-    pub max_memory_mb: Option<u32>,
     /// `--dedup-store` / `SLUICE_DEDUP_STORE`.
     pub dedup_store: Option<String>,
     /// `--dedup-bucket` / `SLUICE_DEDUP_BUCKET`.
@@ -139,6 +142,12 @@ pub struct Overrides {
     pub admin_addr: Option<String>,
     /// `--shutdown-grace` / `SLUICE_SHUTDOWN_GRACE`.
     pub shutdown_grace: Option<Duration>,
+    /// `--background-cpu-share` / `SLUICE_BACKGROUND_CPU_SHARE`.
+    pub background_cpu_share: Option<f64>,
+    /// `--publish-allow` / `SLUICE_PUBLISH_ALLOW`.
+    pub publish_allow: Option<Vec<String>>,
+    /// The limit flags (`--timeout`, `--max-memory-mb`, ...) and their env vars.
+    pub limits: LimitOverrides,
 }
 
 /// A secret value (password, token): `Debug` and [`render`] never show it.
@@ -301,10 +310,8 @@ pub struct Settings {
     pub log_format: LogFormat,
     /// Log filter.
     pub log: String,
-    /// Default per-plugin concurrency cap.
-    pub max_concurrency: u32,
-    /// Default per-event time limit.
-    pub timeout: Duration,
+    /// Limits, allow-lists and per-plugin rules.
+    pub sandbox: SandboxPolicy,
     /// Default retry policy.
     pub retry: RetryPolicy,
     /// Engine sizing.
@@ -375,6 +382,7 @@ impl FileConfig {
 /// Merge overrides (flag/env) over the file over defaults, and validate.
 pub fn resolve(overrides: &Overrides, file: FileConfig) -> Result<Settings, ConfigError> {
     let invalid = |key, message: String| ConfigError::Invalid { key, message };
+    let sandbox = sandbox_policy(overrides, &file)?;
     let nats_url = overrides
         .nats_url
         .clone()
@@ -433,13 +441,6 @@ pub fn resolve(overrides: &Overrides, file: FileConfig) -> Result<Settings, Conf
             ));
         }
     };
-    let max_concurrency = overrides
-        .max_concurrency
-        .or(file.max_concurrency)
-        .unwrap_or(32);
-    if max_concurrency == 0 {
-        return Err(invalid("max_concurrency", "must be at least 1".into()));
-    }
     let max_instances = overrides
         .max_instances
         .or(file.max_instances)
@@ -450,21 +451,16 @@ pub fn resolve(overrides: &Overrides, file: FileConfig) -> Result<Settings, Conf
             "must be between 1 and 10000".into(),
         ));
     }
-    let timeout = overrides
-        .timeout
-        .or(file.timeout)
-        .unwrap_or(Duration::from_secs(5));
-    if timeout.is_zero() {
+    let background_cpu_share = overrides
+        .background_cpu_share
+        .or(file.background_cpu_share)
+        .unwrap_or(crate::engine::governor::DEFAULT_BACKGROUND_SHARE);
+    if !(0.01..=1024.0).contains(&background_cpu_share) {
         return Err(invalid(
-            "timeout",
-            "must be greater than zero, e.g. \"5s\"".into(),
-        ));
-    }
-    let max_memory_mb = overrides.max_memory_mb.or(file.max_memory_mb).unwrap_or(64);
-    if !(1..=4096).contains(&max_memory_mb) {
-        return Err(invalid(
-            "max_memory_mb",
-            "must be between 1 and 4096".into(),
+            "background_cpu_share",
+            format!(
+                "{background_cpu_share} is out of range; use a number of cores from 0.01 to 1024 (e.g. 0.1)"
+            ),
         ));
     }
     let retry = apply_retry(RetryPolicy::default(), &file.retry);
@@ -569,14 +565,12 @@ pub fn resolve(overrides: &Overrides, file: FileConfig) -> Result<Settings, Conf
             .clone()
             .or(file.log)
             .unwrap_or_else(|| "info".into()),
-        max_concurrency,
-        timeout,
-        retry,
         engine: EngineSettings {
-            max_instances,
-            max_memory_bytes: (max_memory_mb as usize) << 20,
-            ..EngineSettings::default()
+            background_cpu_share,
+            ..engine_settings(max_instances, &sandbox.largest())
         },
+        sandbox,
+        retry,
     })
 }
 
@@ -783,18 +777,10 @@ pub fn render(settings: &Settings) -> String {
     );
     t.insert("log".into(), text(&settings.log));
     t.insert(
-        "max_concurrency".into(),
-        Value::Integer(settings.max_concurrency.into()),
-    );
-    t.insert(
         "max_instances".into(),
         Value::Integer(settings.engine.max_instances.into()),
     );
-    t.insert("timeout".into(), duration(settings.timeout));
-    t.insert(
-        "max_memory_mb".into(),
-        Value::Integer((settings.engine.max_memory_bytes >> 20) as i64),
-    );
+    crate::limits::render_into(&mut t, &settings.sandbox);
     t.insert(
         "dedup_store".into(),
         text(match settings.dedup_store {
@@ -835,6 +821,43 @@ pub fn render(settings: &Settings) -> String {
     );
     t.insert("retry".into(), Value::Table(r));
     toml::to_string(&t).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+}
+
+/// Host limits (defaults < file < flag/env), allow-list and per-plugin rules.
+fn sandbox_policy(overrides: &Overrides, file: &FileConfig) -> Result<SandboxPolicy, ConfigError> {
+    let from_file = file.limit_overrides();
+    for layer in [&from_file, &overrides.limits] {
+        layer.validate().map_err(|e| ConfigError::Invalid {
+            key: e.key,
+            message: e.message,
+        })?;
+    }
+    let policy = SandboxPolicy {
+        defaults: Limits::default()
+            .overlay(&from_file)
+            .overlay(&overrides.limits),
+        publish_allow: overrides
+            .publish_allow
+            .clone()
+            .or_else(|| file.publish_allow.clone()),
+        rules: file.plugin.clone(),
+    };
+    policy.validate().map_err(|e| ConfigError::Invalid {
+        key: e.key,
+        message: e.message,
+    })?;
+    Ok(policy)
+}
+
+/// The engine sized so every plugin fits within its largest allowed limits.
+fn engine_settings(max_instances: u32, largest: &Limits) -> EngineSettings {
+    EngineSettings {
+        max_instances,
+        max_memory_bytes: largest.max_memory_bytes(),
+        max_table_elements: largest.max_table_elements as usize,
+        max_core_instances: largest.max_core_instances,
+        ..EngineSettings::default()
+    }
 }
 
 /// Apply per-plugin or file overrides to a retry policy.
@@ -905,6 +928,8 @@ fn validate_nats_url(url: &str) -> Result<(), String> {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     #[test]
@@ -919,8 +944,8 @@ mod tests {
         };
         let s = resolve(&overrides, file).unwrap();
         assert_eq!(s.nats.urls, vec!["nats://flag:4222"]);
-        assert_eq!(s.max_concurrency, 4);
-        assert_eq!(s.timeout, Duration::from_secs(2));
+        assert_eq!(s.sandbox.defaults.max_concurrency, 4);
+        assert_eq!(s.sandbox.defaults.timeout, Duration::from_secs(2));
         assert_eq!(s.log, "info");
         assert_eq!(s.plugins, PathBuf::from("plugins"));
     }
@@ -1175,6 +1200,64 @@ mod tests {
             format!("tls://{MASK}@h:4222")
         );
         assert_eq!(redact_url("nats://h:4222"), "nats://h:4222");
+    }
+
+    #[test]
+    fn limits_layer_and_plugin_rules_size_the_engine() {
+        let file: FileConfig = toml::from_str(
+            r#"
+            max_memory_mb = 32
+            max_payload = "1MiB"
+            publish_allow = ["events.>"]
+            [plugin.big]
+            max_memory_mb = 256
+            publish_allow = ["orders.>"]
+            "#,
+        )
+        .unwrap();
+        let overrides = Overrides {
+            limits: LimitOverrides {
+                max_payload: Some(crate::limits::ByteSize(2 << 20)),
+                ..LimitOverrides::default()
+            },
+            ..Overrides::default()
+        };
+        let s = resolve(&overrides, file).unwrap();
+        assert_eq!(s.sandbox.defaults.max_memory_mb, 32);
+        assert_eq!(s.sandbox.defaults.max_payload.bytes(), 2 << 20, "flag wins");
+        assert_eq!(s.sandbox.ceiling("big").max_memory_mb, 256);
+        assert_eq!(s.engine.max_memory_bytes, 256 << 20, "pool fits `big`");
+        assert_eq!(s.sandbox.publish_allow, Some(vec!["events.>".to_string()]));
+        assert_eq!(s.engine.background_cpu_share, 0.1, "default");
+        let e = resolve(
+            &Overrides {
+                background_cpu_share: Some(0.0),
+                ..Overrides::default()
+            },
+            FileConfig::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("background_cpu_share"), "{e}");
+
+        let e = resolve(
+            &Overrides::default(),
+            toml::from_str("[plugin.x]\nmax_memory_mb = 0").unwrap(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("plugin.x") && e.contains("max_memory_mb"), "{e}");
+        let e = toml::from_str::<FileConfig>("[plugin.x]\npublish = [\"a\"]")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("publish"), "unknown rule keys are named: {e}");
+        let e = resolve(
+            &Overrides::default(),
+            toml::from_str("publish_allow = [\"a..b\"]").unwrap(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("publish_allow"), "{e}");
     }
 
     #[test]

@@ -11,6 +11,7 @@ pub mod dispatch;
 pub mod dlq;
 pub mod engine;
 pub mod host;
+pub mod limits;
 pub mod manifest;
 pub mod nats;
 pub mod registry;

@@ -1,6 +1,7 @@
 //! The plugin manifest, `<name>.toml` beside `<name>.wasm`: which subjects the
-//! plugin consumes, which it may publish to, and per-plugin overrides of the
-//! host's defaults. See docs/manifest.md for every key.
+//! plugin consumes, which it may publish to, per-plugin limits (which may only
+//! lower the host's, see [`crate::limits`]) and retry overrides. See
+//! docs/manifest.md for every key.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -9,31 +10,31 @@ use serde::Deserialize;
 use thiserror::Error;
 
 use crate::delivery::breaker::BreakerOverrides;
+use crate::limits::{LimitOverrides, with_limit_keys};
 use crate::subject::{self, PublishGrants};
 
-/// The manifest as written (unknown keys are errors).
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawManifest {
-    subjects: Vec<String>,
-    queue_group: Option<String>,
-    #[serde(default)]
-    publish: Vec<String>,
-    max_concurrency: Option<u32>,
-    #[serde(default, with = "humantime_serde")]
-    timeout: Option<Duration>,
-    #[serde(default)]
-    retry: RetryOverrides,
-    #[serde(default)]
-    mode: DeliveryMode,
-    jetstream: Option<RawJetStream>,
-    #[serde(default)]
-    idempotency: RawIdempotency,
-    #[serde(default)]
-    outbox: RawOutbox,
-    #[serde(default)]
-    breaker: BreakerOverrides,
-    core_buffer: Option<usize>,
+with_limit_keys! {
+    /// The manifest as written (unknown keys are errors).
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct RawManifest {
+        subjects: Vec<String>,
+        queue_group: Option<String>,
+        #[serde(default)]
+        publish: Vec<String>,
+        #[serde(default)]
+        retry: RetryOverrides,
+        #[serde(default)]
+        mode: DeliveryMode,
+        jetstream: Option<RawJetStream>,
+        #[serde(default)]
+        idempotency: RawIdempotency,
+        #[serde(default)]
+        outbox: RawOutbox,
+        #[serde(default)]
+        breaker: BreakerOverrides,
+        core_buffer: Option<usize>,
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -134,12 +135,11 @@ pub struct Manifest {
     pub subjects: Vec<String>,
     /// Queue group, so several hosts share the work; `None` = every host gets every event.
     pub queue_group: Option<String>,
-    /// Subjects the plugin may publish to.
+    /// Subjects the plugin may publish to (the operator may narrow them).
     pub publish: PublishGrants,
-    /// Most events of this plugin handled at once.
-    pub max_concurrency: Option<u32>,
-    /// Time limit per event.
-    pub timeout: Option<Duration>,
+    /// Limits asked for (timeout, concurrency, memory, ...); each may only
+    /// lower the host's.
+    pub limits: LimitOverrides,
     /// Retry overrides.
     pub retry: RetryOverrides,
     /// Core NATS or JetStream.
@@ -235,18 +235,10 @@ impl Manifest {
                 format!("`{group}` is not a valid queue group name (non-empty, no whitespace)"),
             ));
         }
-        if raw.max_concurrency == Some(0) {
-            return Err(invalid(
-                "max_concurrency".into(),
-                "must be at least 1".into(),
-            ));
-        }
-        if raw.timeout.is_some_and(|t| t.is_zero()) {
-            return Err(invalid(
-                "timeout".into(),
-                "must be greater than zero, e.g. \"5s\"".into(),
-            ));
-        }
+        let limits = raw.limit_overrides();
+        limits
+            .validate()
+            .map_err(|e| invalid(e.key.into(), e.message))?;
         if raw.retry.max_attempts == Some(0) {
             return Err(invalid(
                 "retry.max_attempts".into(),
@@ -333,8 +325,7 @@ impl Manifest {
             subjects: raw.subjects,
             queue_group: raw.queue_group,
             publish: PublishGrants::new(raw.publish),
-            max_concurrency: raw.max_concurrency,
-            timeout: raw.timeout,
+            limits,
             retry: raw.retry,
         })
     }
@@ -385,6 +376,10 @@ mod tests {
             publish = ["orders.enriched.>"]
             max_concurrency = 8
             timeout = "2s"
+            max_memory_mb = 16
+            max_payload = "64KiB"
+            max_publishes = 3
+            max_log_lines = 50
             [retry]
             max_attempts = 3
             initial_delay = "50ms"
@@ -393,7 +388,15 @@ mod tests {
         .unwrap();
         assert_eq!(m.subjects, vec!["orders.*", "payments.>"]);
         assert_eq!(m.queue_group.as_deref(), Some("workers"));
-        assert_eq!(m.timeout, Some(Duration::from_secs(2)));
+        assert_eq!(m.limits.timeout, Some(Duration::from_secs(2)));
+        assert_eq!(m.limits.max_concurrency, Some(8));
+        assert_eq!(m.limits.max_memory_mb, Some(16));
+        assert_eq!(
+            m.limits.max_payload,
+            Some(crate::limits::ByteSize(64 << 10))
+        );
+        assert_eq!(m.limits.max_publishes, Some(3));
+        assert_eq!(m.limits.max_log_lines, Some(50));
         assert_eq!(m.retry.max_attempts, Some(3));
         assert_eq!(m.retry.initial_delay, Some(Duration::from_millis(50)));
         assert!(m.publish.check("orders.enriched.x").is_ok());
@@ -417,6 +420,17 @@ mod tests {
         assert!(dur.contains("timeout"), "{dur}");
         let empty = Manifest::parse("subjects = []").unwrap_err().to_string();
         assert!(empty.contains("subjects"), "{empty}");
+        let zero = Manifest::parse("subjects = [\"a\"]\nmax_memory_mb = 0")
+            .unwrap_err()
+            .to_string();
+        assert!(zero.contains("max_memory_mb"), "{zero}");
+        let size = Manifest::parse("subjects = [\"a\"]\nmax_payload = \"big\"")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            size.contains("max_payload") || size.contains("big"),
+            "{size}"
+        );
     }
 
     #[test]

@@ -37,9 +37,11 @@ use crate::delivery::dedup::{DedupStore, MemoryStore};
 use crate::delivery::dedup_kv::KvStore;
 use crate::dispatch::{Dispatcher, Route, StatsSnapshot};
 use crate::engine::cache::{CompileCache, Provenance};
-use crate::engine::invoke::InvokeLimits;
-use crate::engine::{EngineError, WasmEngine};
-use crate::host::{self, HostState, PluginTag};
+use crate::engine::governor::GovernorStats;
+use crate::engine::invoke::Failure;
+use crate::engine::{EngineError, PoolUsage, WasmEngine};
+use crate::host::{self, HostState, LogBudget, PluginTag};
+use crate::limits::PluginSandbox;
 use crate::manifest::{DeliveryMode, JetStreamSettings, Manifest};
 use crate::nats;
 use crate::nats::jetstream::{ConsumerSpec, durable_consumer};
@@ -86,6 +88,7 @@ pub struct HostHandle {
     task: tokio::task::JoinHandle<Result<(), ServiceError>>,
     metrics: Metrics,
     admin_addr: Option<SocketAddr>,
+    engine: WasmEngine,
 }
 
 impl HostHandle {
@@ -102,6 +105,21 @@ impl HostHandle {
     /// Counters of a plugin.
     pub fn stats(&self, plugin: &str) -> Option<StatsSnapshot> {
         self.registry.stats(plugin)
+    }
+
+    /// The failure of the last event of `plugin` given up on (class and message).
+    pub fn last_gave_up(&self, plugin: &str) -> Option<Failure> {
+        self.registry.stats_handle(plugin).last_gave_up()
+    }
+
+    /// Live instances in the engine's pool (all zero when idle: nothing leaked).
+    pub fn pool_usage(&self) -> PoolUsage {
+        self.engine.pool_usage()
+    }
+
+    /// What the CPU governor has seen (demotions, throttled ticks).
+    pub fn governor_stats(&self) -> GovernorStats {
+        self.engine.governor().stats()
     }
 
     /// Reload and compile-cache counters.
@@ -181,7 +199,7 @@ pub async fn start(settings: Settings) -> Result<HostHandle, ServiceError> {
     let task = tokio::spawn({
         let serving = serve(
             settings,
-            engine,
+            engine.clone(),
             linker,
             registry.clone(),
             shutdown.clone(),
@@ -201,6 +219,7 @@ pub async fn start(settings: Settings) -> Result<HostHandle, ServiceError> {
         task,
         metrics,
         admin_addr,
+        engine,
     })
 }
 
@@ -463,13 +482,13 @@ struct SubscriptionSpec {
 }
 
 impl SubscriptionSpec {
-    fn of(manifest: &Manifest, default_concurrency: u32) -> Self {
+    fn of(manifest: &Manifest, concurrency: u32) -> Self {
         SubscriptionSpec {
             mode: manifest.mode,
             subjects: manifest.subjects.clone(),
             queue_group: manifest.queue_group.clone(),
             jetstream: manifest.jetstream.clone(),
-            concurrency: manifest.max_concurrency.unwrap_or(default_concurrency),
+            concurrency,
         }
     }
 }
@@ -594,7 +613,10 @@ impl Supervisor {
             );
             return None;
         }
-        let spec = SubscriptionSpec::of(&loaded.manifest, self.settings.max_concurrency);
+        let spec = SubscriptionSpec::of(
+            &loaded.manifest,
+            self.sandbox_of(&loaded).limits.max_concurrency,
+        );
         let cached = loaded.compiled.provenance == Provenance::Cached;
         let version = loaded.compiled.info.version.clone();
         let mode = match loaded.manifest.mode {
@@ -667,26 +689,34 @@ impl Supervisor {
         None
     }
 
+    /// What `plugin` may do: its manifest's limits and grants under the
+    /// operator's ceilings and allow-lists.
+    fn sandbox_of(&self, plugin: &LoadedPlugin) -> PluginSandbox {
+        let manifest = &plugin.manifest;
+        self.settings
+            .sandbox
+            .resolve(&plugin.name, &manifest.limits, &manifest.publish)
+    }
+
     fn route_for(&self, plugin: &LoadedPlugin, concurrency: Option<Arc<Semaphore>>) -> Arc<Route> {
         let manifest = &plugin.manifest;
-        let limit = manifest
-            .max_concurrency
-            .unwrap_or(self.settings.max_concurrency);
+        let sandbox = self.sandbox_of(plugin);
+        for capped in &sandbox.capped {
+            tracing::warn!(plugin = %plugin.name, "manifest {capped}; the operator's limit applies");
+        }
+        let limits = sandbox.limits;
         Arc::new(Route {
             tag: PluginTag {
                 name: plugin.name.as_str().into(),
                 version: plugin.compiled.info.version.as_str().into(),
             },
             compiled: plugin.compiled.clone(),
-            grants: Arc::new(manifest.publish.clone()),
-            limits: InvokeLimits {
-                timeout: manifest.timeout.unwrap_or(self.settings.timeout),
-                max_memory_bytes: self.engine.settings().max_memory_bytes,
-                max_table_elements: self.engine.settings().max_table_elements,
-                ..InvokeLimits::default()
-            },
+            grants: Arc::new(sandbox.grants),
+            limits: limits.invoke_limits(),
             retry: apply_retry(self.settings.retry, &manifest.retry),
-            concurrency: concurrency.unwrap_or_else(|| Arc::new(Semaphore::new(limit as usize))),
+            concurrency: concurrency
+                .unwrap_or_else(|| Arc::new(Semaphore::new(limits.max_concurrency as usize))),
+            log_budget: Arc::new(LogBudget::new(limits.max_log_rate)),
             stats: self.registry.stats_handle(&plugin.name),
             key_source: manifest.idempotency.key.clone(),
             hash_headers: manifest.idempotency.hash_headers.clone(),
@@ -814,10 +844,7 @@ impl Supervisor {
         slot: &Arc<ArcSwap<Route>>,
         stop: &CancellationToken,
     ) -> Result<(), SubscribeError> {
-        let concurrency = plugin
-            .manifest
-            .max_concurrency
-            .unwrap_or(self.settings.max_concurrency);
+        let concurrency = self.sandbox_of(plugin).limits.max_concurrency;
         let spec = ConsumerSpec {
             plugin: &plugin.name,
             manifest: &plugin.manifest,

@@ -10,12 +10,19 @@ use thiserror::Error;
 /// Subject prefixes a plugin can never publish to.
 pub const RESERVED_PREFIXES: &[&str] = &["$JS.", "$SYS.", "$KV.", "$O.", "_INBOX.", "sluice.dlq."];
 
+/// Longest subject or pattern accepted, in bytes (nats-server's control line
+/// is 4 KiB by default, and a plugin-controlled string is echoed in errors).
+pub const MAX_SUBJECT_LEN: usize = 1024;
+
 /// Why a subject or pattern is invalid.
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum SubjectError {
     /// Empty string.
     #[error("subject is empty")]
     Empty,
+    /// Longer than [`MAX_SUBJECT_LEN`].
+    #[error("subject is {0} bytes long; at most 1024 are allowed")]
+    TooLong(usize),
     /// An empty token (`a..b`, leading or trailing dot).
     #[error("subject `{0}` has an empty token (leading, trailing or double dot)")]
     EmptyToken(String),
@@ -45,6 +52,9 @@ pub fn validate_publish_subject(subject: &str) -> Result<(), SubjectError> {
 fn check_tokens(s: &str, wildcards: bool) -> Result<(), SubjectError> {
     if s.is_empty() {
         return Err(SubjectError::Empty);
+    }
+    if s.len() > MAX_SUBJECT_LEN {
+        return Err(SubjectError::TooLong(s.len()));
     }
     if s.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Err(SubjectError::Whitespace(s.to_string()));
@@ -91,10 +101,13 @@ pub fn is_reserved(subject: &str) -> bool {
     RESERVED_PREFIXES.iter().any(|p| subject.starts_with(p))
 }
 
-/// The subjects a plugin may publish to.
+/// The subjects a plugin may publish to: what its manifest grants, narrowed
+/// by the operator's allow-list when one is configured (a publish must match
+/// both, so copying a manifest never grants more than the operator allows).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PublishGrants {
     patterns: Vec<String>,
+    operator_allow: Option<Vec<String>>,
 }
 
 /// Why a publish was refused.
@@ -118,12 +131,31 @@ pub enum GrantError {
         /// The grants, comma-separated, or `none`.
         grants: String,
     },
+    /// Granted by the manifest but outside the operator's allow-list.
+    #[error(
+        "subject `{subject}` is granted by the manifest but not allowed by the operator for this plugin (allowed: {allowed}); the host config's `publish_allow` decides"
+    )]
+    NotAllowed {
+        /// The refused subject.
+        subject: String,
+        /// The operator's allow-list, comma-separated, or `none`.
+        allowed: String,
+    },
 }
 
 impl PublishGrants {
     /// Grants from validated patterns.
     pub fn new(patterns: Vec<String>) -> Self {
-        PublishGrants { patterns }
+        PublishGrants {
+            patterns,
+            operator_allow: None,
+        }
+    }
+
+    /// These grants, narrowed to subjects matching the operator's `allow` patterns.
+    pub fn restricted_to(mut self, allow: Vec<String>) -> Self {
+        self.operator_allow = Some(allow);
+        self
     }
 
     /// The granted patterns.
@@ -137,17 +169,29 @@ impl PublishGrants {
         if is_reserved(subject) {
             return Err(GrantError::Reserved(subject.to_string()));
         }
-        if self.patterns.iter().any(|p| matches(p, subject)) {
-            return Ok(());
+        if !self.patterns.iter().any(|p| matches(p, subject)) {
+            return Err(GrantError::NotGranted {
+                subject: subject.to_string(),
+                grants: list_or_none(&self.patterns),
+            });
         }
-        Err(GrantError::NotGranted {
-            subject: subject.to_string(),
-            grants: if self.patterns.is_empty() {
-                "none".to_string()
-            } else {
-                self.patterns.join(", ")
-            },
-        })
+        match &self.operator_allow {
+            Some(allow) if !allow.iter().any(|p| matches(p, subject)) => {
+                Err(GrantError::NotAllowed {
+                    subject: subject.to_string(),
+                    allowed: list_or_none(allow),
+                })
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+fn list_or_none(patterns: &[String]) -> String {
+    if patterns.is_empty() {
+        "none".to_string()
+    } else {
+        patterns.join(", ")
     }
 }
 
@@ -187,6 +231,10 @@ mod tests {
             Err(SubjectError::Whitespace(_))
         ));
         assert!(validate_pattern("orders.*.eu.>").is_ok());
+        assert_eq!(
+            validate_publish_subject(&"a".repeat(5000)),
+            Err(SubjectError::TooLong(5000))
+        );
         assert!(matches!(
             validate_publish_subject("orders.*"),
             Err(SubjectError::WildcardInPublish(_))
@@ -213,5 +261,34 @@ mod tests {
         assert!(narrow.check("orders.enriched.created").is_ok());
         let err = narrow.check("payments.created").unwrap_err();
         assert!(err.to_string().contains("orders.enriched.>"), "{err}");
+    }
+
+    #[test]
+    fn the_operator_allow_list_narrows_what_a_manifest_grants() {
+        let grants = PublishGrants::new(vec![">".into()]).restricted_to(vec!["orders.>".into()]);
+        assert!(grants.check("orders.created").is_ok());
+        let err = grants.check("payments.created").unwrap_err();
+        assert!(matches!(err, GrantError::NotAllowed { .. }), "{err}");
+        assert!(err.to_string().contains("orders.>"), "{err}");
+        // Reserved subjects stay reserved even when the operator allows them.
+        let careless = PublishGrants::new(vec![">".into()]).restricted_to(vec![">".into()]);
+        assert!(matches!(
+            careless.check("$JS.API.STREAM.DELETE.X"),
+            Err(GrantError::Reserved(_))
+        ));
+        assert!(matches!(
+            careless.check("$SYS.REQ.SERVER.PING"),
+            Err(GrantError::Reserved(_))
+        ));
+        assert!(matches!(
+            careless.check("$KV.bucket.key"),
+            Err(GrantError::Reserved(_))
+        ));
+        // A manifest cannot widen the operator's list either.
+        let narrow = PublishGrants::new(vec!["audit.>".into()]).restricted_to(vec![">".into()]);
+        assert!(matches!(
+            narrow.check("orders.created"),
+            Err(GrantError::NotGranted { .. })
+        ));
     }
 }

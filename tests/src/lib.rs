@@ -279,11 +279,31 @@ pub async fn start_host_adjusted(
     start_host_with(overrides).await
 }
 
+/// Like [`start_host`], with `config` as the host's config file (TOML), e.g.
+/// limits or `[plugin.<name>]` rules.
+pub async fn start_host_configured(nats_url: &str, plugins: &Path, config: &str) -> HostHandle {
+    let file: FileConfig = toml::from_str(config).expect("valid test host config");
+    let overrides = Overrides {
+        nats_url: Some(nats_url.to_string()),
+        plugins: Some(plugins.to_path_buf()),
+        ..Overrides::default()
+    };
+    start_host_from(overrides, file).await
+}
+
 /// Start a host in-process with `overrides` (64 instances unless set), and
 /// wait until it is subscribed.
-pub async fn start_host_with(mut overrides: Overrides) -> HostHandle {
-    overrides.max_instances = overrides.max_instances.or(Some(64));
-    let settings = config::resolve(&overrides, FileConfig::default()).expect("valid test settings");
+pub async fn start_host_with(overrides: Overrides) -> HostHandle {
+    start_host_from(overrides, FileConfig::default()).await
+}
+
+/// Start a host from flag-level `overrides` over a config `file` (64
+/// instances unless either sets it), and wait until it is subscribed.
+async fn start_host_from(mut overrides: Overrides, file: FileConfig) -> HostHandle {
+    if file.max_instances.is_none() {
+        overrides.max_instances = overrides.max_instances.or(Some(64));
+    }
+    let settings = config::resolve(&overrides, file).expect("valid test settings");
     sluice::telemetry::init(settings.log_format, "warn,sluice=info");
     let mut host = service::start(settings).await.expect("host starts");
     tokio::time::timeout(Duration::from_secs(30), host.ready())

@@ -143,6 +143,7 @@ pub async fn invoke(args: InvokeArgs) -> anyhow::Result<ExitCode> {
                 timeout: args.timeout,
                 ..InvokeLimits::default()
             },
+            log_budget: Arc::new(host::LogBudget::unlimited()),
             keep_logs: true,
         },
     )

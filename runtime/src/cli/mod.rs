@@ -18,6 +18,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use crate::config::{Overrides, Secret};
+use crate::limits::{ByteSize, LimitOverrides};
 
 /// Route NATS events to sandboxed WebAssembly consumer plugins.
 #[derive(Debug, Parser)]
@@ -74,18 +75,17 @@ pub struct SettingsArgs {
     /// Log filter in RUST_LOG syntax [default: info].
     #[arg(long, env = "SLUICE_LOG")]
     log: Option<String>,
-    /// Default per-plugin cap on events handled at once [default: 32].
-    #[arg(long, env = "SLUICE_MAX_CONCURRENCY")]
-    max_concurrency: Option<u32>,
     /// Host-wide cap on live plugin instances [default: 256].
     #[arg(long, env = "SLUICE_MAX_INSTANCES")]
     max_instances: Option<u32>,
-    /// Default time limit per event, e.g. 5s or 250ms [default: 5s].
-    #[arg(long, env = "SLUICE_TIMEOUT", value_parser = parse_duration)]
-    timeout: Option<Duration>,
-    /// Linear memory cap per plugin instance, in MiB [default: 64].
-    #[arg(long, env = "SLUICE_MAX_MEMORY_MB")]
-    max_memory_mb: Option<u32>,
+    /// Cores' worth of CPU that long-running plugin invocations get, all
+    /// together, while short events are flowing [default: 0.1].
+    #[arg(long, env = "SLUICE_BACKGROUND_CPU_SHARE")]
+    background_cpu_share: Option<f64>,
+    /// Subject patterns any plugin may publish to, comma-separated, whatever
+    /// its manifest grants [default: no restriction beyond the manifest].
+    #[arg(long, env = "SLUICE_PUBLISH_ALLOW", value_delimiter = ',')]
+    publish_allow: Option<Vec<String>>,
     /// Dedup store: kv (NATS KV bucket shared by hosts) or memory [default: kv].
     #[arg(long, env = "SLUICE_DEDUP_STORE")]
     dedup_store: Option<String>,
@@ -107,6 +107,43 @@ pub struct SettingsArgs {
     /// How long in-flight events may finish at shutdown [default: 10s].
     #[arg(long, env = "SLUICE_SHUTDOWN_GRACE", value_parser = parse_duration)]
     shutdown_grace: Option<Duration>,
+    #[command(flatten)]
+    limits: LimitArgs,
+}
+
+/// The per-plugin limits: host-wide defaults that no manifest may exceed.
+#[derive(Debug, Args)]
+pub struct LimitArgs {
+    /// Time limit per event (wall clock), e.g. 5s or 250ms [default: 5s].
+    #[arg(long, env = "SLUICE_TIMEOUT", value_parser = parse_duration)]
+    timeout: Option<Duration>,
+    /// Events of one plugin handled at once [default: 32].
+    #[arg(long, env = "SLUICE_MAX_CONCURRENCY")]
+    max_concurrency: Option<u32>,
+    /// Linear memory per plugin instance, in MiB [default: 64].
+    #[arg(long, env = "SLUICE_MAX_MEMORY_MB")]
+    max_memory_mb: Option<u32>,
+    /// Table elements per plugin instance [default: 20000].
+    #[arg(long, env = "SLUICE_MAX_TABLE_ELEMENTS")]
+    max_table_elements: Option<u32>,
+    /// Core WebAssembly instances per plugin instance [default: 16].
+    #[arg(long, env = "SLUICE_MAX_CORE_INSTANCES")]
+    max_core_instances: Option<u32>,
+    /// Largest event payload handed to a plugin, e.g. 4MiB [default: 4MiB].
+    #[arg(long, env = "SLUICE_MAX_PAYLOAD")]
+    max_payload: Option<ByteSize>,
+    /// Messages one event may publish [default: 100].
+    #[arg(long, env = "SLUICE_MAX_PUBLISHES")]
+    max_publishes: Option<u32>,
+    /// Bytes one event may publish (payloads, subjects, headers) [default: 4MiB].
+    #[arg(long, env = "SLUICE_MAX_PUBLISH_BYTES")]
+    max_publish_bytes: Option<ByteSize>,
+    /// Log records plus stdout/stderr lines logged per event [default: 100].
+    #[arg(long, env = "SLUICE_MAX_LOG_LINES")]
+    max_log_lines: Option<u32>,
+    /// Log lines per second per plugin, across its events [default: 100].
+    #[arg(long, env = "SLUICE_MAX_LOG_RATE")]
+    max_log_rate: Option<u32>,
 }
 
 /// NATS authentication, TLS and connect timeout flags (shared by `run`, `dev`,
@@ -159,15 +196,13 @@ impl NatsArgs {
 
 impl SettingsArgs {
     fn overrides(&self) -> Overrides {
+        let l = &self.limits;
         let mut o = Overrides {
             nats_url: self.nats_url.clone(),
             plugins: self.plugins.clone(),
             log_format: self.log_format.clone(),
             log: self.log.clone(),
-            max_concurrency: self.max_concurrency,
             max_instances: self.max_instances,
-            timeout: self.timeout,
-            max_memory_mb: self.max_memory_mb,
             dedup_store: self.dedup_store.clone(),
             dedup_bucket: self.dedup_bucket.clone(),
             dedup_ttl: self.dedup_ttl,
@@ -175,6 +210,20 @@ impl SettingsArgs {
             compile_cache: self.compile_cache.clone(),
             admin_addr: self.admin_addr.clone(),
             shutdown_grace: self.shutdown_grace,
+            background_cpu_share: self.background_cpu_share,
+            publish_allow: self.publish_allow.clone(),
+            limits: LimitOverrides {
+                timeout: l.timeout,
+                max_concurrency: l.max_concurrency,
+                max_memory_mb: l.max_memory_mb,
+                max_table_elements: l.max_table_elements,
+                max_core_instances: l.max_core_instances,
+                max_payload: l.max_payload,
+                max_publishes: l.max_publishes,
+                max_publish_bytes: l.max_publish_bytes,
+                max_log_lines: l.max_log_lines,
+                max_log_rate: l.max_log_rate,
+            },
             ..Overrides::default()
         };
         self.nats.apply(&mut o);
@@ -230,5 +279,49 @@ pub fn main() -> ExitCode {
             eprintln!("sluice: error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run_args(args: &[&str]) -> Result<RunArgs, clap::Error> {
+        let cli = Cli::try_parse_from(std::iter::once("sluice").chain(args.iter().copied()))?;
+        match cli.command {
+            Command::Run(args) => Ok(args),
+            _ => unreachable!("only `run` is parsed here"),
+        }
+    }
+
+    #[test]
+    fn limit_flags_and_the_allow_list_become_overrides() {
+        let args = run_args(&[
+            "run",
+            "--max-payload",
+            "256KiB",
+            "--max-publish-bytes",
+            "1048576",
+            "--max-log-rate",
+            "10",
+            "--publish-allow",
+            "orders.>,audit.>",
+            "--background-cpu-share",
+            "0.5",
+        ])
+        .unwrap();
+        let o = args.settings.overrides();
+        assert_eq!(o.limits.max_payload, Some(ByteSize(256 << 10)));
+        assert_eq!(o.limits.max_publish_bytes, Some(ByteSize(1 << 20)));
+        assert_eq!(o.limits.max_log_rate, Some(10));
+        assert_eq!(o.background_cpu_share, Some(0.5));
+        assert_eq!(
+            o.publish_allow,
+            Some(vec!["orders.>".to_string(), "audit.>".to_string()])
+        );
+        let e = run_args(&["run", "--max-payload", "huge"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--max-payload") && e.contains("huge"), "{e}");
     }
 }

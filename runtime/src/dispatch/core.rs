@@ -151,7 +151,7 @@ impl Dispatcher {
                 attempt += 1;
                 continue;
             }
-            bump(&route.stats.gave_up, 1);
+            route.stats.record_give_up(&failure);
             let letter = dead_letter_for(
                 &route,
                 &message,

@@ -245,7 +245,7 @@ impl Dispatcher {
                 ack(message, AckKind::Nak(Some(delay))).await;
                 return;
             }
-            bump(&route.stats.gave_up, 1);
+            route.stats.record_give_up(&failure);
             let letter = dead_letter_for(route, message, Some((&stream, sequence)), &key, attempt, &failure, (first, now), &trace);
             self.release_failed(lease.as_ref(), now).await;
             match self.dead_letter(route, &letter).await {

@@ -31,8 +31,10 @@ use crate::delivery::key::{KeyInput, derive_key};
 use crate::engine::WasmEngine;
 use crate::engine::bindings::v0_1::sluice::plugin::types;
 use crate::engine::component::CompiledPlugin;
-use crate::engine::invoke::{self, Failure, FailureClass, InvocationRequest, InvokeLimits};
-use crate::host::{OutboundMessage, PluginTag};
+use crate::engine::invoke::{
+    self, ClassCounters, ClassCounts, Failure, FailureClass, InvocationRequest, InvokeLimits,
+};
+use crate::host::{LogBudget, OutboundMessage, PluginTag};
 use crate::manifest::KeySource;
 use crate::nats::convert;
 use crate::subject::PublishGrants;
@@ -57,6 +59,11 @@ pub struct PluginStats {
     breaker_rejected: AtomicU64,
     shed: AtomicU64,
     dropped: AtomicU64,
+    refused_publishes: AtomicU64,
+    log_dropped: AtomicU64,
+    failures: ClassCounters,
+    gave_up_by: ClassCounters,
+    last_gave_up: std::sync::Mutex<Option<Failure>>,
 }
 
 /// A point-in-time copy of [`PluginStats`].
@@ -92,6 +99,14 @@ pub struct StatsSnapshot {
     pub shed: u64,
     /// Core events dropped because the plugin's buffer was full (slow consumer).
     pub dropped: u64,
+    /// Publishes refused (not granted, reserved, invalid, over a limit).
+    pub refused_publishes: u64,
+    /// Plugin log lines dropped (per-event cap or rate limit).
+    pub log_dropped: u64,
+    /// Failed attempts per failure class.
+    pub failures: ClassCounts,
+    /// Events given up on, per failure class of their last attempt.
+    pub gave_up_by: ClassCounts,
 }
 
 impl PluginStats {
@@ -114,7 +129,24 @@ impl PluginStats {
             breaker_rejected: get(&self.breaker_rejected),
             shed: get(&self.shed),
             dropped: get(&self.dropped),
+            refused_publishes: get(&self.refused_publishes),
+            log_dropped: get(&self.log_dropped),
+            failures: self.failures.snapshot(),
+            gave_up_by: self.gave_up_by.snapshot(),
         }
+    }
+
+    /// Count an event given up on, and keep its failure (what a dead-letter
+    /// record carries: class and bounded message).
+    pub fn record_give_up(&self, failure: &Failure) {
+        bump(&self.gave_up, 1);
+        self.gave_up_by.bump(failure.class);
+        *self.last_gave_up.lock().expect("stats lock") = Some(failure.clone());
+    }
+
+    /// The failure of the last event given up on.
+    pub fn last_gave_up(&self) -> Option<Failure> {
+        self.last_gave_up.lock().expect("stats lock").clone()
     }
 }
 
@@ -142,6 +174,8 @@ pub struct Route {
     pub retry: RetryPolicy,
     /// Per-plugin concurrency cap.
     pub concurrency: Arc<Semaphore>,
+    /// Log rate limit shared by the plugin's invocations.
+    pub log_budget: Arc<LogBudget>,
     /// Counters.
     pub stats: Arc<PluginStats>,
     /// Manifest override of the key source.
@@ -392,6 +426,7 @@ impl Dispatcher {
                 tag: route.tag.clone(),
                 grants: route.grants.clone(),
                 limits: route.limits,
+                log_budget: route.log_budget.clone(),
                 keep_logs: false,
             },
         )
@@ -401,8 +436,16 @@ impl Dispatcher {
         if !report.instantiate_time.is_zero() {
             self.metrics.instantiated(name, report.instantiate_time);
         }
+        bump(
+            &route.stats.refused_publishes,
+            report.refused_publishes.into(),
+        );
+        bump(&route.stats.log_dropped, report.log_dropped.into());
+        self.metrics
+            .sandbox_refusals(name, report.refused_publishes, report.log_dropped);
         if let Err(failure) = report.outcome {
             bump(&route.stats.failed_attempts, 1);
+            route.stats.failures.bump(failure.class);
             route.record_outcome(Some(&failure));
             self.metrics
                 .event_handled(name, failure.class.as_str(), started.elapsed());

@@ -1,25 +1,35 @@
 //! Running one event through one plugin version: a fresh store and instance,
-//! a CPU/wall-time deadline, memory limits, and a classified outcome.
+//! a wall-clock deadline, memory/table/instance limits, and a classified
+//! outcome.
 //!
 //! A fresh instance per event means no state leaks between events and a trap
 //! can never poison the next event. The pooling allocator and `InstancePre`
-//! keep that cheap.
+//! keep that cheap. Whatever the plugin does (trap, panic, overflow its
+//! stack, run out of memory or time, return a malformed value) ends only this
+//! invocation: it becomes a [`Failure`] with a [`FailureClass`] that drives
+//! the retry policy, and a message bounded to [`MAX_FAILURE_MESSAGE`] bytes.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use wasmtime::{Store, Trap, UpdateDeadline};
+use wasmtime::{Store, Trap};
 
 use crate::engine::WasmEngine;
 use crate::engine::bindings::v0_1::sluice::plugin::types;
 use crate::engine::component::CompiledPlugin;
+use crate::engine::governor::CpuTicket;
 use crate::host::{
-    HostState, LogRecord, LogSink, MemoryLimiter, OutboundMessage, PluginTag, PublishLimits,
+    HostState, LogBudget, LogGate, LogRecord, MemoryLimiter, OutboundMessage, PluginTag,
+    PublishLimits, truncated,
 };
 use crate::subject::PublishGrants;
 
+/// Longest failure message kept (logged, counted, dead-lettered), in bytes.
+pub const MAX_FAILURE_MESSAGE: usize = 4096;
+
 /// Per-invocation limits.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct InvokeLimits {
     /// Wall-clock time limit for instantiate + handle.
     pub timeout: Duration,
@@ -27,21 +37,19 @@ pub struct InvokeLimits {
     pub max_memory_bytes: usize,
     /// Table size cap in elements.
     pub max_table_elements: usize,
+    /// Core instances the component may create.
+    pub max_core_instances: usize,
+    /// Largest payload accepted; larger events fail without instantiating.
+    pub max_payload_bytes: usize,
     /// Publish caps.
     pub publish: PublishLimits,
-    /// Log records kept per event; the rest are dropped and counted.
-    pub max_log_records: u32,
+    /// Log records plus output lines kept per event; the rest are dropped and counted.
+    pub max_log_lines: u32,
 }
 
 impl Default for InvokeLimits {
     fn default() -> Self {
-        InvokeLimits {
-            timeout: Duration::from_secs(5),
-            max_memory_bytes: 64 << 20,
-            max_table_elements: 20_000,
-            publish: PublishLimits::default(),
-            max_log_records: 1_000,
-        }
+        crate::limits::Limits::default().invoke_limits()
     }
 }
 
@@ -58,15 +66,37 @@ pub enum FailureClass {
     OutOfMemory,
     /// The plugin overflowed its stack.
     StackOverflow,
-    /// Any other trap (a Rust panic is an `unreachable` trap).
+    /// Any other trap (a Rust panic is an `unreachable` trap), or a value the
+    /// plugin returned that breaks the component ABI (e.g. a non-UTF-8 string).
     Trap,
     /// The instance could not be created.
     Instantiate,
     /// Not run: the plugin's circuit breaker is open (core NATS events).
     CircuitOpen,
+    /// A table or instance-count limit was reached.
+    ResourceLimit,
+    /// The event's payload is larger than the plugin accepts; not retried.
+    PayloadTooLarge,
+    /// The plugin reached a per-event publish limit; not retried.
+    PublishLimit,
 }
 
 impl FailureClass {
+    /// Every class, in a fixed order (for per-class counters).
+    pub const ALL: [FailureClass; 11] = [
+        FailureClass::Retryable,
+        FailureClass::Permanent,
+        FailureClass::DeadlineExceeded,
+        FailureClass::OutOfMemory,
+        FailureClass::StackOverflow,
+        FailureClass::Trap,
+        FailureClass::Instantiate,
+        FailureClass::CircuitOpen,
+        FailureClass::ResourceLimit,
+        FailureClass::PayloadTooLarge,
+        FailureClass::PublishLimit,
+    ];
+
     /// Stable name used in logs, metrics and dead-letter records.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -78,12 +108,79 @@ impl FailureClass {
             FailureClass::Trap => "trap",
             FailureClass::Instantiate => "instantiate",
             FailureClass::CircuitOpen => "circuit-open",
+            FailureClass::ResourceLimit => "resource-limit",
+            FailureClass::PayloadTooLarge => "payload-too-large",
+            FailureClass::PublishLimit => "publish-limit",
         }
     }
 
-    /// Whether a retry could succeed.
+    /// Whether a retry could succeed. Traps, deadlines and resource
+    /// exhaustion are retried (the contract says so: they may be transient);
+    /// a permanent error, an oversized payload or a publish limit are not.
     pub fn is_retryable(self) -> bool {
-        !matches!(self, FailureClass::Permanent | FailureClass::CircuitOpen)
+        !matches!(
+            self,
+            FailureClass::Permanent
+                | FailureClass::CircuitOpen
+                | FailureClass::PayloadTooLarge
+                | FailureClass::PublishLimit
+        )
+    }
+
+    fn index(self) -> usize {
+        FailureClass::ALL
+            .iter()
+            .position(|c| *c == self)
+            .expect("every class is in ALL")
+    }
+}
+
+/// A counter per [`FailureClass`], updated concurrently.
+#[derive(Debug, Default)]
+pub struct ClassCounters([AtomicU64; FailureClass::ALL.len()]);
+
+/// A point-in-time copy of [`ClassCounters`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ClassCounts([u64; FailureClass::ALL.len()]);
+
+impl ClassCounters {
+    /// Count one more of `class`.
+    pub fn bump(&self, class: FailureClass) {
+        self.0[class.index()].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Copy the counters.
+    pub fn snapshot(&self) -> ClassCounts {
+        ClassCounts(std::array::from_fn(|i| self.0[i].load(Ordering::Relaxed)))
+    }
+}
+
+/// Serialised as `{"<class>": count}` for the classes seen at least once.
+impl serde::Serialize for ClassCounts {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let seen = self.nonzero();
+        let mut map = serializer.serialize_map(Some(seen.len()))?;
+        for (class, n) in seen {
+            map.serialize_entry(class.as_str(), &n)?;
+        }
+        map.end()
+    }
+}
+
+impl ClassCounts {
+    /// How many of `class`.
+    pub fn get(&self, class: FailureClass) -> u64 {
+        self.0[class.index()]
+    }
+
+    /// The classes counted at least once, with their counts.
+    pub fn nonzero(&self) -> Vec<(FailureClass, u64)> {
+        FailureClass::ALL
+            .iter()
+            .map(|c| (*c, self.get(*c)))
+            .filter(|(_, n)| *n > 0)
+            .collect()
     }
 }
 
@@ -92,10 +189,21 @@ impl FailureClass {
 pub struct Failure {
     /// Classification.
     pub class: FailureClass,
-    /// Human-readable reason.
+    /// Human-readable reason, at most [`MAX_FAILURE_MESSAGE`] bytes.
     pub message: String,
     /// Delay suggested by the plugin.
     pub retry_after: Option<Duration>,
+}
+
+impl Failure {
+    /// A failure of `class`, its message cut to [`MAX_FAILURE_MESSAGE`].
+    pub fn new(class: FailureClass, message: &str) -> Failure {
+        Failure {
+            class,
+            message: truncated(message, MAX_FAILURE_MESSAGE).into_owned(),
+            retry_after: None,
+        }
+    }
 }
 
 /// Result of one invocation.
@@ -111,7 +219,9 @@ pub struct InvocationReport {
     pub output: Vec<String>,
     /// Publishes the host refused during the call.
     pub refused_publishes: u32,
-    /// Time spent instantiating.
+    /// Log records and output lines dropped (per-event cap or rate limit).
+    pub log_dropped: u32,
+    /// Time spent instantiating (zero when the plugin was never instantiated).
     pub instantiate_time: Duration,
     /// Total time.
     pub elapsed: Duration,
@@ -127,6 +237,8 @@ pub struct InvocationRequest<'a> {
     pub grants: Arc<PublishGrants>,
     /// Limits.
     pub limits: InvokeLimits,
+    /// The plugin's log rate limit, shared by all its invocations.
+    pub log_budget: Arc<LogBudget>,
     /// Keep log records and output lines in the report (for `sluice invoke`).
     pub keep_logs: bool,
 }
@@ -138,36 +250,56 @@ pub async fn invoke(
     request: InvocationRequest<'_>,
 ) -> InvocationReport {
     let started = Instant::now();
-    let deadline = started + request.limits.timeout;
-    let logs = LogSink::new(
-        request.tag.clone(),
-        request.limits.max_log_records,
-        request.keep_logs,
-    );
-    let limiter = MemoryLimiter::new(
-        request.limits.max_memory_bytes,
-        request.limits.max_table_elements,
-    );
-    let mut state = HostState::new(
-        request.tag,
-        request.grants,
-        request.limits.publish,
-        limiter,
-        logs,
-    );
-    if request.keep_logs {
-        state.output.keep_lines();
+    let limits = request.limits;
+    if request.event.payload.len() > limits.max_payload_bytes {
+        return refused_before_start(
+            started,
+            Failure::new(
+                FailureClass::PayloadTooLarge,
+                &format!(
+                    "payload of {} bytes is larger than the plugin's limit of {} bytes (max_payload); not retried",
+                    request.event.payload.len(),
+                    limits.max_payload_bytes
+                ),
+            ),
+        );
     }
-    let mut store = Store::new(engine.engine(), state);
-    store.limiter(|s| &mut s.limiter);
-    store.set_epoch_deadline(1);
-    store.epoch_deadline_callback(move |_| {
-        if Instant::now() >= deadline {
-            Ok(UpdateDeadline::Interrupt)
-        } else {
-            Ok(UpdateDeadline::Yield(1))
-        }
-    });
+    let gate = Arc::new(LogGate::new(
+        request.tag.clone(),
+        request.log_budget,
+        limits.max_log_lines,
+    ));
+    let deadline = started + limits.timeout;
+    let ticket = engine.governor().enter(&request.tag.name, deadline);
+    if !ticket.admit().await {
+        return refused_before_start(
+            started,
+            Failure::new(
+                FailureClass::DeadlineExceeded,
+                &format!(
+                    "time limit of {:?} exceeded waiting for CPU: this plugin's attempts usually run long, and they run only in the background share while other plugins are busy",
+                    limits.timeout
+                ),
+            ),
+        );
+    }
+    let lane = ticket.lane_handle();
+    let mut store = new_store(
+        engine,
+        ticket,
+        HostState::new(
+            request.tag,
+            request.grants,
+            limits.publish,
+            MemoryLimiter::new(
+                limits.max_memory_bytes,
+                limits.max_table_elements,
+                limits.max_core_instances,
+            ),
+            gate,
+            request.keep_logs,
+        ),
+    );
 
     let mut instantiate_time = Duration::ZERO;
     let call = async {
@@ -183,39 +315,48 @@ pub async fn invoke(
             .await
             .map_err(|e| (FailureClass::Trap, e))
     };
-    // Epoch interruption stops wasm code; this backstop also stops a plugin
-    // that waits in a host call (for example a long WASI sleep).
-    let backstop = request.limits.timeout + Duration::from_millis(200);
-    let result = match tokio::time::timeout(backstop, call).await {
-        Ok(result) => result,
-        Err(_) => Err((
-            FailureClass::DeadlineExceeded,
-            wasmtime::Error::msg("the handler did not return in time (waiting in a host call)"),
-        )),
+    // While the call is suspended outside the governor (the plugin waits in
+    // a host call), it gives its CPU lane back.
+    let result = {
+        let mut call = std::pin::pin!(call);
+        let call = std::future::poll_fn(|cx| {
+            let poll = call.as_mut().poll(cx);
+            if poll.is_pending() {
+                lane.suspended();
+            }
+            poll
+        });
+        // Epoch interruption stops wasm code; this backstop also stops a
+        // plugin that waits in a host call (for example a long WASI sleep).
+        let backstop = limits.timeout + Duration::from_millis(200);
+        match tokio::time::timeout(backstop, call).await {
+            Ok(result) => result,
+            Err(_) => Err((
+                FailureClass::DeadlineExceeded,
+                wasmtime::Error::msg("the handler did not return in time (waiting in a host call)"),
+            )),
+        }
     };
 
     let state = store.data_mut();
     let output = state.output.finish();
     let logs = state.logs.take_records();
     let refused_publishes = state.outbox.refused();
-    let outcome = match result {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(types::HandlerError::Retryable(e))) => Err(Failure {
-            class: FailureClass::Retryable,
-            message: e.message,
-            retry_after: e.retry_after_ms.map(Duration::from_millis),
-        }),
-        Ok(Err(types::HandlerError::Permanent(message))) => Err(Failure {
-            class: FailureClass::Permanent,
-            message,
-            retry_after: None,
-        }),
-        Err((class, error)) => Err(classify(
-            class,
-            &error,
-            &state.limiter,
-            request.limits.timeout,
+    let outcome = match (result, state.outbox.limit_reached()) {
+        // The handler returned, but its outbox is incomplete.
+        (Ok(_), Some(limit)) => Err(Failure::new(
+            FailureClass::PublishLimit,
+            &format!("the plugin exceeded its publish limit: {limit}; nothing was published"),
         )),
+        (Ok(Ok(())), None) => Ok(()),
+        (Ok(Err(types::HandlerError::Retryable(e))), None) => Err(Failure {
+            retry_after: e.retry_after_ms.map(Duration::from_millis),
+            ..Failure::new(FailureClass::Retryable, &e.message)
+        }),
+        (Ok(Err(types::HandlerError::Permanent(message))), None) => {
+            Err(Failure::new(FailureClass::Permanent, &message))
+        }
+        (Err((class, error)), _) => Err(classify(class, &error, state, limits.timeout)),
     };
     let published = if outcome.is_ok() {
         state.outbox.take()
@@ -228,50 +369,77 @@ pub async fn invoke(
         logs,
         output,
         refused_publishes,
+        log_dropped: state.log_gate.dropped(),
         instantiate_time,
         elapsed: started.elapsed(),
     }
 }
 
-fn classify(
-    class: FailureClass,
-    error: &wasmtime::Error,
-    limiter: &MemoryLimiter,
-    timeout: Duration,
-) -> Failure {
-    let class = match error.downcast_ref::<Trap>() {
-        Some(Trap::Interrupt) => FailureClass::DeadlineExceeded,
-        Some(Trap::StackOverflow) => FailureClass::StackOverflow,
-        Some(_) if limiter.refused_memory() => FailureClass::OutOfMemory,
-        _ if class == FailureClass::Trap && limiter.refused_memory() => FailureClass::OutOfMemory,
-        _ => class,
-    };
-    let detail = format!("{error:#}");
-    let message = match class {
-        FailureClass::DeadlineExceeded => format!("time limit of {timeout:?} exceeded: {detail}"),
-        FailureClass::OutOfMemory => format!(
-            "memory limit of {} MiB reached: {detail}",
-            limiter.max_memory_bytes() >> 20
-        ),
-        _ => detail,
-    };
-    Failure {
-        class,
-        message: truncate(message, 4096),
-        retry_after: None,
+fn refused_before_start(started: Instant, failure: Failure) -> InvocationReport {
+    InvocationReport {
+        outcome: Err(failure),
+        published: Vec::new(),
+        logs: Vec::new(),
+        output: Vec::new(),
+        refused_publishes: 0,
+        log_dropped: 0,
+        instantiate_time: Duration::ZERO,
+        elapsed: started.elapsed(),
     }
 }
 
-fn truncate(mut s: String, max: usize) -> String {
-    if s.len() > max {
-        let mut cut = max;
-        while !s.is_char_boundary(cut) {
-            cut -= 1;
+/// A store for one invocation: limits applied, and an epoch callback that
+/// follows `ticket` (interrupt at the deadline, else the CPU governor).
+fn new_store(engine: &WasmEngine, mut ticket: CpuTicket, state: HostState) -> Store<HostState> {
+    let mut store = Store::new(engine.engine(), state);
+    store.limiter(|s| &mut s.limiter);
+    // A background invocation (admitted with a fresh lane) checks in at the
+    // first epoch check; a foreground one at the end of its first tick.
+    store.set_epoch_deadline(u64::from(ticket.in_foreground()));
+    store.epoch_deadline_callback(move |_| Ok(ticket.on_tick()));
+    store
+}
+
+fn classify(
+    class: FailureClass,
+    error: &wasmtime::Error,
+    state: &HostState,
+    timeout: Duration,
+) -> Failure {
+    let limiter = &state.limiter;
+    let class = match error.downcast_ref::<Trap>() {
+        Some(Trap::Interrupt) => FailureClass::DeadlineExceeded,
+        Some(Trap::StackOverflow) => FailureClass::StackOverflow,
+        _ if class == FailureClass::DeadlineExceeded => class,
+        _ if limiter.refused_memory() => FailureClass::OutOfMemory,
+        _ if limiter.refused_table() => FailureClass::ResourceLimit,
+        // wasmtime reports too many instances, tables or memories this way.
+        _ if format!("{}", error.root_cause()).starts_with("resource limit exceeded") => {
+            FailureClass::ResourceLimit
         }
-        s.truncate(cut);
-        s.push_str(" …");
+        _ => class,
+    };
+    // The root cause says what happened; the wasm backtrace (frames without
+    // names in release builds) goes to the debug log only.
+    tracing::debug!(error.class = class.as_str(), "plugin failed: {error:?}");
+    let cause = error.root_cause().to_string();
+    let mut message = match class {
+        FailureClass::DeadlineExceeded => format!("time limit of {timeout:?} exceeded ({cause})"),
+        FailureClass::OutOfMemory => format!(
+            "memory limit of {} MiB reached ({cause})",
+            limiter.max_memory_bytes() >> 20
+        ),
+        FailureClass::ResourceLimit => format!(
+            "resource limit reached (table of at most {} elements, or too many instances): {cause}",
+            limiter.max_table_elements()
+        ),
+        _ => cause,
+    };
+    if let Some(stderr) = state.output.stderr_tail() {
+        message.push_str("; plugin stderr: ");
+        message.push_str(&stderr);
     }
-    s
+    Failure::new(class, &message)
 }
 
 /// Instantiate `plugin` once without calling it, to catch failures that only
@@ -285,27 +453,83 @@ pub async fn smoke(
         version: plugin.info.version.as_str().into(),
     };
     let limits = InvokeLimits::default();
-    let logs = LogSink::new(tag.clone(), 0, false);
-    let limiter = MemoryLimiter::new(
-        engine.settings().max_memory_bytes,
-        engine.settings().max_table_elements,
+    let settings = engine.settings();
+    let gate = Arc::new(LogGate::new(
+        tag.clone(),
+        Arc::new(LogBudget::unlimited()),
+        0,
+    ));
+    let state = HostState::new(
+        tag.clone(),
+        Arc::default(),
+        limits.publish,
+        MemoryLimiter::new(
+            settings.max_memory_bytes,
+            settings.max_table_elements,
+            settings.max_core_instances as usize,
+        ),
+        gate,
+        false,
     );
-    let state = HostState::new(tag, Arc::default(), limits.publish, limiter, logs);
-    let mut store = Store::new(engine.engine(), state);
-    store.limiter(|s| &mut s.limiter);
-    let deadline = Instant::now() + limits.timeout;
-    store.set_epoch_deadline(1);
-    store.epoch_deadline_callback(move |_| {
-        if Instant::now() >= deadline {
-            Ok(UpdateDeadline::Interrupt)
-        } else {
-            Ok(UpdateDeadline::Yield(1))
-        }
-    });
+    let ticket = engine
+        .governor()
+        .enter(&tag.name, Instant::now() + limits.timeout);
+    let _ = ticket.admit().await;
+    let mut store = new_store(engine, ticket, state);
     plugin
         .pre
         .instantiate_async(&mut store)
         .await
         .map(drop)
         .map_err(|e| crate::engine::component::ComponentError::Instantiate(format!("{e:#}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_plugin_verdicts_host_limits_on_input_and_an_open_breaker_are_final() {
+        let final_classes: Vec<&str> = FailureClass::ALL
+            .iter()
+            .filter(|c| !c.is_retryable())
+            .map(|c| c.as_str())
+            .collect();
+        assert_eq!(
+            final_classes,
+            vec![
+                "permanent",
+                "circuit-open",
+                "payload-too-large",
+                "publish-limit"
+            ]
+        );
+    }
+
+    #[test]
+    fn class_counters_count_per_class() {
+        let counters = ClassCounters::default();
+        counters.bump(FailureClass::Trap);
+        counters.bump(FailureClass::Trap);
+        counters.bump(FailureClass::PublishLimit);
+        let snap = counters.snapshot();
+        assert_eq!(snap.get(FailureClass::Trap), 2);
+        assert_eq!(snap.get(FailureClass::Retryable), 0);
+        assert_eq!(
+            snap.nonzero(),
+            vec![(FailureClass::Trap, 2), (FailureClass::PublishLimit, 1)]
+        );
+    }
+
+    #[test]
+    fn failure_messages_are_bounded() {
+        let huge = "E".repeat(50 << 20);
+        let f = Failure::new(FailureClass::Permanent, &huge);
+        assert!(
+            f.message.len() <= MAX_FAILURE_MESSAGE + 64,
+            "{}",
+            f.message.len()
+        );
+        assert!(f.message.ends_with("more bytes)"));
+    }
 }

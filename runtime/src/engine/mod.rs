@@ -9,12 +9,19 @@
 //!   cost of fuel: a background ticker increments the epoch, and each store
 //!   checks its own deadline at every tick (see [`invoke`]);
 //! - async calls run plugin code on fibers inside tokio tasks, and the epoch
-//!   callback yields back to tokio at each tick, so a busy plugin cannot
-//!   monopolise a worker thread.
+//!   callback consults the [`governor`] at each tick, so a busy plugin can
+//!   neither monopolise a worker thread nor crowd out short events.
+//!
+//! The pool is sized from the configured limits: `max_instances` slots (plus
+//! a few for load-time smoke tests), each big enough for the largest memory,
+//! table and core-instance count any plugin may have. The dispatcher never
+//! runs more than `max_instances` invocations (further events wait), so a
+//! slot is always free when an invocation starts.
 
 pub mod bindings;
 pub mod cache;
 pub mod component;
+pub mod governor;
 pub mod invoke;
 mod ticker;
 
@@ -24,7 +31,15 @@ use std::time::Duration;
 use thiserror::Error;
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
+pub use governor::CpuGovernor;
 pub use ticker::EpochTicker;
+
+/// Pool slots beyond `max_instances`, for smoke-instantiating plugins while loading.
+pub const SMOKE_SLOTS: u32 = 4;
+/// Linear memories per component a pool slot holds (a Rust component has one).
+const MEMORIES_PER_COMPONENT: u32 = 2;
+/// Tables per component a pool slot holds (a Rust component has two or three).
+const TABLES_PER_COMPONENT: u32 = 4;
 
 /// Sizing of the shared engine, derived from the host configuration.
 #[derive(Debug, Clone)]
@@ -36,8 +51,13 @@ pub struct EngineSettings {
     pub max_memory_bytes: usize,
     /// Largest table any plugin may have, in elements.
     pub max_table_elements: usize,
+    /// Most core instances any plugin instance may create.
+    pub max_core_instances: u32,
     /// How often the epoch advances; the granularity of per-event time limits.
     pub epoch_tick: Duration,
+    /// Cores' worth of CPU that long-running invocations get, together, while
+    /// short events are flowing (see [`governor`]).
+    pub background_cpu_share: f64,
 }
 
 impl Default for EngineSettings {
@@ -46,9 +66,22 @@ impl Default for EngineSettings {
             max_instances: 256,
             max_memory_bytes: 64 << 20,
             max_table_elements: 20_000,
+            max_core_instances: 16,
             epoch_tick: Duration::from_millis(10),
+            background_cpu_share: governor::DEFAULT_BACKGROUND_SHARE,
         }
     }
+}
+
+/// How many instances of each kind the pool holds, live, right now.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PoolUsage {
+    /// Component instances (one per running invocation).
+    pub component_instances: u64,
+    /// Core instances.
+    pub core_instances: u64,
+    /// Linear memories.
+    pub memories: usize,
 }
 
 /// Failure to build the engine (for example, the pool cannot reserve memory).
@@ -68,6 +101,7 @@ pub struct EngineError {
 pub struct WasmEngine {
     engine: Engine,
     settings: Arc<EngineSettings>,
+    governor: Arc<CpuGovernor>,
     _ticker: Arc<EpochTicker>,
 }
 
@@ -77,11 +111,31 @@ impl WasmEngine {
         let engine =
             Engine::new(&engine_config(&settings)).map_err(|source| EngineError { source })?;
         let ticker = EpochTicker::start(engine.clone(), settings.epoch_tick);
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let governor = CpuGovernor::new(settings.epoch_tick, cores, settings.background_cpu_share);
         Ok(WasmEngine {
             engine,
             settings: Arc::new(settings),
+            governor,
             _ticker: Arc::new(ticker),
         })
+    }
+
+    /// The CPU scheduler every invocation consults at each epoch tick.
+    pub fn governor(&self) -> &Arc<CpuGovernor> {
+        &self.governor
+    }
+
+    /// Live instances in the pool: all zero when nothing runs (nothing leaked).
+    pub fn pool_usage(&self) -> PoolUsage {
+        self.engine
+            .pooling_allocator_metrics()
+            .map(|m| PoolUsage {
+                component_instances: m.component_instances(),
+                core_instances: m.core_instances(),
+                memories: m.memories(),
+            })
+            .unwrap_or_default()
     }
 
     /// The wasmtime engine.
@@ -96,18 +150,19 @@ impl WasmEngine {
 }
 
 fn engine_config(settings: &EngineSettings) -> Config {
-    let instances = settings.max_instances.max(1);
+    let slots = settings.max_instances.max(1) + SMOKE_SLOTS;
+    let core_instances = settings.max_core_instances.max(1);
     let mut pool = PoolingAllocationConfig::new();
-    // A Rust wasip2 component has one main core instance plus a few small
-    // shim instances; memories and tables are one or two per component.
-    pool.total_component_instances(instances)
-        .total_core_instances(instances * 8)
-        .max_core_instances_per_component(16)
-        .total_memories(instances * 2)
-        .max_memories_per_component(2)
-        .total_tables(instances * 4)
-        .max_tables_per_component(4)
-        .total_stacks(instances)
+    // Every slot can hold the largest plugin the limits allow, so a plugin
+    // within its limits never finds the pool exhausted.
+    pool.total_component_instances(slots)
+        .total_core_instances(slots * core_instances)
+        .max_core_instances_per_component(core_instances)
+        .total_memories(slots * MEMORIES_PER_COMPONENT)
+        .max_memories_per_component(MEMORIES_PER_COMPONENT)
+        .total_tables(slots * TABLES_PER_COMPONENT)
+        .max_tables_per_component(TABLES_PER_COMPONENT)
+        .total_stacks(slots)
         .max_memory_size(settings.max_memory_bytes)
         .table_elements(settings.max_table_elements)
         .max_component_instance_size(1 << 20)

@@ -1,6 +1,11 @@
-//! Per-instance memory and table limits that remember when they refused, so a
-//! trap after a refused `memory.grow` is reported as "out of memory" rather
-//! than a generic trap.
+//! Per-instance memory, table and instance-count limits that remember when
+//! they refused, so a trap after a refused `memory.grow` is reported as "out
+//! of memory" (and one after a refused `table.grow` as a resource limit)
+//! rather than a generic trap.
+//!
+//! These are per plugin; the pooling allocator's slots are sized for the
+//! largest limit any plugin may have, so the limiter is what holds a plugin
+//! to its own, possibly lower, limits.
 
 use wasmtime::ResourceLimiter;
 
@@ -9,22 +14,40 @@ use wasmtime::ResourceLimiter;
 pub struct MemoryLimiter {
     max_memory_bytes: usize,
     max_table_elements: usize,
+    max_core_instances: usize,
     refused_memory: bool,
+    refused_table: bool,
 }
 
 impl MemoryLimiter {
-    /// A limiter allowing at most these sizes.
-    pub fn new(max_memory_bytes: usize, max_table_elements: usize) -> Self {
+    /// A limiter allowing at most these sizes and core instances.
+    pub fn new(
+        max_memory_bytes: usize,
+        max_table_elements: usize,
+        max_core_instances: usize,
+    ) -> Self {
         MemoryLimiter {
             max_memory_bytes,
             max_table_elements,
+            max_core_instances,
             refused_memory: false,
+            refused_table: false,
         }
     }
 
     /// Whether a memory growth was refused during this invocation.
     pub fn refused_memory(&self) -> bool {
         self.refused_memory
+    }
+
+    /// Whether a table growth was refused during this invocation.
+    pub fn refused_table(&self) -> bool {
+        self.refused_table
+    }
+
+    /// The table cap in elements.
+    pub fn max_table_elements(&self) -> usize {
+        self.max_table_elements
     }
 
     /// The memory cap in bytes.
@@ -53,6 +76,32 @@ impl ResourceLimiter for MemoryLimiter {
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        Ok(desired <= self.max_table_elements)
+        let allowed = desired <= self.max_table_elements;
+        if !allowed {
+            self.refused_table = true;
+        }
+        Ok(allowed)
+    }
+
+    fn instances(&self) -> usize {
+        self.max_core_instances
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_are_remembered() {
+        let mut limiter = MemoryLimiter::new(1 << 20, 10, 4);
+        assert!(limiter.memory_growing(0, 1 << 20, None).unwrap());
+        assert!(!limiter.refused_memory());
+        assert!(!limiter.memory_growing(1 << 20, 2 << 20, None).unwrap());
+        assert!(limiter.refused_memory());
+        assert!(limiter.table_growing(0, 10, None).unwrap());
+        assert!(!limiter.table_growing(10, 11, None).unwrap());
+        assert!(limiter.refused_table());
+        assert_eq!(limiter.instances(), 4);
     }
 }

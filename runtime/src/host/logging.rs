@@ -2,11 +2,23 @@
 //! inside the event's span (plugin, version, subject, key, attempt), and (for `sluice
 //! invoke`) are also kept so the author sees them.
 //!
-//! A per-event cap bounds how much one event can log; records past it are
-//! counted and summarised once instead of flooding the log.
+//! Every record passes the invocation's [`LogGate`] (a per-event line cap and
+//! the plugin's rate limit); records past either are counted and dropped
+//! instead of flooding the log. Messages and fields are cut to a bounded size,
+//! so one giant record cannot either.
+
+use std::sync::Arc;
 
 use crate::engine::bindings::v0_1::sluice::plugin::{logging, types};
-use crate::host::{HostState, PluginTag};
+use crate::host::throttle::LogGate;
+use crate::host::{HostState, PluginTag, truncated};
+
+/// Longest message logged per record, in bytes; the rest is cut.
+pub const MAX_LOG_MESSAGE: usize = 4096;
+/// Most structured fields logged per record.
+const MAX_FIELDS: usize = 32;
+/// Longest field key or value logged, in bytes.
+const MAX_FIELD: usize = 512;
 
 /// One record a plugin logged.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,29 +35,21 @@ pub struct LogRecord {
 #[derive(Debug)]
 pub struct LogSink {
     tag: PluginTag,
-    max_records: u32,
-    emitted: u32,
-    dropped: u32,
+    gate: Arc<LogGate>,
     keep: bool,
     kept: Vec<LogRecord>,
 }
 
 impl LogSink {
-    /// A sink for one event; `keep` retains records for the caller.
-    pub fn new(tag: PluginTag, max_records: u32, keep: bool) -> Self {
+    /// A sink for one event, admitting records through `gate`; `keep`
+    /// retains records for the caller.
+    pub fn new(tag: PluginTag, gate: Arc<LogGate>, keep: bool) -> Self {
         LogSink {
             tag,
-            max_records,
-            emitted: 0,
-            dropped: 0,
+            gate,
             keep,
             kept: Vec::new(),
         }
-    }
-
-    /// Records past the per-event cap that were dropped.
-    pub fn dropped(&self) -> u32 {
-        self.dropped
     }
 
     /// The retained records (empty unless `keep` was set).
@@ -55,18 +59,20 @@ impl LogSink {
 
     /// Log one record from the plugin, or count it as dropped past the cap.
     pub fn record(&mut self, level: &str, message: &str, fields: Vec<(String, String)>) {
-        if self.emitted >= self.max_records {
-            if self.dropped == 0 {
-                tracing::warn!(
-                    plugin = %self.tag.name, version = %self.tag.version,
-                    "plugin reached its limit of {} log records for this event; dropping the rest",
-                    self.max_records
-                );
-            }
-            self.dropped += 1;
+        if !self.gate.admit_line("log records") {
             return;
         }
-        self.emitted += 1;
+        let message = truncated(message, MAX_LOG_MESSAGE);
+        let fields: Vec<(String, String)> = fields
+            .iter()
+            .take(MAX_FIELDS)
+            .map(|(k, v)| {
+                (
+                    truncated(k, MAX_FIELD).into_owned(),
+                    truncated(v, MAX_FIELD).into_owned(),
+                )
+            })
+            .collect();
         let rendered: String = fields.iter().map(|(k, v)| format!(" {k}={v}")).collect();
         macro_rules! emit {
             ($lvl:expr) => {
@@ -86,7 +92,7 @@ impl LogSink {
         if self.keep {
             self.kept.push(LogRecord {
                 level: level.to_string(),
-                message: message.to_string(),
+                message: message.into_owned(),
                 fields,
             });
         }

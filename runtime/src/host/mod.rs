@@ -11,7 +11,9 @@ pub mod limiter;
 pub mod logging;
 pub mod publisher;
 pub mod stdio;
+pub mod throttle;
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use wasmtime::component::{HasSelf, Linker, ResourceTable};
@@ -23,6 +25,7 @@ pub use limiter::MemoryLimiter;
 pub use logging::{LogRecord, LogSink};
 pub use publisher::{OutboundMessage, Outbox, PublishLimits};
 pub use stdio::CapturedOutput;
+pub use throttle::{LogBudget, LogGate};
 
 /// Identifies the plugin version an instance belongs to, for log tagging.
 #[derive(Debug, Clone)]
@@ -41,6 +44,8 @@ pub struct HostState {
     pub limiter: MemoryLimiter,
     /// Log records of this invocation.
     pub logs: LogSink,
+    /// Admits log records and output lines (per-event cap, plugin rate limit).
+    pub log_gate: Arc<LogGate>,
     /// Publishes buffered until the handler succeeds.
     pub outbox: Outbox,
     /// The plugin's stdout and stderr.
@@ -48,15 +53,21 @@ pub struct HostState {
 }
 
 impl HostState {
-    /// A deny-by-default state for one invocation of `tag`.
+    /// A deny-by-default state for one invocation of `tag`; `keep_logs`
+    /// retains log records and output lines for the caller.
     pub fn new(
         tag: PluginTag,
         grants: Arc<PublishGrants>,
         publish_limits: PublishLimits,
         limiter: MemoryLimiter,
-        logs: LogSink,
+        log_gate: Arc<LogGate>,
+        keep_logs: bool,
     ) -> Self {
-        let output = CapturedOutput::new(tag.clone());
+        let logs = LogSink::new(tag.clone(), log_gate.clone(), keep_logs);
+        let mut output = CapturedOutput::new(tag, log_gate.clone());
+        if keep_logs {
+            output.keep_lines();
+        }
         let mut builder = WasiCtx::builder();
         builder.stdout(output.stdout()).stderr(output.stderr());
         // Nothing else is granted: no dirs, env, args, or network.
@@ -69,10 +80,25 @@ impl HostState {
             table: ResourceTable::new(),
             limiter,
             logs,
+            log_gate,
             outbox: Outbox::new(grants, publish_limits),
             output,
         }
     }
+}
+
+/// `s` cut to at most `max` bytes (at a character boundary), with a marker
+/// saying how many bytes were cut. Whatever a plugin hands the host is bounded
+/// by this before it is logged or kept.
+pub fn truncated(s: &str, max: usize) -> Cow<'_, str> {
+    if s.len() <= max {
+        return Cow::Borrowed(s);
+    }
+    let mut cut = max;
+    while !s.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    Cow::Owned(format!("{} … ({} more bytes)", &s[..cut], s.len() - cut))
 }
 
 impl WasiView for HostState {
@@ -92,4 +118,18 @@ pub fn linker(engine: &wasmtime::Engine) -> wasmtime::Result<Linker<HostState>> 
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
     v0_1::Consumer::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |state| state)?;
     Ok(linker)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn truncation_respects_char_boundaries_and_says_how_much() {
+        assert_eq!(truncated("short", 10), "short");
+        let cut = truncated("ééé", 3);
+        assert_eq!(cut, "é … (4 more bytes)");
+        let huge = "E".repeat(50 << 20);
+        assert!(truncated(&huge, 4096).len() < 4200);
+    }
 }

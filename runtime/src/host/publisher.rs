@@ -3,6 +3,11 @@
 //! A plugin's publishes are validated at once (grants, limits) but only
 //! buffered; the dispatcher sends them after the handler returned `ok`. A
 //! failed attempt's outbox is dropped, so a retry never double-publishes.
+//!
+//! A refused publish returns an error to the plugin, is logged and counted.
+//! Reaching a per-event publish limit also fails the attempt (class
+//! `publish-limit`) whatever the handler returns afterwards: its outbox is
+//! incomplete, and committing part of it would be worse than committing none.
 
 use std::sync::Arc;
 
@@ -17,7 +22,8 @@ use crate::subject::{GrantError, PublishGrants};
 pub struct PublishLimits {
     /// Most messages one event may publish.
     pub max_messages: u32,
-    /// Most payload bytes (summed) one event may publish.
+    /// Most bytes (payload plus subject and headers, summed) one event may
+    /// publish; this also bounds the host memory an outbox can hold.
     pub max_bytes: usize,
 }
 
@@ -27,6 +33,14 @@ impl Default for PublishLimits {
             max_messages: 100,
             max_bytes: 4 << 20,
         }
+    }
+}
+
+impl OutboundMessage {
+    /// Bytes counted against `max_publish_bytes`: payload, subject and headers.
+    pub fn size(&self) -> usize {
+        let headers: usize = self.headers.iter().map(|(n, v)| n.len() + v.len()).sum();
+        self.payload.len() + self.subject.len() + headers
     }
 }
 
@@ -49,6 +63,7 @@ pub struct Outbox {
     messages: Vec<OutboundMessage>,
     bytes: usize,
     refused: u32,
+    limit_reached: Option<String>,
 }
 
 impl Outbox {
@@ -60,6 +75,7 @@ impl Outbox {
             messages: Vec::new(),
             bytes: 0,
             refused: 0,
+            limit_reached: None,
         }
     }
 
@@ -89,25 +105,24 @@ impl Outbox {
                 )),
             );
         }
-        if self.messages.len() as u32 >= self.limits.max_messages {
-            return refused(
-                self,
-                types::PublishError::LimitExceeded(format!(
-                    "at most {} publishes per event",
-                    self.limits.max_messages
-                )),
-            );
+        let over = if self.messages.len() as u32 >= self.limits.max_messages {
+            Some(format!(
+                "at most {} publishes per event (max_publishes)",
+                self.limits.max_messages
+            ))
+        } else if self.bytes.saturating_add(message.size()) > self.limits.max_bytes {
+            Some(format!(
+                "at most {} bytes (payload, subject and headers) published per event (max_publish_bytes)",
+                self.limits.max_bytes
+            ))
+        } else {
+            None
+        };
+        if let Some(limit) = over {
+            self.limit_reached.get_or_insert_with(|| limit.clone());
+            return refused(self, types::PublishError::LimitExceeded(limit));
         }
-        if self.bytes + message.payload.len() > self.limits.max_bytes {
-            return refused(
-                self,
-                types::PublishError::LimitExceeded(format!(
-                    "at most {} payload bytes published per event",
-                    self.limits.max_bytes
-                )),
-            );
-        }
-        self.bytes += message.payload.len();
+        self.bytes += message.size();
         self.messages.push(message);
         Ok(())
     }
@@ -115,6 +130,11 @@ impl Outbox {
     /// How many publishes were refused in this invocation.
     pub fn refused(&self) -> u32 {
         self.refused
+    }
+
+    /// The publish limit this invocation ran into, if it did.
+    pub fn limit_reached(&self) -> Option<&str> {
+        self.limit_reached.as_deref()
     }
 
     /// Take the buffered messages (to commit them).
@@ -140,7 +160,6 @@ impl publisher::Host for HostState {
             payload: Bytes::from(payload),
             headers: headers.into_iter().map(|h| (h.name, h.value)).collect(),
         };
-        let subject = message.subject.clone();
         let result = self.outbox.push(message);
         if let Err(e) = &result {
             let why = match e {
@@ -148,7 +167,14 @@ impl publisher::Host for HostState {
                 | types::PublishError::InvalidSubject(m)
                 | types::PublishError::LimitExceeded(m) => m,
             };
-            tracing::warn!(publish.subject = %subject, "plugin publish refused: {why}");
+            // The first refusal of an event is worth a warning; a plugin
+            // retrying in a loop must not turn it into a log flood (the total
+            // is counted in the plugin's stats).
+            if self.outbox.refused() == 1 {
+                tracing::warn!("plugin publish refused: {why}");
+            } else {
+                tracing::debug!("plugin publish refused: {why}");
+            }
         }
         result
     }
@@ -173,7 +199,8 @@ mod tests {
             grants,
             PublishLimits {
                 max_messages: 2,
-                max_bytes: 10,
+                // Subject bytes count too: "out.a" + 4 = 9.
+                max_bytes: 30,
             },
         );
         assert!(outbox.push(msg("out.a", 4)).is_ok());
@@ -185,16 +212,30 @@ mod tests {
             outbox.push(msg("out.*", 1)),
             Err(types::PublishError::InvalidSubject(_))
         ));
+        assert_eq!(outbox.limit_reached(), None, "grant refusals are no limit");
         assert!(matches!(
-            outbox.push(msg("out.b", 7)),
+            outbox.push(msg("out.b", 17)),
             Err(types::PublishError::LimitExceeded(_))
         ));
-        assert!(outbox.push(msg("out.b", 6)).is_ok());
+        assert!(
+            outbox
+                .limit_reached()
+                .unwrap()
+                .contains("max_publish_bytes")
+        );
+        assert!(outbox.push(msg("out.b", 16)).is_ok());
         assert!(matches!(
             outbox.push(msg("out.c", 0)),
             Err(types::PublishError::LimitExceeded(_))
         ));
         assert_eq!(outbox.refused(), 4);
+        assert!(
+            outbox
+                .limit_reached()
+                .unwrap()
+                .contains("max_publish_bytes"),
+            "the first limit reached is the one reported"
+        );
         assert_eq!(outbox.take().len(), 2);
     }
 }

@@ -26,7 +26,9 @@ pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CON
 pub const OK: &str = "ok";
 
 /// Values of the `limit` label of `sluice_limit_violations_total`.
-pub const LIMITS: &[&str] = &["time", "memory", "stack", "publish", "log"];
+pub const LIMITS: &[&str] = &[
+    "time", "memory", "stack", "resource", "payload", "publish", "log",
+];
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PluginLabels {
@@ -95,6 +97,7 @@ struct Inner {
     breaker_state: Family<PluginLabels, Gauge>,
     breaker_transitions: Family<StateTransitionLabels, Counter>,
     core_dropped: Family<PluginLabels, Counter>,
+    publish_refused: Family<PluginLabels, Counter>,
     connected: AtomicBool,
     ever_connected: AtomicBool,
 }
@@ -198,7 +201,7 @@ impl Metrics {
         let limit_violations = Family::default();
         registry.register(
             "limit_violations",
-            "Sandbox limits a plugin hit, by limit (time, memory, stack, publish, log)",
+            "Sandbox limits a plugin hit, by limit (time, memory, stack, resource, payload, publish; log = attempts whose log lines were cut)",
             limit_violations.clone(),
         );
         let plugins = Family::default();
@@ -243,6 +246,12 @@ impl Metrics {
             "Core NATS events dropped because the plugin's buffer was full (slow consumer)",
             core_dropped.clone(),
         );
+        let publish_refused = Family::<PluginLabels, Counter>::default();
+        registry.register(
+            "publish_refused",
+            "Publishes a plugin attempted that the host refused (not granted, reserved, invalid or over a limit)",
+            publish_refused.clone(),
+        );
         let build = Family::<VersionLabels, Gauge>::default();
         build
             .get_or_create(&VersionLabels {
@@ -273,6 +282,7 @@ impl Metrics {
                 breaker_state,
                 breaker_transitions,
                 core_dropped,
+                publish_refused,
                 connected: AtomicBool::new(false),
                 ever_connected: AtomicBool::new(false),
             }),
@@ -306,6 +316,7 @@ impl Metrics {
         drop(i.reload_failures.get_or_create(&p));
         drop(i.breaker_state.get_or_create(&p));
         drop(i.core_dropped.get_or_create(&p));
+        drop(i.publish_refused.get_or_create(&p));
         for limit in LIMITS {
             drop(
                 i.limit_violations
@@ -345,10 +356,27 @@ impl Metrics {
             "deadline-exceeded" => Some("time"),
             "out-of-memory" => Some("memory"),
             "stack-overflow" => Some("stack"),
+            "resource-limit" => Some("resource"),
+            "payload-too-large" => Some("payload"),
+            "publish-limit" => Some("publish"),
             _ => None,
         };
         if let Some(limit) = limit {
             self.limit_violation(plugin, limit);
+        }
+    }
+
+    /// An attempt of `plugin` had `refused` publishes refused and
+    /// `log_dropped` log lines dropped (per-event cap or rate limit).
+    pub fn sandbox_refusals(&self, plugin: &str, refused: u32, log_dropped: u32) {
+        if refused > 0 {
+            self.inner
+                .publish_refused
+                .get_or_create(&labels(plugin))
+                .inc_by(refused.into());
+        }
+        if log_dropped > 0 {
+            self.limit_violation(plugin, "log");
         }
     }
 
