@@ -34,6 +34,9 @@ with_limit_keys! {
         #[serde(default)]
         breaker: BreakerOverrides,
         core_buffer: Option<usize>,
+        #[serde(default)]
+        isolation: Isolation,
+        reuse_limit: Option<u32>,
     }
 }
 
@@ -154,7 +157,28 @@ pub struct Manifest {
     pub breaker: BreakerOverrides,
     /// Core NATS: events buffered while every slot is busy (then dropped and counted).
     pub core_buffer: Option<usize>,
+    /// A fresh instance per event, or warm instances reused.
+    pub isolation: Isolation,
+    /// With `isolation = "reuse"`: events one instance handles before it is
+    /// replaced by a fresh one.
+    pub reuse_limit: u32,
 }
+
+/// How a plugin's events get their instances.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Isolation {
+    /// A fresh instance per event: nothing survives from one event to the next.
+    #[default]
+    Fresh,
+    /// An instance handles up to `reuse_limit` events, one at a time, and is
+    /// dropped after any trap, deadline or resource failure: faster, but the
+    /// plugin's memory (its globals, caches) lives on between those events.
+    Reuse,
+}
+
+/// Default `reuse_limit`.
+pub const DEFAULT_REUSE_LIMIT: u32 = 1000;
 
 /// A manifest that cannot be used; the message names the file and the key.
 #[derive(Debug, Error)]
@@ -305,12 +329,26 @@ impl Manifest {
         raw.breaker
             .validate()
             .map_err(|(key, message)| invalid(key.into(), message))?;
+        if raw.reuse_limit == Some(0) {
+            return Err(invalid(
+                "reuse_limit".into(),
+                "must be at least 1 (1 = a fresh instance per event)".into(),
+            ));
+        }
+        if raw.reuse_limit.is_some() && raw.isolation != Isolation::Reuse {
+            return Err(invalid(
+                "reuse_limit".into(),
+                "only applies with isolation = \"reuse\"; add that or remove reuse_limit".into(),
+            ));
+        }
         if raw.core_buffer == Some(0) {
             return Err(invalid("core_buffer".into(), "must be at least 1".into()));
         }
         Ok(Manifest {
             breaker: raw.breaker,
             core_buffer: raw.core_buffer,
+            isolation: raw.isolation,
+            reuse_limit: raw.reuse_limit.unwrap_or(DEFAULT_REUSE_LIMIT),
             mode: raw.mode,
             jetstream,
             idempotency: IdempotencySettings {
@@ -462,6 +500,33 @@ mod tests {
         assert!(e.contains("idempotency.key"), "{e}");
         let core = Manifest::parse("subjects = [\"a\"]").unwrap();
         assert!(!core.confirm_publishes && core.idempotency.dedup);
+    }
+
+    #[test]
+    fn isolation_defaults_to_fresh_and_reuse_takes_a_limit() {
+        let m = Manifest::parse("subjects = [\"a\"]").unwrap();
+        assert_eq!(m.isolation, Isolation::Fresh);
+        let m = Manifest::parse("subjects = [\"a\"]\nisolation = \"reuse\"").unwrap();
+        assert_eq!(
+            (m.isolation, m.reuse_limit),
+            (Isolation::Reuse, DEFAULT_REUSE_LIMIT)
+        );
+        let m =
+            Manifest::parse("subjects = [\"a\"]\nisolation = \"reuse\"\nreuse_limit = 50").unwrap();
+        assert_eq!(m.reuse_limit, 50);
+        for bad in [
+            "isolation = \"pooled\"",
+            "isolation = \"reuse\"\nreuse_limit = 0",
+            "reuse_limit = 10",
+        ] {
+            let e = Manifest::parse(&format!("subjects = [\"a\"]\n{bad}"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("isolation") || e.contains("reuse_limit"),
+                "{bad}: {e}"
+            );
+        }
     }
 
     #[test]

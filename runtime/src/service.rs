@@ -35,6 +35,7 @@ use crate::delivery::breaker::{BreakerPolicy, Forced};
 use crate::delivery::dead_letter;
 use crate::delivery::dedup::{DedupStore, MemoryStore};
 use crate::delivery::dedup_kv::KvStore;
+use crate::dispatch::warm::WarmPool;
 use crate::dispatch::{Dispatcher, Route, StatsSnapshot};
 use crate::engine::cache::{CompileCache, Provenance};
 use crate::engine::governor::GovernorStats;
@@ -42,7 +43,7 @@ use crate::engine::invoke::Failure;
 use crate::engine::{EngineError, PoolUsage, WasmEngine};
 use crate::host::{self, HostState, LogBudget, PluginTag};
 use crate::limits::PluginSandbox;
-use crate::manifest::{DeliveryMode, JetStreamSettings, Manifest};
+use crate::manifest::{DeliveryMode, Isolation, JetStreamSettings, Manifest};
 use crate::nats;
 use crate::nats::jetstream::{ConsumerSpec, durable_consumer};
 use crate::registry::{
@@ -717,6 +718,12 @@ impl Supervisor {
             concurrency: concurrency
                 .unwrap_or_else(|| Arc::new(Semaphore::new(limits.max_concurrency as usize))),
             log_budget: Arc::new(LogBudget::new(limits.max_log_rate)),
+            warm: (manifest.isolation == Isolation::Reuse).then(|| {
+                Arc::new(WarmPool::new(
+                    manifest.reuse_limit,
+                    limits.max_concurrency as usize,
+                ))
+            }),
             stats: self.registry.stats_handle(&plugin.name),
             key_source: manifest.idempotency.key.clone(),
             hash_headers: manifest.idempotency.hash_headers.clone(),

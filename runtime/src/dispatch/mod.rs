@@ -10,13 +10,14 @@
 
 pub mod core;
 pub mod jetstream;
+pub mod warm;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use async_nats::{Client, HeaderMap};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -176,6 +177,9 @@ pub struct Route {
     pub concurrency: Arc<Semaphore>,
     /// Log rate limit shared by the plugin's invocations.
     pub log_budget: Arc<LogBudget>,
+    /// Idle instances to reuse (`isolation = "reuse"`); `None`: a fresh
+    /// instance per event.
+    pub warm: Option<Arc<warm::WarmPool>>,
     /// Counters.
     pub stats: Arc<PluginStats>,
     /// Manifest override of the key source.
@@ -286,6 +290,7 @@ pub struct Dispatcher {
     shutdown: CancellationToken,
     metrics: Metrics,
     abort: CancellationToken,
+    warm_pools: warm::WarmPools,
 }
 
 impl Dispatcher {
@@ -309,6 +314,7 @@ impl Dispatcher {
             shutdown,
             metrics: Metrics::new(),
             abort: CancellationToken::new(),
+            warm_pools: warm::WarmPools::default(),
         }
     }
 
@@ -411,14 +417,21 @@ impl Dispatcher {
     ) -> Result<(), Failure> {
         let _in_flight = self.metrics.attempt_started(&route.tag.name);
         let started = Instant::now();
-        let Ok(_instance) = self.instances.acquire().await else {
-            return Err(Failure {
-                class: FailureClass::Instantiate,
-                message: "host is shutting down".into(),
-                retry_after: None,
-            });
+        let warm = route.warm.as_ref().and_then(|pool| pool.take());
+        let (warm, permit) = match warm {
+            Some((warm, permit)) => (Some(warm), permit),
+            None => match self.instance_permit(route).await {
+                Some(permit) => (None, permit),
+                None => {
+                    return Err(Failure {
+                        class: FailureClass::Instantiate,
+                        message: "host is shutting down".into(),
+                        retry_after: None,
+                    });
+                }
+            },
         };
-        let report = invoke::invoke(
+        let (report, warm) = invoke::invoke_reusing(
             &self.engine,
             &route.compiled,
             InvocationRequest {
@@ -429,9 +442,17 @@ impl Dispatcher {
                 log_budget: route.log_budget.clone(),
                 keep_logs: false,
             },
+            warm,
+            route.warm.is_some(),
         )
         .await;
-        drop(_instance);
+        match (warm, &route.warm) {
+            (Some(warm), Some(pool)) => {
+                pool.put(warm, permit);
+                self.warm_pools.idle_added();
+            }
+            _ => drop(permit),
+        }
         let name = &route.tag.name;
         if !report.instantiate_time.is_zero() {
             self.metrics.instantiated(name, report.instantiate_time);
@@ -465,6 +486,39 @@ impl Dispatcher {
             .event_handled(name, crate::telemetry::metrics::OK, started.elapsed());
         tracing::debug!(elapsed = ?report.elapsed, "handled");
         Ok(())
+    }
+
+    /// A host-wide instance permit for a fresh instance. When none is free
+    /// but some plugin's warm instances sit idle, those are evicted first.
+    /// `None` when the host is shutting down.
+    async fn instance_permit(&self, route: &Route) -> Option<OwnedSemaphorePermit> {
+        if let Some(pool) = &route.warm {
+            self.warm_pools.register(pool);
+        }
+        loop {
+            match self.instances.clone().try_acquire_owned() {
+                Ok(permit) => return Some(permit),
+                Err(TryAcquireError::Closed) => return None,
+                Err(TryAcquireError::NoPermits) => {
+                    if self.warm_pools.evict_one() {
+                        continue;
+                    }
+                    // Wait for a permit, or for an instance going idle
+                    // (holding its permit) to evict. Listen before the last
+                    // look, so an instance put back meanwhile is not missed.
+                    let idle = self.warm_pools.wait_for_idle();
+                    tokio::pin!(idle);
+                    idle.as_mut().enable();
+                    if self.warm_pools.evict_one() {
+                        continue;
+                    }
+                    tokio::select! {
+                        permit = self.instances.clone().acquire_owned() => return permit.ok(),
+                        () = idle => {}
+                    }
+                }
+            }
+        }
     }
 
     /// Send a successful attempt's outbox. With `confirm_publishes`, every

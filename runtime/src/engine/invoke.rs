@@ -13,9 +13,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use wasmtime::{Store, Trap};
+use wasmtime::{Store, Trap, UpdateDeadline};
 
 use crate::engine::WasmEngine;
+use crate::engine::bindings::v0_1;
 use crate::engine::bindings::v0_1::sluice::plugin::types;
 use crate::engine::component::CompiledPlugin;
 use crate::engine::governor::CpuTicket;
@@ -243,77 +244,127 @@ pub struct InvocationRequest<'a> {
     pub keep_logs: bool,
 }
 
+/// A live instance of one plugin version kept for its next event
+/// (`isolation = "reuse"`). It is only ever handed back after a call that
+/// returned normally, so a trap, a deadline or a resource failure never
+/// carries over; its linear memory (the plugin's own state) does.
+pub struct WarmInstance {
+    store: Store<HostState>,
+    consumer: v0_1::Consumer,
+    /// Events this instance has handled.
+    pub uses: u32,
+}
+
+impl std::fmt::Debug for WarmInstance {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WarmInstance")
+            .field("uses", &self.uses)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Run `request` on a fresh instance of `plugin`.
 pub async fn invoke(
     engine: &WasmEngine,
     plugin: &CompiledPlugin,
     request: InvocationRequest<'_>,
 ) -> InvocationReport {
+    invoke_reusing(engine, plugin, request, None, false).await.0
+}
+
+/// Run `request` on `warm` if given (it must be an instance of `plugin`),
+/// else on a fresh instance. With `keep_warm`, the instance is handed back
+/// when the call returned normally (whatever the handler's verdict), for the
+/// caller to reuse; after a trap, a deadline or a refused start it is dropped.
+pub async fn invoke_reusing(
+    engine: &WasmEngine,
+    plugin: &CompiledPlugin,
+    request: InvocationRequest<'_>,
+    warm: Option<WarmInstance>,
+    keep_warm: bool,
+) -> (InvocationReport, Option<WarmInstance>) {
     let started = Instant::now();
     let limits = request.limits;
     if request.event.payload.len() > limits.max_payload_bytes {
-        return refused_before_start(
-            started,
-            Failure::new(
-                FailureClass::PayloadTooLarge,
-                &format!(
-                    "payload of {} bytes is larger than the plugin's limit of {} bytes (max_payload); not retried",
-                    request.event.payload.len(),
-                    limits.max_payload_bytes
-                ),
+        let failure = Failure::new(
+            FailureClass::PayloadTooLarge,
+            &format!(
+                "payload of {} bytes is larger than the plugin's limit of {} bytes (max_payload); not retried",
+                request.event.payload.len(),
+                limits.max_payload_bytes
             ),
         );
+        return (refused_before_start(started, failure), warm);
     }
-    let gate = Arc::new(LogGate::new(
-        request.tag.clone(),
-        request.log_budget,
-        limits.max_log_lines,
-    ));
     let deadline = started + limits.timeout;
     let ticket = engine.governor().enter(&request.tag.name, deadline);
     if !ticket.admit().await {
-        return refused_before_start(
-            started,
-            Failure::new(
-                FailureClass::DeadlineExceeded,
-                &format!(
-                    "time limit of {:?} exceeded waiting for CPU: this plugin's attempts usually run long, and they run only in the background share while other plugins are busy",
-                    limits.timeout
-                ),
+        let failure = Failure::new(
+            FailureClass::DeadlineExceeded,
+            &format!(
+                "time limit of {:?} exceeded waiting for CPU: this plugin's attempts usually run long, and they run only in the background share while other plugins are busy",
+                limits.timeout
             ),
         );
+        return (refused_before_start(started, failure), warm);
     }
     let lane = ticket.lane_handle();
-    let mut store = new_store(
-        engine,
-        ticket,
-        HostState::new(
-            request.tag,
-            request.grants,
-            limits.publish,
-            MemoryLimiter::new(
-                limits.max_memory_bytes,
-                limits.max_table_elements,
-                limits.max_core_instances,
-            ),
-            gate,
-            request.keep_logs,
-        ),
-    );
+    let (mut store, consumer) = match warm {
+        Some(WarmInstance {
+            mut store,
+            consumer,
+            uses,
+        }) => {
+            store.data_mut().begin_event();
+            arm(&mut store, ticket);
+            (store, Some((consumer, uses)))
+        }
+        None => {
+            let gate = Arc::new(LogGate::new(
+                request.tag.clone(),
+                request.log_budget,
+                limits.max_log_lines,
+            ));
+            let state = HostState::new(
+                request.tag,
+                request.grants,
+                limits.publish,
+                MemoryLimiter::new(
+                    limits.max_memory_bytes,
+                    limits.max_table_elements,
+                    limits.max_core_instances,
+                ),
+                gate,
+                request.keep_logs,
+            );
+            let mut store = Store::new(engine.engine(), state);
+            store.limiter(|s| &mut s.limiter);
+            arm(&mut store, ticket);
+            (store, None)
+        }
+    };
 
     let mut instantiate_time = Duration::ZERO;
+    let uses = consumer.as_ref().map_or(0, |(_, uses)| *uses);
     let call = async {
-        let consumer = plugin
-            .pre
-            .instantiate_async(&mut store)
-            .await
-            .map_err(|e| (FailureClass::Instantiate, e))?;
-        instantiate_time = started.elapsed();
-        consumer
+        let consumer = match consumer {
+            Some((consumer, _)) => consumer,
+            None => {
+                let consumer = plugin
+                    .pre
+                    .instantiate_async(&mut store)
+                    .await
+                    .map_err(|e| (FailureClass::Instantiate, e))?;
+                instantiate_time = started.elapsed();
+                consumer
+            }
+        };
+        let verdict = consumer
             .sluice_plugin_handler()
             .call_handle(&mut store, request.event)
             .await
-            .map_err(|e| (FailureClass::Trap, e))
+            .map_err(|e| (FailureClass::Trap, e))?;
+        Ok((verdict, consumer))
     };
     // While the call is suspended outside the governor (the plugin waits in
     // a host call), it gives its CPU lane back.
@@ -337,7 +388,14 @@ pub async fn invoke(
             )),
         }
     };
+    // The invocation's CPU ticket lives in the epoch callback: end it now,
+    // whether or not the store lives on.
+    disarm(&mut store);
 
+    let (result, consumer) = match result {
+        Ok((verdict, consumer)) => (Ok(verdict), Some(consumer)),
+        Err(e) => (Err(e), None),
+    };
     let state = store.data_mut();
     let output = state.output.finish();
     let logs = state.logs.take_records();
@@ -363,7 +421,7 @@ pub async fn invoke(
     } else {
         Vec::new()
     };
-    InvocationReport {
+    let report = InvocationReport {
         outcome,
         published,
         logs,
@@ -372,7 +430,16 @@ pub async fn invoke(
         log_dropped: state.log_gate.dropped(),
         instantiate_time,
         elapsed: started.elapsed(),
-    }
+    };
+    let warm = match consumer {
+        Some(consumer) if keep_warm => Some(WarmInstance {
+            store,
+            consumer,
+            uses: uses + 1,
+        }),
+        _ => None,
+    };
+    (report, warm)
 }
 
 fn refused_before_start(started: Instant, failure: Failure) -> InvocationReport {
@@ -388,16 +455,19 @@ fn refused_before_start(started: Instant, failure: Failure) -> InvocationReport 
     }
 }
 
-/// A store for one invocation: limits applied, and an epoch callback that
-/// follows `ticket` (interrupt at the deadline, else the CPU governor).
-fn new_store(engine: &WasmEngine, mut ticket: CpuTicket, state: HostState) -> Store<HostState> {
-    let mut store = Store::new(engine.engine(), state);
-    store.limiter(|s| &mut s.limiter);
+/// Give `store` the epoch callback of one invocation, following `ticket`
+/// (interrupt at the deadline, else the CPU governor).
+fn arm(store: &mut Store<HostState>, mut ticket: CpuTicket) {
     // A background invocation (admitted with a fresh lane) checks in at the
     // first epoch check; a foreground one at the end of its first tick.
     store.set_epoch_deadline(u64::from(ticket.in_foreground()));
     store.epoch_deadline_callback(move |_| Ok(ticket.on_tick()));
-    store
+}
+
+/// End the invocation's CPU ticket (dropped with the old callback); an idle
+/// store that were somehow entered again would be interrupted at once.
+fn disarm(store: &mut Store<HostState>) {
+    store.epoch_deadline_callback(|_| Ok(UpdateDeadline::Interrupt));
 }
 
 fn classify(
@@ -475,7 +545,9 @@ pub async fn smoke(
         .governor()
         .enter(&tag.name, Instant::now() + limits.timeout);
     let _ = ticket.admit().await;
-    let mut store = new_store(engine, ticket, state);
+    let mut store = Store::new(engine.engine(), state);
+    store.limiter(|s| &mut s.limiter);
+    arm(&mut store, ticket);
     plugin
         .pre
         .instantiate_async(&mut store)

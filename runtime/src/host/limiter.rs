@@ -35,6 +35,13 @@ impl MemoryLimiter {
         }
     }
 
+    /// Forget the previous event's refusals (a reused instance; the memory
+    /// it grew stays, and stays counted against the cap).
+    pub fn reset(&mut self) {
+        self.refused_memory = false;
+        self.refused_table = false;
+    }
+
     /// Whether a memory growth was refused during this invocation.
     pub fn refused_memory(&self) -> bool {
         self.refused_memory

@@ -52,6 +52,11 @@ impl LogSink {
         }
     }
 
+    /// Forget the previous event's records (a reused instance).
+    pub fn reset(&mut self) {
+        self.kept.clear();
+    }
+
     /// The retained records (empty unless `keep` was set).
     pub fn take_records(&mut self) -> Vec<LogRecord> {
         std::mem::take(&mut self.kept)

@@ -87,6 +87,18 @@ impl HostState {
     }
 }
 
+impl HostState {
+    /// Prepare a reused instance's state for its next event: nothing of the
+    /// previous event's outbox, logs, output or limit refusals carries over.
+    pub fn begin_event(&mut self) {
+        self.outbox.reset();
+        self.logs.reset();
+        self.output.reset();
+        self.log_gate.reset();
+        self.limiter.reset();
+    }
+}
+
 /// `s` cut to at most `max` bytes (at a character boundary), with a marker
 /// saying how many bytes were cut. Whatever a plugin hands the host is bounded
 /// by this before it is logged or kept.

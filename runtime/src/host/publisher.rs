@@ -137,6 +137,14 @@ impl Outbox {
         self.limit_reached.as_deref()
     }
 
+    /// Forget everything of the previous event (a reused instance).
+    pub fn reset(&mut self) {
+        self.messages.clear();
+        self.bytes = 0;
+        self.refused = 0;
+        self.limit_reached = None;
+    }
+
     /// Take the buffered messages (to commit them).
     pub fn take(&mut self) -> Vec<OutboundMessage> {
         self.bytes = 0;

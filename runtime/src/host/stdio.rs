@@ -91,6 +91,17 @@ impl CapturedOutput {
         })
     }
 
+    /// Start a new event on the same capture (a reused instance): the byte
+    /// cap, the stderr tail and any partial line start afresh.
+    pub fn reset(&self) {
+        let mut shared = self.shared.lock().expect("stdio lock");
+        let keep = shared.keep;
+        *shared = Shared {
+            keep,
+            ..Shared::default()
+        };
+    }
+
     /// Also retain the lines (for `sluice invoke`).
     pub fn keep_lines(&mut self) {
         self.shared.lock().expect("stdio lock").keep = true;

@@ -153,6 +153,13 @@ impl LogGate {
         }
     }
 
+    /// Start a new event (a reused instance): the line cap and the drop
+    /// count start afresh; the plugin's rate budget does not.
+    pub fn reset(&self) {
+        self.emitted.store(0, Ordering::Relaxed);
+        self.dropped.store(0, Ordering::Relaxed);
+    }
+
     /// Count `n` lines dropped by another limit (the output byte cap).
     pub fn count_dropped(&self, n: u32) {
         self.dropped.fetch_add(n, Ordering::Relaxed);
