@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 use sluice::config::{self, FileConfig, Overrides};
 use sluice::service::{self, HostHandle};
 
+pub mod neighbours;
+
 /// The repository root.
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
