@@ -1,8 +1,8 @@
 //! The dedup store in a NATS KV bucket, shared by every host of a cluster.
 //!
-//! Claims are compare-and-set writes (`create` for a new key, `update` with
-//! the expected revision for an existing one), so two hosts can never both
-//! hold a key. The bucket's max age is the record TTL.
+//! Claims are compare-and-set writes (`create` for a new key, tried first
+//! since most keys are new; `update` with the expected revision for an
+//! existing one), so two hosts can never both hold a key. The bucket's max age is the record TTL.
 
 use std::time::{Duration, SystemTime};
 
@@ -58,6 +58,19 @@ impl KvStore {
 impl DedupStore for KvStore {
     async fn claim(&self, scope: &str, key: &str, lease: Duration) -> Result<Claim, DedupError> {
         let slot = slot(scope, key);
+        // Most keys are new: try to create the record straight away (one
+        // round trip). `create` fails when the key exists (or the write
+        // failed), and the read-then-compare-and-set path below decides.
+        if let Ok(record) = next_claim(None, SystemTime::now(), lease) {
+            let value = Bytes::from(serde_json::to_vec(&record).map_err(err)?);
+            if let Ok(revision) = self.kv.create(slot.as_str(), value).await {
+                return Ok(Claim::Acquired(Lease {
+                    slot,
+                    revision,
+                    first_failure: None,
+                }));
+            }
+        }
         // Two rounds: a lost compare-and-set race re-reads once.
         for _ in 0..2 {
             let now = SystemTime::now();

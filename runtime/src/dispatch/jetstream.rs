@@ -218,8 +218,13 @@ impl Dispatcher {
             };
             let failure = match result {
                 Ok(()) => {
-                    self.complete(lease.as_ref()).await;
-                    ack(message, AckKind::Ack).await;
+                    // Either order is safe (a redelivery before the record
+                    // lands runs again, its publishes deduplicated by id), so
+                    // the two round trips overlap.
+                    tokio::join!(
+                        self.complete(lease.as_ref()),
+                        ack(message, AckKind::Ack)
+                    );
                     return;
                 }
                 Err(failure) => failure,
