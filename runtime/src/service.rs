@@ -742,6 +742,7 @@ impl Supervisor {
                 .or(self.settings.breaker.when_open)
                 .unwrap_or_default(),
             metrics: self.metrics.clone(),
+            plugin_metrics: self.metrics.for_plugin(&plugin.name),
         })
     }
 

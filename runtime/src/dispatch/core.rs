@@ -20,7 +20,7 @@ impl Dispatcher {
     /// At shutdown it still waits, until the shutdown deadline.
     pub async fn dispatch_core(self: &Arc<Self>, route: Arc<Route>, message: async_nats::Message) {
         bump(&route.stats.received, 1);
-        self.metrics.event_received(&route.tag.name);
+        route.plugin_metrics.event_received();
         let permit = tokio::select! {
             permit = route.concurrency.clone().acquire_owned() => permit,
             _ = self.abort.cancelled() => {

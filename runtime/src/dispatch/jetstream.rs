@@ -109,7 +109,7 @@ impl Dispatcher {
     /// so another host or the next start handles it).
     pub async fn dispatch_jetstream(self: &Arc<Self>, route: Arc<Route>, message: Message) {
         bump(&route.stats.received, 1);
-        self.metrics.event_received(&route.tag.name);
+        route.plugin_metrics.event_received();
         let permit = tokio::select! {
             biased;
             _ = self.shutdown.cancelled() => None,

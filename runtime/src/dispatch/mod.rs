@@ -198,6 +198,8 @@ pub struct Route {
     pub when_open: WhenOpen,
     /// The host's metrics (breaker transitions, drops).
     pub metrics: crate::telemetry::Metrics,
+    /// This plugin's hot-path metric handles.
+    pub plugin_metrics: crate::telemetry::metrics::PluginMetrics,
 }
 
 impl Route {
@@ -415,7 +417,7 @@ impl Dispatcher {
         key: &str,
         event: &types::Event,
     ) -> Result<(), Failure> {
-        let _in_flight = self.metrics.attempt_started(&route.tag.name);
+        let _in_flight = route.plugin_metrics.attempt_started();
         let started = Instant::now();
         let warm = route.warm.as_ref().and_then(|pool| pool.take());
         let (warm, permit) = match warm {
@@ -455,7 +457,7 @@ impl Dispatcher {
         }
         let name = &route.tag.name;
         if !report.instantiate_time.is_zero() {
-            self.metrics.instantiated(name, report.instantiate_time);
+            route.plugin_metrics.instantiated(report.instantiate_time);
         }
         bump(
             &route.stats.refused_publishes,
@@ -482,8 +484,7 @@ impl Dispatcher {
             })?;
         route.record_outcome(None);
         bump(&route.stats.succeeded, 1);
-        self.metrics
-            .event_handled(name, crate::telemetry::metrics::OK, started.elapsed());
+        route.plugin_metrics.handled_ok(started.elapsed());
         tracing::debug!(elapsed = ?report.elapsed, "handled");
         Ok(())
     }
@@ -570,7 +571,7 @@ impl Dispatcher {
             }
         }
         bump(&route.stats.published, count);
-        self.metrics.published(&route.tag.name, count);
+        route.plugin_metrics.published(count);
         Ok(())
     }
 

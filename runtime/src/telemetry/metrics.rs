@@ -333,6 +333,20 @@ impl Metrics {
             .inc();
     }
 
+    /// Hot-path handles for `plugin` (see [`PluginMetrics`]).
+    pub fn for_plugin(&self, plugin: &str) -> PluginMetrics {
+        let i = &self.inner;
+        let p = labels(plugin);
+        PluginMetrics {
+            received: i.events_received.get_or_create(&p).clone(),
+            handled_ok: i.events_handled.get_or_create(&outcome(plugin, OK)).clone(),
+            handler_duration: i.handler_duration.get_or_create(&p).clone(),
+            instantiate_duration: i.instantiate_duration.get_or_create(&p).clone(),
+            in_flight: i.in_flight.get_or_create(&p).clone(),
+            published: i.published.get_or_create(&p).clone(),
+        }
+    }
+
     /// An attempt is starting; the returned guard counts it in flight until dropped.
     pub fn attempt_started(&self, plugin: &str) -> InFlight {
         let gauge = self.inner.in_flight.get_or_create_owned(&labels(plugin));
@@ -499,6 +513,48 @@ impl Metrics {
 #[must_use = "the attempt is in flight until the guard is dropped"]
 pub struct InFlight(Gauge);
 
+/// Handles on one plugin's hot-path metrics, created once per plugin
+/// version so handling an event allocates no label and takes no map lock.
+/// The handles share their values with the registry.
+#[derive(Clone, Debug)]
+pub struct PluginMetrics {
+    received: Counter,
+    handled_ok: Counter,
+    handler_duration: Histogram,
+    instantiate_duration: Histogram,
+    in_flight: Gauge,
+    published: Counter,
+}
+
+impl PluginMetrics {
+    /// One event received from NATS.
+    pub fn event_received(&self) {
+        self.received.inc();
+    }
+
+    /// An attempt is starting; the returned guard counts it in flight until dropped.
+    pub fn attempt_started(&self) -> InFlight {
+        self.in_flight.inc();
+        InFlight(self.in_flight.clone())
+    }
+
+    /// An attempt succeeded after `elapsed`.
+    pub fn handled_ok(&self, elapsed: Duration) {
+        self.handled_ok.inc();
+        self.handler_duration.observe(elapsed.as_secs_f64());
+    }
+
+    /// A fresh instance took `elapsed` to instantiate.
+    pub fn instantiated(&self, elapsed: Duration) {
+        self.instantiate_duration.observe(elapsed.as_secs_f64());
+    }
+
+    /// `count` outbox messages were published.
+    pub fn published(&self, count: u64) {
+        self.published.inc_by(count);
+    }
+}
+
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.dec();
@@ -574,6 +630,31 @@ mod tests {
             m.render()
                 .contains("sluice_events_in_flight{plugin=\"orders\"} 1")
         );
+        drop(guard);
+        assert!(
+            m.render()
+                .contains("sluice_events_in_flight{plugin=\"orders\"} 0")
+        );
+    }
+
+    #[test]
+    fn plugin_handles_move_the_registered_series() {
+        let m = Metrics::new();
+        let h = m.for_plugin("orders");
+        h.event_received();
+        h.handled_ok(Duration::from_millis(1));
+        h.published(3);
+        let guard = h.attempt_started();
+        let text = m.render();
+        for line in [
+            "sluice_events_received_total{plugin=\"orders\"} 1",
+            "sluice_events_handled_total{plugin=\"orders\",outcome=\"ok\"} 1",
+            "sluice_published_total{plugin=\"orders\"} 3",
+            "sluice_events_in_flight{plugin=\"orders\"} 1",
+            "sluice_handler_duration_seconds_count{plugin=\"orders\"} 1",
+        ] {
+            assert!(text.contains(line), "{line} in:\n{text}");
+        }
         drop(guard);
         assert!(
             m.render()
