@@ -782,6 +782,21 @@ pub fn render(settings: &Settings) -> String {
     );
     crate::limits::render_into(&mut t, &settings.sandbox);
     t.insert(
+        "background_cpu_share".into(),
+        Value::Float(settings.engine.background_cpu_share),
+    );
+    t.insert(
+        "compile_cache".into(),
+        match &settings.compile_cache {
+            Some(dir) => path(dir),
+            None => text("off"),
+        },
+    );
+    t.insert(
+        "core_buffer".into(),
+        Value::Integer(i64::try_from(settings.core_buffer).unwrap_or(i64::MAX)),
+    );
+    t.insert(
         "dedup_store".into(),
         text(match settings.dedup_store {
             DedupStoreKind::Kv => "kv",
@@ -1157,7 +1172,9 @@ mod tests {
         };
         let s = resolve(
             &o,
-            file("shutdown_grace = \"30s\"\n[retry]\nmax_attempts = 3"),
+            file(
+                "shutdown_grace = \"30s\"\nmax_payload = \"1MiB\"\npublish_allow = [\"a.>\"]\n[retry]\nmax_attempts = 3\n[plugin.big]\nmax_memory_mb = 128\npublish_allow = [\"b.>\"]",
+            ),
         )
         .unwrap();
         let text = render(&s);
@@ -1165,6 +1182,8 @@ mod tests {
         assert!(text.contains(MASK), "{text}");
         assert!(text.contains("shutdown_grace = \"30s\""), "{text}");
         assert!(text.contains("max_attempts = 3"), "{text}");
+        assert!(text.contains("max_payload = \"1MiB\""), "{text}");
+        assert!(text.contains("[plugin.big]"), "{text}");
         let again = resolve(&Overrides::default(), toml::from_str(&text).unwrap()).unwrap();
         assert_eq!(
             render(&again),
