@@ -717,6 +717,7 @@ impl Supervisor {
             retry: apply_retry(self.settings.retry, &manifest.retry),
             concurrency: concurrency
                 .unwrap_or_else(|| Arc::new(Semaphore::new(limits.max_concurrency as usize))),
+            max_concurrency: limits.max_concurrency as usize,
             log_budget: Arc::new(LogBudget::new(limits.max_log_rate)),
             warm: (manifest.isolation == Isolation::Reuse).then(|| {
                 Arc::new(WarmPool::new(

@@ -38,12 +38,13 @@ const BATCH_EXPIRES: Duration = Duration::from_secs(1);
 
 impl Dispatcher {
     /// Pull and dispatch messages for the plugin in `slot` until `stop`
-    /// (plugin removed or resubscribed) or shutdown. Each pull asks for only
-    /// as many messages as there are free slots, and none while the circuit
-    /// breaker is open: everything else waits in the stream, not in host
-    /// memory, and its delivery count does not grow. A batch is always read
-    /// to its end; messages not started when stopping are Nak'ed at once
-    /// rather than left to `ack_wait`.
+    /// (plugin removed or resubscribed) or shutdown. Each pull asks for one
+    /// batch of `max_concurrency` messages, and none while the circuit
+    /// breaker is open: a batch waits for free slots while the previous one
+    /// runs (so the next messages are always on their way), and everything
+    /// beyond it waits in the stream, not in host memory, its delivery count
+    /// unchanged. A batch is always read to its end; messages not started
+    /// when stopping are Nak'ed at once rather than left to `ack_wait`.
     pub async fn consume_jetstream(
         self: &Arc<Self>,
         slot: Arc<ArcSwap<Route>>,

@@ -175,6 +175,8 @@ pub struct Route {
     pub retry: RetryPolicy,
     /// Per-plugin concurrency cap.
     pub concurrency: Arc<Semaphore>,
+    /// The size of that cap (`max_concurrency`).
+    pub max_concurrency: usize,
     /// Log rate limit shared by the plugin's invocations.
     pub log_budget: Arc<LogBudget>,
     /// Idle instances to reuse (`isolation = "reuse"`); `None`: a fresh
@@ -220,14 +222,15 @@ impl Route {
         admission
     }
 
-    /// How many events to fetch now given the free slots, or how long to
-    /// wait (see [`CircuitBreaker::fetch_budget`]).
+    /// How many events to fetch now, or how long to wait (see
+    /// [`CircuitBreaker::fetch_budget`]): a batch of `max_concurrency`
+    /// while the breaker is closed, so that one batch is always on its way
+    /// while the previous one runs; only the probes while half-open.
     pub fn fetch_budget(&self) -> Result<usize, Duration> {
-        let free = self.concurrency.available_permits();
         self.breaker
             .lock()
             .expect("breaker lock")
-            .fetch_budget(Instant::now(), free)
+            .fetch_budget(Instant::now(), self.max_concurrency)
     }
 
     /// Tell the breaker how an attempt ended.
