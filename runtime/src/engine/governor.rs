@@ -335,6 +335,18 @@ impl CpuTicket {
         UpdateDeadline::YieldCustom(0, turn)
     }
 
+    /// This invocation was expensive beyond its CPU time (it grew its memory
+    /// by many megabytes: page faults, zeroing, and returning the memory
+    /// afterwards cost every thread): count it against the plugin's
+    /// interactivity like an attempt that ran long, so a plugin doing that
+    /// again and again moves to the background share.
+    pub fn mark_heavy(&mut self) {
+        if !self.went_long {
+            self.went_long = true;
+            self.profile.record(false);
+        }
+    }
+
     /// A handle to give this invocation's lane back while the call is
     /// suspended outside the governor (blocked in an async host call).
     pub fn lane_handle(&self) -> LaneHandle {
@@ -409,6 +421,25 @@ mod tests {
 
     fn soon() -> Instant {
         Instant::now() + Duration::from_secs(5)
+    }
+
+    #[tokio::test]
+    async fn heavy_attempts_count_like_long_ones() {
+        let governor = CpuGovernor::new(Duration::from_millis(10), 2, 0.1);
+        for _ in 0..8 {
+            let mut ticket = governor.enter("grower", soon());
+            assert!(ticket.admit().await);
+            ticket.mark_heavy();
+        }
+        assert!(
+            !governor.is_interactive("grower"),
+            "short but heavy attempts move the plugin to the background"
+        );
+        for _ in 0..8 {
+            let ticket = governor.enter("light", soon());
+            drop(ticket);
+        }
+        assert!(governor.is_interactive("light"));
     }
 
     /// Teach the governor that `plugin`'s attempts run long.

@@ -29,6 +29,10 @@ use crate::subject::PublishGrants;
 /// Longest failure message kept (logged, counted, dead-lettered), in bytes.
 pub const MAX_FAILURE_MESSAGE: usize = 4096;
 
+/// Memory growth within one invocation past which it counts as heavy for
+/// the CPU governor (see [`CpuTicket::mark_heavy`]).
+pub const HEAVY_GROWTH: usize = 16 << 20;
+
 /// Per-invocation limits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct InvokeLimits {
@@ -309,6 +313,7 @@ pub async fn invoke_reusing(
         return (refused_before_start(started, failure), warm);
     }
     let lane = ticket.lane_handle();
+    let ticket = Arc::new(std::sync::Mutex::new(ticket));
     let (mut store, consumer) = match warm {
         Some(WarmInstance {
             mut store,
@@ -316,7 +321,7 @@ pub async fn invoke_reusing(
             uses,
         }) => {
             store.data_mut().begin_event();
-            arm(&mut store, ticket);
+            arm(&mut store, ticket.clone());
             (store, Some((consumer, uses)))
         }
         None => {
@@ -339,7 +344,7 @@ pub async fn invoke_reusing(
             );
             let mut store = Store::new(engine.engine(), state);
             store.limiter(|s| &mut s.limiter);
-            arm(&mut store, ticket);
+            arm(&mut store, ticket.clone());
             (store, None)
         }
     };
@@ -390,7 +395,11 @@ pub async fn invoke_reusing(
     };
     // The invocation's CPU ticket lives in the epoch callback: end it now,
     // whether or not the store lives on.
+    if store.data().limiter.grown() >= HEAVY_GROWTH {
+        ticket.lock().expect("cpu ticket lock").mark_heavy();
+    }
     disarm(&mut store);
+    drop(ticket);
 
     let (result, consumer) = match result {
         Ok((verdict, consumer)) => (Ok(verdict), Some(consumer)),
@@ -457,11 +466,12 @@ fn refused_before_start(started: Instant, failure: Failure) -> InvocationReport 
 
 /// Give `store` the epoch callback of one invocation, following `ticket`
 /// (interrupt at the deadline, else the CPU governor).
-fn arm(store: &mut Store<HostState>, mut ticket: CpuTicket) {
+fn arm(store: &mut Store<HostState>, ticket: Arc<std::sync::Mutex<CpuTicket>>) {
     // A background invocation (admitted with a fresh lane) checks in at the
     // first epoch check; a foreground one at the end of its first tick.
-    store.set_epoch_deadline(u64::from(ticket.in_foreground()));
-    store.epoch_deadline_callback(move |_| Ok(ticket.on_tick()));
+    let foreground = ticket.lock().expect("cpu ticket lock").in_foreground();
+    store.set_epoch_deadline(u64::from(foreground));
+    store.epoch_deadline_callback(move |_| Ok(ticket.lock().expect("cpu ticket lock").on_tick()));
 }
 
 /// End the invocation's CPU ticket (dropped with the old callback); an idle
@@ -547,7 +557,7 @@ pub async fn smoke(
     let _ = ticket.admit().await;
     let mut store = Store::new(engine.engine(), state);
     store.limiter(|s| &mut s.limiter);
-    arm(&mut store, ticket);
+    arm(&mut store, Arc::new(std::sync::Mutex::new(ticket)));
     plugin
         .pre
         .instantiate_async(&mut store)

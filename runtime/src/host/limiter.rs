@@ -17,6 +17,7 @@ pub struct MemoryLimiter {
     max_core_instances: usize,
     refused_memory: bool,
     refused_table: bool,
+    grown: usize,
 }
 
 impl MemoryLimiter {
@@ -32,7 +33,14 @@ impl MemoryLimiter {
             max_core_instances,
             refused_memory: false,
             refused_table: false,
+            grown: 0,
         }
+    }
+
+    /// Bytes the instance's memories grew by during this invocation (not
+    /// counting their initial size).
+    pub fn grown(&self) -> usize {
+        self.grown
     }
 
     /// Forget the previous event's refusals (a reused instance; the memory
@@ -40,6 +48,7 @@ impl MemoryLimiter {
     pub fn reset(&mut self) {
         self.refused_memory = false;
         self.refused_table = false;
+        self.grown = 0;
     }
 
     /// Whether a memory growth was refused during this invocation.
@@ -66,13 +75,15 @@ impl MemoryLimiter {
 impl ResourceLimiter for MemoryLimiter {
     fn memory_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
         let allowed = desired <= self.max_memory_bytes;
         if !allowed {
             self.refused_memory = true;
+        } else if current > 0 {
+            self.grown += desired - current;
         }
         Ok(allowed)
     }
@@ -110,5 +121,12 @@ mod tests {
         assert!(!limiter.table_growing(10, 11, None).unwrap());
         assert!(limiter.refused_table());
         assert_eq!(limiter.instances(), 4);
+        assert_eq!(limiter.grown(), 0, "the initial size is not growth");
+        let mut limiter = MemoryLimiter::new(8 << 20, 10, 4);
+        assert!(limiter.memory_growing(0, 1 << 20, None).unwrap());
+        assert!(limiter.memory_growing(1 << 20, 3 << 20, None).unwrap());
+        assert_eq!(limiter.grown(), 2 << 20);
+        limiter.reset();
+        assert_eq!(limiter.grown(), 0);
     }
 }
