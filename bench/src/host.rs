@@ -195,7 +195,11 @@ impl Drop for HostProcess {
 }
 
 async fn get(addr: SocketAddr, path: &'static str) -> anyhow::Result<(u16, String)> {
-    // sluice_e2e::http_get panics when the endpoint is not up yet; contain that.
+    // sluice_e2e::http_get panics when the endpoint is not up; probe first,
+    // and contain a panic from a race.
+    tokio::net::TcpStream::connect(addr)
+        .await
+        .with_context(|| format!("admin endpoint {addr} not answering"))?;
     let task = tokio::spawn(async move { sluice_e2e::http_get(addr, path).await });
     task.await
         .map_err(|_| anyhow::anyhow!("admin endpoint {addr} not answering"))

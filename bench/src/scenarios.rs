@@ -325,7 +325,9 @@ async fn core_sluice(
     )?;
     let ready = host.wait_ready(Duration::from_secs(60)).await?;
     let (progress, stop) = host.poll_handled(Duration::from_millis(10));
-    let rate = core_run(client, subjects, opts.events, opts.window, progress).await;
+    let rate = core_run(client, subjects, opts.events, opts.window, progress)
+        .await
+        .with_context(|| variant.label.clone());
     stop.store(true, Ordering::Relaxed);
     let mut row = Row::new(variant.label.clone());
     row.events_per_s = Some(rate?);
@@ -372,7 +374,7 @@ async fn core_throughput(
 async fn js_setup(js: &async_nats::jetstream::Context) {
     sluice_e2e::create_stream(js, "BASE", &["base.orders"]).await;
     sluice_e2e::create_stream(js, "BENCH", &["bench.orders"]).await;
-    sluice_e2e::create_stream(js, "DERIVED", &["*.enriched.>"]).await;
+    sluice_e2e::create_stream(js, "DERIVED", &["base.enriched.>", "bench.enriched.>"]).await;
 }
 
 async fn purge(js: &async_nats::jetstream::Context, stream: &str) -> anyhow::Result<()> {

@@ -24,6 +24,7 @@ async fn tiny_scenarios_produce_rows_and_bars() {
     let mut results = Vec::new();
     for name in ["floor", "core-realistic", "js-noop"] {
         let r = scenarios::run(name, &opts).await;
+        eprintln!("{name}: {r:#?}");
         let log = std::fs::read_to_string(out.path().join("host.log")).unwrap_or_default();
         assert!(r.error.is_none(), "{name}: {:?}\nhost log:\n{log}", r.error);
         results.push(r);
