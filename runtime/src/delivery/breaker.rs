@@ -201,10 +201,62 @@ pub struct CircuitBreaker {
     state: State,
     forced: Forced,
     consecutive: u32,
-    window: VecDeque<(Instant, bool)>,
+    window: Window,
     open_until: Instant,
     cool_down: Duration,
     probes_out: u32,
+}
+
+/// Buckets the sliding window is cut into: outcomes leave it a bucket at a
+/// time, so the window is exact to 1/`WINDOW_BUCKETS` of its length.
+const WINDOW_BUCKETS: u32 = 20;
+
+/// Outcomes in the sliding window, as per-bucket counts with running
+/// totals: recording is O(1) and memory is bounded whatever the event rate
+/// (a list of outcomes would hold every event of the window and be counted
+/// on every record).
+#[derive(Debug, Default)]
+struct Window {
+    buckets: VecDeque<Bucket>,
+    total: u64,
+    failed: u64,
+}
+
+#[derive(Debug)]
+struct Bucket {
+    start: Instant,
+    total: u64,
+    failed: u64,
+}
+
+impl Window {
+    fn add(&mut self, now: Instant, failed: bool, length: Duration) {
+        let width = (length / WINDOW_BUCKETS).max(Duration::from_millis(1));
+        match self.buckets.back_mut() {
+            Some(b) if now.duration_since(b.start) < width => {
+                b.total += 1;
+                b.failed += u64::from(failed);
+            }
+            _ => self.buckets.push_back(Bucket {
+                start: now,
+                total: 1,
+                failed: u64::from(failed),
+            }),
+        }
+        self.total += 1;
+        self.failed += u64::from(failed);
+        while let Some(front) = self.buckets.front()
+            && now.duration_since(front.start) > length
+        {
+            self.total -= front.total;
+            self.failed -= front.failed;
+            self.buckets.pop_front();
+        }
+    }
+
+    fn clear(&mut self) {
+        *self = Window::default();
+    }
 }
 
 impl CircuitBreaker {
@@ -216,7 +268,7 @@ impl CircuitBreaker {
             state: State::Closed,
             forced: Forced::Auto,
             consecutive: 0,
-            window: VecDeque::new(),
+            window: Window::default(),
             open_until: now,
             probes_out: 0,
         }
@@ -357,14 +409,7 @@ impl CircuitBreaker {
             State::Open => None,
             State::Closed => {
                 self.consecutive = if failed { self.consecutive + 1 } else { 0 };
-                self.window.push_back((now, failed));
-                while self
-                    .window
-                    .front()
-                    .is_some_and(|(t, _)| now.duration_since(*t) > self.policy.window)
-                {
-                    self.window.pop_front();
-                }
+                self.window.add(now, failed, self.policy.window);
                 if self.should_open() {
                     self.open(now);
                     return Some(Transition {
@@ -382,10 +427,9 @@ impl CircuitBreaker {
         if p.consecutive_failures > 0 && self.consecutive >= p.consecutive_failures {
             return true;
         }
-        let volume = self.window.len() as u32;
-        if p.failure_rate > 0.0 && volume >= p.min_volume.max(1) {
-            let failures = self.window.iter().filter(|(_, f)| *f).count() as f64;
-            return failures / volume as f64 >= p.failure_rate;
+        let (volume, failures) = (self.window.total, self.window.failed);
+        if p.failure_rate > 0.0 && volume >= u64::from(p.min_volume.max(1)) {
+            return failures as f64 / volume as f64 >= p.failure_rate;
         }
         false
     }

@@ -1,0 +1,86 @@
+//! Criterion: the host-side pieces of the per-event dispatch path that are
+//! public: idempotency key derivation (content hash, Nats-Msg-Id, stream
+//! sequence), outgoing message ids, the retry decision, publish grant checks,
+//! and the per-event metrics updates (label allocation).
+#![allow(missing_docs)]
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use sluice::delivery::RetryPolicy;
+use sluice::delivery::key::{KeyInput, derive_key, outgoing_msg_id};
+use sluice::subject::PublishGrants;
+use sluice::telemetry::metrics::Metrics;
+
+fn dispatch(c: &mut Criterion) {
+    let payload = sluice_bench::load::payload(42, 0);
+    let no_headers = |_: &str| None;
+    let msg_id = |h: &str| (h == "Nats-Msg-Id").then(|| "order-42".to_string());
+    let mut g = c.benchmark_group("idempotency key");
+    g.bench_function("core content hash (sha256 of subject+payload)", |b| {
+        b.iter(|| {
+            derive_key(black_box(&KeyInput {
+                subject: "bench.orders",
+                payload: &payload,
+                header: &no_headers,
+                stream_seq: None,
+                source: None,
+                hash_headers: &[],
+            }))
+        })
+    });
+    g.bench_function("Nats-Msg-Id header", |b| {
+        b.iter(|| {
+            derive_key(black_box(&KeyInput {
+                subject: "bench.orders",
+                payload: &payload,
+                header: &msg_id,
+                stream_seq: None,
+                source: None,
+                hash_headers: &[],
+            }))
+        })
+    });
+    g.bench_function("JetStream stream:sequence", |b| {
+        b.iter(|| {
+            derive_key(black_box(&KeyInput {
+                subject: "bench.orders",
+                payload: &payload,
+                header: &no_headers,
+                stream_seq: Some(("BENCH", 123_456)),
+                source: None,
+                hash_headers: &[],
+            }))
+        })
+    });
+    g.finish();
+
+    c.bench_function("outgoing Nats-Msg-Id", |b| {
+        b.iter(|| outgoing_msg_id(black_box("BENCH:123456"), black_box("enrich"), 0))
+    });
+    let policy = RetryPolicy::default();
+    c.bench_function("retry decision", |b| {
+        b.iter(|| {
+            let bound = policy.bound(black_box(3));
+            policy.should_retry(3, Duration::from_secs(2), bound)
+        })
+    });
+    let grants = PublishGrants::new(vec!["orders.enriched.>".into(), "audit.*".into()]);
+    c.bench_function("publish grant check", |b| {
+        b.iter(|| grants.check(black_box("orders.enriched.created")).is_ok())
+    });
+    let metrics = Metrics::new();
+    metrics.plugin_registered("enrich");
+    c.bench_function("metrics per event (received, attempt, handled)", |b| {
+        b.iter(|| {
+            metrics.event_received(black_box("enrich"));
+            let in_flight = metrics.attempt_started("enrich");
+            metrics.event_handled("enrich", "ok", Duration::from_micros(40));
+            drop(in_flight);
+        })
+    });
+}
+
+criterion_group!(benches, dispatch);
+criterion_main!(benches);

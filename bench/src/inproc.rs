@@ -1,0 +1,207 @@
+//! Everything that touches sluice's engine internals, kept in this one module
+//! so a signature change in `runtime/src/engine` (for example a new field of
+//! `InvocationRequest`) is adapted here only.
+//!
+//! It measures, in-process and without NATS, the per-event cost floor the
+//! issue's 1.5x bar is judged against:
+//! - [`Floor::bare_call`]: bare wasmtime, the same component and the same
+//!   engine configuration (sluice's own [`WasmEngine`]: pooling allocator,
+//!   copy-on-write memory images, epoch interruption), a minimal store (an
+//!   empty WASI context, no limiter, no deadline callback), `InstancePre`
+//!   instantiate + call `handle`;
+//! - [`Floor::sluice_call`]: sluice's per-event path [`invoke::invoke`]: a
+//!   fresh `HostState` (WASI context, stdio capture, log sink, outbox,
+//!   memory limiter), epoch deadline callback, timeout backstop, instantiate,
+//!   call, outcome classification.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sluice::engine::bindings::v0_1;
+use sluice::engine::bindings::v0_1::sluice::plugin::types;
+use sluice::engine::component::{self, CompiledPlugin};
+use sluice::engine::invoke::{self, InvocationRequest, InvokeLimits};
+use sluice::engine::{EngineSettings, WasmEngine};
+use sluice::host::{LogBudget, PluginTag};
+use sluice::subject::PublishGrants;
+use wasmtime::Store;
+use wasmtime::component::{Component, Linker, ResourceTable};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+/// The smallest store a WASI component can run in.
+pub struct BareState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+}
+
+impl WasiView for BareState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+/// One component prepared both ways.
+pub struct Floor {
+    engine: WasmEngine,
+    bare: v0_1::ConsumerPre<BareState>,
+    plugin: CompiledPlugin,
+    event: types::Event,
+    tag: PluginTag,
+    grants: Arc<PublishGrants>,
+    log_budget: Arc<LogBudget>,
+    warm: std::sync::Mutex<Option<invoke::WarmInstance>>,
+}
+
+/// A representative event (the benchmark payload, no headers).
+pub fn sample_event() -> types::Event {
+    types::Event {
+        subject: "bench.orders".into(),
+        payload: crate::load::payload(1, 0).to_vec(),
+        headers: Vec::new(),
+        idempotency_key: "sha256:00112233445566778899aabbccddeeff".into(),
+        attempt: 1,
+        delivery: types::Delivery {
+            stream: None,
+            sequence: None,
+            published_at_ms: None,
+            reply_to: None,
+        },
+    }
+}
+
+impl Floor {
+    /// Compile `wasm` for both paths on sluice's default engine settings.
+    pub fn new(wasm: &[u8], publish: &[&str]) -> anyhow::Result<Floor> {
+        let engine = WasmEngine::new(EngineSettings::default())?;
+        let linker = sluice::host::linker(engine.engine())?;
+        let plugin = component::compile(&engine, &linker, wasm)?;
+
+        let component = Component::new(engine.engine(), wasm)?;
+        let mut bare_linker: Linker<BareState> = Linker::new(engine.engine());
+        wasmtime_wasi::p2::add_to_linker_async(&mut bare_linker)?;
+        // The sluice imports (log, publish) trap if called; the floor is
+        // measured with a plugin that calls neither.
+        bare_linker.define_unknown_imports_as_traps(&component)?;
+        let bare = v0_1::ConsumerPre::new(bare_linker.instantiate_pre(&component)?)
+            .map_err(|e| anyhow::anyhow!("the component is not a sluice consumer: {e:#}"))?;
+        Ok(Floor {
+            engine,
+            bare,
+            tag: PluginTag {
+                name: "bench".into(),
+                version: plugin.info.version.as_str().into(),
+            },
+            plugin,
+            event: sample_event(),
+            grants: Arc::new(PublishGrants::new(
+                publish.iter().map(|s| s.to_string()).collect(),
+            )),
+            log_budget: Arc::new(LogBudget::unlimited()),
+            warm: std::sync::Mutex::new(None),
+        })
+    }
+
+    /// Bare wasmtime: fresh store, instantiate, call `handle`.
+    pub async fn bare_call(&self) -> anyhow::Result<()> {
+        let state = BareState {
+            wasi: WasiCtx::builder().build(),
+            table: ResourceTable::new(),
+        };
+        let mut store = Store::new(self.engine.engine(), state);
+        store.set_epoch_deadline(1 << 40);
+        let consumer = self.bare.instantiate_async(&mut store).await?;
+        consumer
+            .sluice_plugin_handler()
+            .call_handle(&mut store, &self.event)
+            .await?
+            .map_err(|e| anyhow::anyhow!("handler failed: {e:?}"))
+    }
+
+    /// sluice's per-event invocation (fresh instance).
+    pub async fn sluice_call(&self) -> anyhow::Result<()> {
+        let report = invoke::invoke(
+            &self.engine,
+            &self.plugin,
+            InvocationRequest {
+                event: &self.event,
+                tag: self.tag.clone(),
+                grants: self.grants.clone(),
+                limits: InvokeLimits::default(),
+                log_budget: self.log_budget.clone(),
+                keep_logs: false,
+            },
+        )
+        .await;
+        report
+            .outcome
+            .map_err(|f| anyhow::anyhow!("{}: {}", f.class.as_str(), f.message))
+    }
+
+    /// sluice's per-event invocation on a warm instance (`isolation =
+    /// "reuse"`): the same path, minus instantiation.
+    pub async fn sluice_warm_call(&self) -> anyhow::Result<()> {
+        let warm = self.warm.lock().expect("warm lock").take();
+        let (report, warm) = invoke::invoke_reusing(
+            &self.engine,
+            &self.plugin,
+            InvocationRequest {
+                event: &self.event,
+                tag: self.tag.clone(),
+                grants: self.grants.clone(),
+                limits: InvokeLimits::default(),
+                log_budget: self.log_budget.clone(),
+                keep_logs: false,
+            },
+            warm,
+            true,
+        )
+        .await;
+        *self.warm.lock().expect("warm lock") = warm;
+        report
+            .outcome
+            .map_err(|f| anyhow::anyhow!("{}: {}", f.class.as_str(), f.message))
+    }
+}
+
+/// Mean time per call of `bare_call`, `sluice_call` and `sluice_warm_call`,
+/// in µs: `rounds` interleaved rounds of `per_round` calls each (after a
+/// warm-up), the median round of each kept, so a noisy neighbour hurts all
+/// alike.
+pub async fn measure(
+    floor: &Floor,
+    rounds: usize,
+    per_round: usize,
+) -> anyhow::Result<(f64, f64, f64)> {
+    for _ in 0..200 {
+        floor.bare_call().await?;
+        floor.sluice_call().await?;
+        floor.sluice_warm_call().await?;
+    }
+    let (mut bare, mut sluice, mut warm) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        let t = Instant::now();
+        for _ in 0..per_round {
+            floor.bare_call().await?;
+        }
+        bare.push(per_call_us(t.elapsed(), per_round));
+        let t = Instant::now();
+        for _ in 0..per_round {
+            floor.sluice_call().await?;
+        }
+        sluice.push(per_call_us(t.elapsed(), per_round));
+        let t = Instant::now();
+        for _ in 0..per_round {
+            floor.sluice_warm_call().await?;
+        }
+        warm.push(per_call_us(t.elapsed(), per_round));
+    }
+    let median = |v: &[f64]| crate::stats::median(v).unwrap_or(f64::NAN);
+    Ok((median(&bare), median(&sluice), median(&warm)))
+}
+
+fn per_call_us(d: Duration, n: usize) -> f64 {
+    d.as_secs_f64() * 1e6 / n.max(1) as f64
+}
