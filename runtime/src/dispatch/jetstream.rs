@@ -35,73 +35,115 @@ const LEASE_MARGIN: Duration = Duration::from_secs(5);
 /// How long one pull request waits for messages: bounds how long shutdown
 /// waits for the last batch to end.
 const BATCH_EXPIRES: Duration = Duration::from_secs(1);
+/// Pull requests outstanding at once: one being consumed, one on its way.
+const PULLS_IN_FLIGHT: usize = 2;
+
+/// One pull request, its batch read to the end into `to`.
+async fn pull_batch(
+    consumer: PullConsumer,
+    max: usize,
+    to: tokio::sync::mpsc::Sender<Message>,
+) -> Result<(), String> {
+    let mut messages = consumer
+        .batch()
+        .max_messages(max)
+        .expires(BATCH_EXPIRES)
+        .messages()
+        .await
+        .map_err(|e| e.to_string())?;
+    while let Some(next) = messages.next().await {
+        match next {
+            Ok(message) => {
+                if let Err(unsent) = to.send(message).await {
+                    // The consumer loop is gone (cannot happen while pulls
+                    // run); hand the message back rather than drop it.
+                    ack(&unsent.0, AckKind::Nak(None)).await;
+                }
+            }
+            Err(e) => tracing::debug!("JetStream batch: {e}"),
+        }
+    }
+    Ok(())
+}
 
 impl Dispatcher {
     /// Pull and dispatch messages for the plugin in `slot` until `stop`
-    /// (plugin removed or resubscribed) or shutdown. Each pull asks for one
-    /// batch of `max_concurrency` messages, and none while the circuit
-    /// breaker is open: a batch waits for free slots while the previous one
-    /// runs (so the next messages are always on their way), and everything
-    /// beyond it waits in the stream, not in host memory, its delivery count
-    /// unchanged. A batch is always read to its end; messages not started
-    /// when stopping are Nak'ed at once rather than left to `ack_wait`.
+    /// (plugin removed or resubscribed) or shutdown.
+    ///
+    /// Each pull asks for one batch of `max_concurrency` messages and runs in
+    /// its own task, which reads the batch to its end; [`PULLS_IN_FLIGHT`]
+    /// pulls overlap, so the next messages are on their way while the
+    /// previous ones run, and the server's round trip never idles the
+    /// plugin. Messages wait in the host for free slots; everything beyond
+    /// the batches in flight waits in the stream, not in host memory, its
+    /// delivery count unchanged. Nothing is pulled while the circuit breaker
+    /// is open, and only one pull (of the probes) while it is half-open.
+    /// When stopping, no new pull starts, the ones in flight are read to
+    /// their end, and messages not started are Nak'ed at once rather than
+    /// left to `ack_wait`.
     pub async fn consume_jetstream(
         self: &Arc<Self>,
         slot: Arc<ArcSwap<Route>>,
         consumer: PullConsumer,
         stop: CancellationToken,
     ) {
+        let capacity = slot.load().max_concurrency.max(1) * PULLS_IN_FLIGHT;
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Message>(capacity);
+        let mut pulls = tokio::task::JoinSet::new();
         let mut backoff = Duration::from_millis(100);
-        while !stop.is_cancelled() {
-            let route = slot.load_full();
-            let budget = match route.fetch_budget() {
-                Ok(0) => {
-                    tokio::select! {
-                        _ = stop.cancelled() => break,
-                        permit = route.concurrency.acquire() => drop(permit),
+        let mut pause_until: Option<tokio::time::Instant> = None;
+        loop {
+            if pause_until.is_some_and(|t| tokio::time::Instant::now() >= t) {
+                pause_until = None;
+            }
+            while !stop.is_cancelled() && pause_until.is_none() && pulls.len() < PULLS_IN_FLIGHT {
+                let route = slot.load_full();
+                match route.fetch_budget().and_then(|n| match n {
+                    0 => Err(Duration::ZERO),
+                    n => Ok(n),
+                }) {
+                    Ok(n) if pulls.is_empty() || n >= route.max_concurrency => {
+                        pulls.spawn(pull_batch(consumer.clone(), n, tx.clone()));
                     }
-                    continue;
-                }
-                Ok(n) => n,
-                Err(wait) => {
-                    tokio::select! {
-                        _ = stop.cancelled() => break,
-                        _ = tokio::time::sleep(wait.max(Duration::from_millis(20))) => {}
+                    // Half-open: the probes' pull is already out.
+                    Ok(_) => break,
+                    Err(wait) => {
+                        pause_until =
+                            Some(tokio::time::Instant::now() + wait.max(Duration::from_millis(20)));
+                        break;
                     }
-                    continue;
-                }
-            };
-            let pulled = consumer
-                .batch()
-                .max_messages(budget)
-                .expires(BATCH_EXPIRES)
-                .messages()
-                .await;
-            let mut messages = match pulled {
-                Ok(messages) => {
-                    backoff = Duration::from_millis(100);
-                    messages
-                }
-                Err(e) => {
-                    tracing::warn!(plugin = %route.tag.name, "JetStream pull request failed: {e}; retrying in {backoff:?}");
-                    tokio::select! {
-                        _ = tokio::time::sleep(backoff) => {}
-                        _ = stop.cancelled() => {}
-                    }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                    continue;
-                }
-            };
-            while let Some(next) = messages.next().await {
-                match next {
-                    Ok(message) if stop.is_cancelled() => {
-                        // Removed or resubscribed (not shutdown): hand it back now.
-                        ack(&message, AckKind::Nak(None)).await;
-                    }
-                    Ok(message) => self.dispatch_jetstream(slot.load_full(), message).await,
-                    Err(e) => tracing::debug!(plugin = %route.tag.name, "JetStream batch: {e}"),
                 }
             }
+            if stop.is_cancelled() && pulls.is_empty() {
+                break;
+            }
+            tokio::select! {
+                Some(message) = rx.recv() => {
+                    if stop.is_cancelled() {
+                        // Removed or resubscribed (not shutdown): hand it back now.
+                        ack(&message, AckKind::Nak(None)).await;
+                    } else {
+                        self.dispatch_jetstream(slot.load_full(), message).await;
+                    }
+                }
+                Some(done) = pulls.join_next(), if !pulls.is_empty() => match done {
+                    Ok(Ok(())) => backoff = Duration::from_millis(100),
+                    Ok(Err(e)) => {
+                        tracing::warn!(plugin = %slot.load().tag.name, "JetStream pull request failed: {e}; retrying in {backoff:?}");
+                        pause_until = Some(tokio::time::Instant::now() + backoff);
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                    }
+                    Err(e) => tracing::error!(plugin = %slot.load().tag.name, "JetStream pull task failed: {e}"),
+                },
+                _ = stop.cancelled(), if !stop.is_cancelled() => {}
+                _ = tokio::time::sleep_until(pause_until.unwrap_or_else(tokio::time::Instant::now)), if pause_until.is_some() => {}
+            }
+        }
+        // Every pull has ended: whatever they delivered and was not started
+        // goes back.
+        drop(tx);
+        while let Some(message) = rx.recv().await {
+            ack(&message, AckKind::Nak(None)).await;
         }
     }
 
