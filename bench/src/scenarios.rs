@@ -197,6 +197,23 @@ fn host_config(
     }
 }
 
+/// A host serving `dir` with a fresh compile cache, ready: (host, its cache
+/// folder, spawn -> ready time).
+async fn ready_host(
+    nats: &NatsServer,
+    dir: &Path,
+    opts: &Options,
+    timeout: Duration,
+) -> anyhow::Result<(HostProcess, tempfile::TempDir, Duration)> {
+    let cache = tempfile::tempdir()?;
+    let mut host = HostProcess::spawn(
+        &host_config(nats, dir, opts, Some(cache.path().into())),
+        &log_path(opts),
+    )?;
+    let ready = host.wait_ready(timeout).await?;
+    Ok((host, cache, ready))
+}
+
 fn log_path(opts: &Options) -> PathBuf {
     opts.out_dir.join("host.log")
 }
@@ -320,12 +337,7 @@ async fn core_sluice(
         plugin_crate,
         &manifest(subjects, publish, None, variant.dedup, &extra),
     );
-    let cache = tempfile::tempdir()?;
-    let mut host = HostProcess::spawn(
-        &host_config(nats, dir.path(), opts, Some(cache.path().into())),
-        &log_path(opts),
-    )?;
-    let ready = host.wait_ready(Duration::from_secs(60)).await?;
+    let (host, _cache, ready) = ready_host(nats, dir.path(), opts, Duration::from_secs(60)).await?;
     let (progress, stop) = host.poll_handled(Duration::from_millis(10));
     let rate = core_run(client, subjects, opts.events, opts.window, progress)
         .await
@@ -440,12 +452,7 @@ async fn js_sluice(
             &extra,
         ),
     );
-    let cache = tempfile::tempdir()?;
-    let mut host = HostProcess::spawn(
-        &host_config(nats, dir.path(), opts, Some(cache.path().into())),
-        &log_path(opts),
-    )?;
-    host.wait_ready(Duration::from_secs(60)).await?;
+    let (host, _cache, _) = ready_host(nats, dir.path(), opts, Duration::from_secs(60)).await?;
     let (progress, stop) = host.poll_handled(Duration::from_millis(10));
     let measured = load::wait_progress(&progress, opts.events, Duration::from_secs(10)).await;
     stop.store(true, Ordering::Relaxed);
@@ -586,17 +593,13 @@ async fn realistic(
                 &extra,
             ),
         );
-        let cache = tempfile::tempdir()?;
         for &rate in &rates {
             if jetstream {
                 purge(&js, "BENCH").await?;
             }
             // A fresh host per rate, so a saturated run leaves no backlog behind.
-            let mut host = HostProcess::spawn(
-                &host_config(&nats, dir.path(), opts, Some(cache.path().into())),
-                &log_path(opts),
-            )?;
-            host.wait_ready(Duration::from_secs(60)).await?;
+            let (host, _cache, _) =
+                ready_host(&nats, dir.path(), opts, Duration::from_secs(60)).await?;
             let lat =
                 latency_run(&client, opts, rate, "bench.orders", "bench.enriched.orders").await;
             let mut row = Row::new(format!("{} latency @ {rate}/s", v.label));
@@ -678,12 +681,8 @@ async fn plugins(opts: &Options, result: &mut ScenarioResult, count: usize) -> a
             &manifest(std::slice::from_ref(s), &[], None, false, &extra),
         );
     }
-    let cache = tempfile::tempdir()?;
-    let mut host = HostProcess::spawn(
-        &host_config(&nats, dir.path(), opts, Some(cache.path().into())),
-        &log_path(opts),
-    )?;
-    let ready = host.wait_ready(Duration::from_secs(120)).await?;
+    let (host, _cache, ready) =
+        ready_host(&nats, dir.path(), opts, Duration::from_secs(120)).await?;
     let idle_rss = host.rss_mb();
     let (progress, stop) = host.poll_handled(Duration::from_millis(10));
     let rate = core_run(&client, &subjects, opts.events, opts.window, progress).await;
@@ -798,12 +797,7 @@ async fn reload(
         plugin_crate,
         &manifest(&["rl.orders".into()], &["rl.*.orders"], None, false, &extra),
     );
-    let cache = tempfile::tempdir()?;
-    let mut host = HostProcess::spawn(
-        &host_config(&nats, dir.path(), opts, Some(cache.path().into())),
-        &log_path(opts),
-    )?;
-    host.wait_ready(Duration::from_secs(60)).await?;
+    let (host, _cache, _) = ready_host(&nats, dir.path(), opts, Duration::from_secs(60)).await?;
     let mut rx = versions(&client, &derived).await?;
     let stop = trickle(&client, "rl.orders");
     let outcome = async {
