@@ -22,12 +22,13 @@ fn best_ratio(s: Option<&ScenarioResult>, filter: &str) -> (Option<f64>, String)
     }
 }
 
-/// The lowest p99 (ms) among a scenario's sluice latency rows.
-fn best_p99_ms(s: Option<&ScenarioResult>) -> (Option<f64>, String) {
+/// The lowest p99 (ms) among a scenario's sluice latency rows at `rate`.
+fn best_p99_ms(s: Option<&ScenarioResult>, rate: u64) -> (Option<f64>, String) {
+    let at = format!("@ {rate}/s");
     let best = s
         .into_iter()
         .flat_map(|s| &s.rows)
-        .filter(|r| r.variant.starts_with("sluice"))
+        .filter(|r| r.variant.starts_with("sluice") && r.variant.ends_with(&at))
         .filter_map(|r| r.latency.map(|l| (l.p99_us / 1000.0, r)))
         .min_by(|a, b| a.0.total_cmp(&b.0));
     match best {
@@ -44,8 +45,9 @@ fn src(scenario: &str, row: &str) -> String {
     }
 }
 
-/// Judge every bar that the results allow.
-pub fn judge(results: &[ScenarioResult]) -> Vec<Bar> {
+/// Judge every bar that the results allow; latency bars use the rows
+/// measured at the fixed offered `rate`.
+pub fn judge(results: &[ScenarioResult], rate: u64) -> Vec<Bar> {
     let mut bars = Vec::new();
     let js = find(results, "js-noop");
     let (v, row) = best_ratio(js, "sluice");
@@ -98,7 +100,7 @@ pub fn judge(results: &[ScenarioResult]) -> Vec<Bar> {
         "x",
         floor,
     ));
-    let (v, row) = best_p99_ms(find(results, "core-realistic"));
+    let (v, row) = best_p99_ms(find(results, "core-realistic"), rate);
     bars.push(Bar::judge(
         "p99 publish->handled, core, at the fixed rate",
         &src("core-realistic", &row),
@@ -107,7 +109,7 @@ pub fn judge(results: &[ScenarioResult]) -> Vec<Bar> {
         "ms",
         v,
     ));
-    let (v, row) = best_p99_ms(find(results, "js-realistic"));
+    let (v, row) = best_p99_ms(find(results, "js-realistic"), rate);
     bars.push(Bar::judge(
         "p99 publish->handled, JetStream, at the fixed rate",
         &src("js-realistic", &row),
@@ -151,7 +153,7 @@ mod tests {
             js.rows.push(r);
         }
         js.fill_ratios();
-        let bars = judge(&[js]);
+        let bars = judge(&[js], 10_000);
         assert_eq!(bars[0].pass, Some(true));
         assert!(bars[0].source.contains("fast isolation"));
         assert_eq!(bars[1].pass, Some(false));

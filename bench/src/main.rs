@@ -24,6 +24,9 @@ struct Args {
     /// Offered rate of the latency runs (events/s).
     #[arg(long, default_value_t = 10_000)]
     rate: u64,
+    /// A second, lower offered rate for latency below saturation (0: skip).
+    #[arg(long, default_value_t = 2_000)]
+    low_rate: u64,
     /// Seconds per latency run.
     #[arg(long, default_value_t = 5)]
     duration: u64,
@@ -62,6 +65,7 @@ fn main() -> anyhow::Result<()> {
     let mut opts = Options {
         events: args.events,
         rate: args.rate,
+        low_rate: args.low_rate,
         duration: Duration::from_secs(args.duration),
         window: args.window,
         reloads: args.reloads,
@@ -96,6 +100,7 @@ fn main() -> anyhow::Result<()> {
     let mut settings = BTreeMap::new();
     settings.insert("events".into(), opts.events.to_string());
     settings.insert("rate".into(), opts.rate.to_string());
+    settings.insert("low_rate".into(), opts.low_rate.to_string());
     settings.insert("latency_secs".into(), opts.duration.as_secs().to_string());
     settings.insert("window".into(), opts.window.to_string());
     settings.insert("reloads".into(), opts.reloads.to_string());
@@ -138,7 +143,7 @@ fn main() -> anyhow::Result<()> {
         }
         report.scenarios.push(result);
         // Write after every scenario, so an interrupted run keeps what it measured.
-        report.bars = sluice_bench::bars::judge(&report.scenarios);
+        report.bars = sluice_bench::bars::judge(&report.scenarios, opts.rate);
         std::fs::write(
             out.join("results.json"),
             serde_json::to_string_pretty(&report)?,

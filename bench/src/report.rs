@@ -192,7 +192,14 @@ impl Report {
                     count(lat.map(|l| l.p50_us)),
                     count(lat.map(|l| l.p99_us)),
                     count(lat.map(|l| l.p999_us)),
-                    num(r.millis, 1),
+                    num(
+                        r.millis,
+                        if r.millis.is_some_and(|m| m < 1.0) {
+                            4
+                        } else {
+                            1
+                        }
+                    ),
                     rss
                 );
             }

@@ -38,8 +38,10 @@ pub const ALL: &[&str] = &[
 pub struct Options {
     /// Events per throughput run.
     pub events: u64,
-    /// Offered rate of the latency runs, events/s.
+    /// Offered rate of the latency runs, events/s (the fixed rate).
     pub rate: u64,
+    /// A second, lower offered rate (0: none), to show latency below saturation.
+    pub low_rate: u64,
     /// Length of a latency run.
     pub duration: Duration,
     /// Most events published ahead of completion in core throughput runs.
@@ -109,7 +111,7 @@ pub fn describe(name: &str) -> &'static str {
             "N no-op plugins loaded, one subject each, events spread round-robin: throughput, start time, RSS"
         }
         "reload-small" => {
-            "hot reload of plugins/enrich (~200 KB): new file renamed into place -> first event served by the new version"
+            "hot reload of plugins/enrich (~100 KB): new file renamed into place -> first event served by the new version"
         }
         "reload-2mb" => {
             "hot reload of plugins/bigtable (~2.6 MB): new file renamed into place -> first event served by the new version"
@@ -193,6 +195,23 @@ fn host_config(
         compile_cache: cache,
         extra: opts.config_extra.clone(),
     }
+}
+
+/// A host serving `dir` with a fresh compile cache, ready: (host, its cache
+/// folder, spawn -> ready time).
+async fn ready_host(
+    nats: &NatsServer,
+    dir: &Path,
+    opts: &Options,
+    timeout: Duration,
+) -> anyhow::Result<(HostProcess, tempfile::TempDir, Duration)> {
+    let cache = tempfile::tempdir()?;
+    let mut host = HostProcess::spawn(
+        &host_config(nats, dir, opts, Some(cache.path().into())),
+        &log_path(opts),
+    )?;
+    let ready = host.wait_ready(timeout).await?;
+    Ok((host, cache, ready))
 }
 
 fn log_path(opts: &Options) -> PathBuf {
@@ -325,12 +344,7 @@ async fn core_sluice(
         plugin_crate,
         &manifest(subjects, publish, None, variant.dedup, &extra),
     );
-    let cache = tempfile::tempdir()?;
-    let mut host = HostProcess::spawn(
-        &host_config(nats, dir.path(), opts, Some(cache.path().into())),
-        &log_path(opts),
-    )?;
-    let ready = host.wait_ready(Duration::from_secs(60)).await?;
+    let (host, _cache, ready) = ready_host(nats, dir.path(), opts, Duration::from_secs(60)).await?;
     let (progress, stop) = host.poll_handled(Duration::from_millis(10));
     let rate = core_run(client, subjects, opts.events, opts.window, progress)
         .await
@@ -445,12 +459,7 @@ async fn js_sluice(
             &extra,
         ),
     );
-    let cache = tempfile::tempdir()?;
-    let mut host = HostProcess::spawn(
-        &host_config(nats, dir.path(), opts, Some(cache.path().into())),
-        &log_path(opts),
-    )?;
-    host.wait_ready(Duration::from_secs(60)).await?;
+    let (host, _cache, _) = ready_host(nats, dir.path(), opts, Duration::from_secs(60)).await?;
     let (progress, stop) = host.poll_handled(Duration::from_millis(10));
     let measured = load::wait_progress(&progress, opts.events, Duration::from_secs(10)).await;
     stop.store(true, Ordering::Relaxed);
@@ -496,14 +505,15 @@ async fn js_throughput(
 async fn latency_run(
     client: &async_nats::Client,
     opts: &Options,
+    rate: u64,
     input: &str,
     derived: &str,
 ) -> anyhow::Result<stats::LatencySummary> {
     let clock = Clock::new();
-    let expected = opts.rate * opts.duration.as_millis() as u64 / 1000;
+    let expected = rate * opts.duration.as_millis() as u64 / 1000;
     let collector =
         Collector::start(client, derived, expected, clock, Duration::from_secs(5)).await?;
-    let sent = load::publish_paced(client, input, opts.rate, opts.duration, clock).await?;
+    let sent = load::publish_paced(client, input, rate, opts.duration, clock).await?;
     let rec = collector.finish().await?;
     if rec.len() < sent {
         bail!("{} of {sent} derived events arrived", rec.len());
@@ -550,30 +560,32 @@ async fn realistic(
         }
     }
 
-    // Latency at the fixed offered rate: baseline, then each sluice variant.
-    let rate = opts.rate;
-    if jetstream {
-        purge(&js, "BASE").await?;
-    }
-    let source = if jetstream {
-        Source::JetStream {
-            stream: "BASE".into(),
-            durable: "base-latency".into(),
-            concurrency: 32,
-        }
-    } else {
-        Source::Core(vec!["base.orders".into()])
-    };
-    let native = baseline::spawn(&nats.url(), source, Job::Enrich)?;
-    let lat = latency_run(&client, opts, "base.orders", "base.enriched.orders").await;
-    native.stop()?;
-    let mut row = Row::new(format!("baseline latency @ {rate}/s"));
-    row.latency = Some(lat?);
-    result.rows.push(row);
-    for v in variants(opts, "enrich", false) {
+    // Latency at the fixed offered rate (and the low rate): baseline, then each sluice variant.
+    let rates: Vec<u64> = [opts.rate, opts.low_rate]
+        .into_iter()
+        .filter(|r| *r > 0)
+        .collect();
+    for &rate in &rates {
         if jetstream {
-            purge(&js, "BENCH").await?;
+            purge(&js, "BASE").await?;
         }
+        let source = if jetstream {
+            Source::JetStream {
+                stream: "BASE".into(),
+                durable: format!("base-latency-{rate}"),
+                concurrency: 32,
+            }
+        } else {
+            Source::Core(vec!["base.orders".into()])
+        };
+        let native = baseline::spawn(&nats.url(), source, Job::Enrich)?;
+        let lat = latency_run(&client, opts, rate, "base.orders", "base.enriched.orders").await;
+        native.stop()?;
+        let mut row = Row::new(format!("baseline latency @ {rate}/s"));
+        row.latency = Some(lat.context("baseline latency")?);
+        result.rows.push(row);
+    }
+    for v in variants(opts, "enrich", false) {
         let dir = PluginDir::new();
         let extra: Vec<&str> = v.extra.iter().map(String::as_str).collect();
         let subjects = ["bench.orders".to_string()];
@@ -588,19 +600,27 @@ async fn realistic(
                 &extra,
             ),
         );
-        let cache = tempfile::tempdir()?;
-        let mut host = HostProcess::spawn(
-            &host_config(&nats, dir.path(), opts, Some(cache.path().into())),
-            &log_path(opts),
-        )?;
-        host.wait_ready(Duration::from_secs(60)).await?;
-        let lat = latency_run(&client, opts, "bench.orders", "bench.enriched.orders").await;
-        let mut row = Row::new(format!("{} latency @ {rate}/s", v.label));
-        row.latency = Some(lat?);
-        note_rss(&mut row, &host);
-        note_counters(&mut row, &host).await;
-        result.rows.push(row);
+        for &rate in &rates {
+            if jetstream {
+                purge(&js, "BENCH").await?;
+            }
+            // A fresh host per rate, so a saturated run leaves no backlog behind.
+            let (host, _cache, _) =
+                ready_host(&nats, dir.path(), opts, Duration::from_secs(60)).await?;
+            let lat =
+                latency_run(&client, opts, rate, "bench.orders", "bench.enriched.orders").await;
+            let mut row = Row::new(format!("{} latency @ {rate}/s", v.label));
+            row.latency = Some(lat.with_context(|| row.variant.clone())?);
+            note_rss(&mut row, &host);
+            note_counters(&mut row, &host).await;
+            result.rows.push(row);
+        }
     }
+    let rate = rates
+        .iter()
+        .map(|r| r.to_string())
+        .collect::<Vec<_>>()
+        .join(" and ");
     result.notes.push(format!(
         "latency = publish (stamp taken just before the client publish call) -> derived event received by a core subscriber in the harness, i.e. one extra NATS hop after the handler; {rate}/s offered for {:?} in 1 ms bursts{}",
         opts.duration,
@@ -668,12 +688,8 @@ async fn plugins(opts: &Options, result: &mut ScenarioResult, count: usize) -> a
             &manifest(std::slice::from_ref(s), &[], None, false, &extra),
         );
     }
-    let cache = tempfile::tempdir()?;
-    let mut host = HostProcess::spawn(
-        &host_config(&nats, dir.path(), opts, Some(cache.path().into())),
-        &log_path(opts),
-    )?;
-    let ready = host.wait_ready(Duration::from_secs(120)).await?;
+    let (host, _cache, ready) =
+        ready_host(&nats, dir.path(), opts, Duration::from_secs(120)).await?;
     let idle_rss = host.rss_mb();
     let (progress, stop) = host.poll_handled(Duration::from_millis(10));
     let rate = core_run(&client, &subjects, opts.events, opts.window, progress).await;
@@ -788,12 +804,7 @@ async fn reload(
         plugin_crate,
         &manifest(&["rl.orders".into()], &["rl.*.orders"], None, false, &extra),
     );
-    let cache = tempfile::tempdir()?;
-    let mut host = HostProcess::spawn(
-        &host_config(&nats, dir.path(), opts, Some(cache.path().into())),
-        &log_path(opts),
-    )?;
-    host.wait_ready(Duration::from_secs(60)).await?;
+    let (host, _cache, _) = ready_host(&nats, dir.path(), opts, Duration::from_secs(60)).await?;
     let mut rx = versions(&client, &derived).await?;
     let stop = trickle(&client, "rl.orders");
     let outcome = async {

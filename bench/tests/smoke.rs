@@ -12,6 +12,7 @@ async fn tiny_scenarios_produce_rows_and_bars() {
     let opts = Options {
         events: 500,
         rate: 1_000,
+        low_rate: 0,
         duration: Duration::from_secs(1),
         window: 500,
         reloads: 1,
@@ -24,7 +25,6 @@ async fn tiny_scenarios_produce_rows_and_bars() {
     let mut results = Vec::new();
     for name in ["floor", "core-realistic", "js-noop"] {
         let r = scenarios::run(name, &opts).await;
-        eprintln!("{name}: {r:#?}");
         let log = std::fs::read_to_string(out.path().join("host.log")).unwrap_or_default();
         assert!(r.error.is_none(), "{name}: {:?}\nhost log:\n{log}", r.error);
         results.push(r);
@@ -42,6 +42,6 @@ async fn tiny_scenarios_produce_rows_and_bars() {
     assert_eq!(latency.len(), 2, "{realistic:?}");
     assert!(latency.iter().all(|l| l.count == 1_000));
     assert!(realistic.rows[1].rss_mb.unwrap() > 1.0);
-    let bars = sluice_bench::bars::judge(&results);
+    let bars = sluice_bench::bars::judge(&results, 1_000);
     assert!(bars.iter().any(|b| b.measured.is_some()));
 }
