@@ -436,7 +436,9 @@ impl Dispatcher {
                 }
             },
         };
-        let (report, warm) = invoke::invoke_reusing(
+        // Boxed: the invocation's future is large, and every event's task
+        // would otherwise carry (and copy) it from the start.
+        let (report, warm) = Box::pin(invoke::invoke_reusing(
             &self.engine,
             &route.compiled,
             InvocationRequest {
@@ -449,7 +451,7 @@ impl Dispatcher {
             },
             warm,
             route.warm.is_some(),
-        )
+        ))
         .await;
         match (warm, &route.warm) {
             (Some(warm), Some(pool)) => {
@@ -615,7 +617,7 @@ pub fn trace_id(headers: Option<&HeaderMap>) -> String {
                 && parts[1].chars().all(|c| c.is_ascii_hexdigit()))
             .then(|| parts[1].to_ascii_lowercase())
         })
-        .unwrap_or_else(|| hex::encode(rand::random::<[u8; 16]>()))
+        .unwrap_or_else(|| format!("{:032x}", rand::random::<u128>()))
 }
 
 /// The dead letter of `message` after its last failed attempt, for either
