@@ -118,6 +118,23 @@ pub fn judge(results: &[ScenarioResult], rate: u64) -> Vec<Bar> {
         "ms",
         v,
     ));
+    let worst = find(results, "neighbours").and_then(|s| {
+        s.rows
+            .iter()
+            .filter_map(|r| r.ratio_vs_baseline.map(|x| (x, r.variant.clone())))
+            .min_by(|a, b| a.0.total_cmp(&b.0))
+    });
+    bars.push(Bar::judge(
+        "healthy neighbour's throughput beside the worst hostile plugin / alone (issue 5)",
+        &src(
+            "neighbours",
+            worst.as_ref().map_or("", |(_, row)| row.as_str()),
+        ),
+        Direction::AtLeast,
+        0.8,
+        "x",
+        worst.map(|(x, _)| x),
+    ));
     let reload = find(results, "reload-2mb")
         .and_then(|s| s.rows.first())
         .and_then(|r| r.millis);

@@ -31,6 +31,7 @@ pub const ALL: &[&str] = &[
     "reload-small",
     "reload-2mb",
     "cold-start",
+    "neighbours",
 ];
 
 /// Run parameters.
@@ -81,6 +82,7 @@ pub async fn run(name: &str, opts: &Options) -> ScenarioResult {
         "reload-small" => reload(opts, &mut result, "enrich").await,
         "reload-2mb" => reload(opts, &mut result, "bigtable").await,
         "cold-start" => cold_start(opts, &mut result).await,
+        "neighbours" => neighbours(opts, &mut result).await,
         other => Err(anyhow::anyhow!("unknown scenario `{other}`")),
     };
     if let Err(e) = outcome {
@@ -118,6 +120,9 @@ pub fn describe(name: &str) -> &'static str {
         }
         "cold-start" => {
             "spawn `sluice run` -> first event handled, compile cache off / empty / warm, small and 2.6 MB plugins"
+        }
+        "neighbours" => {
+            "in-process host: a healthy noop plugin's throughput alone vs beside plugins/hostile, for each misbehaviour"
         }
         _ => "",
     }
@@ -245,6 +250,28 @@ async fn note_counters(row: &mut Row, host: &HostProcess) {
             row.extra.insert("failed_attempts".into(), failed as f64);
         }
     }
+}
+
+// ---------------------------------------------------------------- neighbours
+
+/// Issue 5's isolation figure: the neighbour's throughput beside each
+/// misbehaviour over its throughput alone (sluice_e2e::neighbours).
+async fn neighbours(opts: &Options, result: &mut ScenarioResult) -> anyhow::Result<()> {
+    let n = (opts.events / 20).clamp(400, 20_000);
+    let phases = sluice_e2e::neighbours::run_phases(n, 1, 0.8).await;
+    for phase in &phases {
+        let mut row = Row::new(format!("noop beside hostile `{}`", phase.mode));
+        row.events_per_s = Some(phase.beside.per_second);
+        row.ratio_vs_baseline = Some(phase.ratio());
+        row.extra
+            .insert("alone_per_s".into(), phase.alone.per_second);
+        row.extra.insert("cpu_ratio".into(), phase.cpu_ratio());
+        result.rows.push(row);
+    }
+    result.notes.push(format!(
+        "{n} neighbour events per sample, alone then beside, back to back; a misbehaviour below 80% is measured up to twice more and the best kept; × baseline = beside / alone"
+    ));
+    Ok(())
 }
 
 // ---------------------------------------------------------------- floor
