@@ -101,13 +101,18 @@ pub struct ScenarioResult {
 }
 
 impl ScenarioResult {
-    /// Fill every row's `ratio_vs_baseline` from the baseline row's throughput.
+    /// Fill every row's `ratio_vs_baseline` from the baseline row's
+    /// throughput (a scenario without a baseline row keeps its own ratios).
     pub fn fill_ratios(&mut self) {
-        let base = self
+        let Some(base) = self
             .rows
             .iter()
             .find(|r| r.variant.starts_with("baseline"))
-            .and_then(|r| r.events_per_s);
+            .and_then(|r| r.events_per_s)
+        else {
+            return;
+        };
+        let base = Some(base);
         for row in &mut self.rows {
             if !row.variant.starts_with("baseline") {
                 row.ratio_vs_baseline = crate::stats::ratio(row.events_per_s, base);
