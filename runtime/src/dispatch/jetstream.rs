@@ -70,7 +70,7 @@ impl Dispatcher {
     /// Pull and dispatch messages for the plugin in `slot` until `stop`
     /// (plugin removed or resubscribed) or shutdown.
     ///
-    /// Each pull asks for one batch of `max_concurrency` messages and runs in
+    /// Each pull asks for one batch of twice `max_concurrency` messages and runs in
     /// its own task, which reads the batch to its end; [`PULLS_IN_FLIGHT`]
     /// pulls overlap, so the next messages are on their way while the
     /// previous ones run, and the server's round trip never idles the
@@ -87,7 +87,7 @@ impl Dispatcher {
         consumer: PullConsumer,
         stop: CancellationToken,
     ) {
-        let capacity = slot.load().max_concurrency.max(1) * PULLS_IN_FLIGHT;
+        let capacity = slot.load().pull_batch_size() * PULLS_IN_FLIGHT;
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Message>(capacity);
         let mut pulls = tokio::task::JoinSet::new();
         let mut backoff = Duration::from_millis(100);
@@ -102,7 +102,7 @@ impl Dispatcher {
                     0 => Err(Duration::ZERO),
                     n => Ok(n),
                 }) {
-                    Ok(n) if pulls.is_empty() || n >= route.max_concurrency => {
+                    Ok(n) if pulls.is_empty() || n >= route.pull_batch_size() => {
                         pulls.spawn(pull_batch(consumer.clone(), n, tx.clone()));
                     }
                     // Half-open: the probes' pull is already out.

@@ -223,14 +223,21 @@ impl Route {
     }
 
     /// How many events to fetch now, or how long to wait (see
-    /// [`CircuitBreaker::fetch_budget`]): a batch of `max_concurrency`
-    /// while the breaker is closed, so that one batch is always on its way
-    /// while the previous one runs; only the probes while half-open.
+    /// [`CircuitBreaker::fetch_budget`]): a full batch
+    /// ([`pull_batch_size`](Self::pull_batch_size)) while the breaker is
+    /// closed; only the probes while half-open.
     pub fn fetch_budget(&self) -> Result<usize, Duration> {
         self.breaker
             .lock()
             .expect("breaker lock")
-            .fetch_budget(Instant::now(), self.max_concurrency)
+            .fetch_budget(Instant::now(), self.pull_batch_size())
+    }
+
+    /// Messages one JetStream pull asks for: twice `max_concurrency`, so
+    /// with two pulls in flight the consumer's `max_ack_pending` (four
+    /// times `max_concurrency`) is the bound on messages out at once.
+    pub fn pull_batch_size(&self) -> usize {
+        self.max_concurrency.max(1) * 2
     }
 
     /// Tell the breaker how an attempt ended.
