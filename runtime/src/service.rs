@@ -800,6 +800,7 @@ impl Supervisor {
             let slot = slot.clone();
             let stop = stop.clone();
             let name = plugin.name.clone();
+            let dispatcher = self.dispatcher.clone();
             self.subscriptions.spawn(async move {
                 let mut last_report = Instant::now() - Duration::from_secs(1);
                 let mut unreported = 0u64;
@@ -808,6 +809,18 @@ impl Supervisor {
                         _ = stop.cancelled() => break,
                         message = subscriber.next() => match message {
                             Some(message) => {
+                                // Nothing buffered and a slot free: start it
+                                // here, one task hop sooner. (A message the
+                                // dispatcher already took and waits to start
+                                // is ahead in the semaphore's queue: a freed
+                                // slot goes to it, not to `try_acquire`.)
+                                if tx.capacity() == tx.max_capacity() {
+                                    let route = slot.load_full();
+                                    if let Ok(permit) = route.concurrency.clone().try_acquire_owned() {
+                                        dispatcher.start_core(route, message, permit);
+                                        continue;
+                                    }
+                                }
                                 if let Err(mpsc::error::TrySendError::Full(_)) = tx.try_send(message) {
                                     let route = slot.load();
                                     crate::dispatch::count_dropped(&route);

@@ -19,8 +19,6 @@ impl Dispatcher {
     /// (back-pressure on the subscription), then handles it in its own task.
     /// At shutdown it still waits, until the shutdown deadline.
     pub async fn dispatch_core(self: &Arc<Self>, route: Arc<Route>, message: async_nats::Message) {
-        bump(&route.stats.received, 1);
-        route.plugin_metrics.event_received();
         let permit = tokio::select! {
             permit = route.concurrency.clone().acquire_owned() => permit,
             _ = self.abort.cancelled() => {
@@ -32,6 +30,21 @@ impl Dispatcher {
         let Ok(permit) = permit else {
             return;
         };
+        self.start_core(route, message, permit);
+    }
+
+    /// Handle one core NATS message for `route` in its own task, holding
+    /// `permit` (one of the route's slots). The subscription reader calls
+    /// this directly when a slot is free and nothing is buffered, saving
+    /// the hop through the buffer.
+    pub fn start_core(
+        self: &Arc<Self>,
+        route: Arc<Route>,
+        message: async_nats::Message,
+        permit: tokio::sync::OwnedSemaphorePermit,
+    ) {
+        bump(&route.stats.received, 1);
+        route.plugin_metrics.event_received();
         let this = self.clone();
         let in_flight = super::InFlight::new(route.clone());
         self.tasks.spawn(async move {
