@@ -70,7 +70,8 @@ pub struct PluginStats {
 /// A point-in-time copy of [`PluginStats`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct StatsSnapshot {
-    /// Deliveries received from NATS (JetStream redeliveries included).
+    /// Deliveries received from NATS and started (JetStream redeliveries
+    /// included; core events count once they leave the `core_buffer`).
     pub received: u64,
     /// Events handled successfully (outbox committed).
     pub succeeded: u64,
