@@ -72,11 +72,12 @@ fn dispatch(c: &mut Criterion) {
     });
     let metrics = Metrics::new();
     metrics.plugin_registered("enrich");
+    let handles = metrics.for_plugin("enrich");
     c.bench_function("metrics per event (received, attempt, handled)", |b| {
         b.iter(|| {
-            metrics.event_received(black_box("enrich"));
-            let in_flight = metrics.attempt_started("enrich");
-            metrics.event_handled("enrich", "ok", Duration::from_micros(40));
+            handles.event_received();
+            let in_flight = handles.attempt_started();
+            handles.handled_ok(black_box(Duration::from_micros(40)));
             drop(in_flight);
         })
     });

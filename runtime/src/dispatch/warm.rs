@@ -55,11 +55,6 @@ impl WarmPool {
         }
     }
 
-    /// Idle instances right now.
-    pub fn idle(&self) -> usize {
-        self.idle.lock().expect("warm pool lock").len()
-    }
-
     fn evict(&self) -> Option<(WarmInstance, OwnedSemaphorePermit)> {
         let mut idle = self.idle.lock().expect("warm pool lock");
         // The least recently used one.

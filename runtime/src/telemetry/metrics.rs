@@ -325,14 +325,6 @@ impl Metrics {
         }
     }
 
-    /// One event received from NATS for `plugin`.
-    pub fn event_received(&self, plugin: &str) {
-        self.inner
-            .events_received
-            .get_or_create(&labels(plugin))
-            .inc();
-    }
-
     /// Hot-path handles for `plugin` (see [`PluginMetrics`]).
     pub fn for_plugin(&self, plugin: &str) -> PluginMetrics {
         let i = &self.inner;
@@ -345,13 +337,6 @@ impl Metrics {
             in_flight: i.in_flight.get_or_create(&p).clone(),
             published: i.published.get_or_create(&p).clone(),
         }
-    }
-
-    /// An attempt is starting; the returned guard counts it in flight until dropped.
-    pub fn attempt_started(&self, plugin: &str) -> InFlight {
-        let gauge = self.inner.in_flight.get_or_create_owned(&labels(plugin));
-        gauge.inc();
-        InFlight(gauge)
     }
 
     /// An attempt of `plugin` finished with `outcome` ([`OK`] or a failure
@@ -394,14 +379,6 @@ impl Metrics {
         }
     }
 
-    /// A fresh instance of `plugin` took `elapsed` to instantiate.
-    pub fn instantiated(&self, plugin: &str, elapsed: Duration) {
-        self.inner
-            .instantiate_duration
-            .get_or_create(&labels(plugin))
-            .observe(elapsed.as_secs_f64());
-    }
-
     /// A retry of a `plugin` event was scheduled.
     pub fn retry_scheduled(&self, plugin: &str) {
         self.inner.retries.get_or_create(&labels(plugin)).inc();
@@ -420,14 +397,6 @@ impl Metrics {
     /// A delivery of an already completed key was skipped.
     pub fn dedup_hit(&self, plugin: &str) {
         self.inner.dedup_hits.get_or_create(&labels(plugin)).inc();
-    }
-
-    /// `count` outbox messages of `plugin` were published.
-    pub fn published(&self, plugin: &str, count: u64) {
-        self.inner
-            .published
-            .get_or_create(&labels(plugin))
-            .inc_by(count);
     }
 
     /// The circuit breaker of `plugin` moved to `to` (`closed`, `half-open`, `open`).
@@ -599,7 +568,7 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("sluice_nats_connected 0"), "{text}");
-        m.event_received("orders");
+        m.for_plugin("orders").event_received();
         m.event_handled("orders", "deadline-exceeded", Duration::from_millis(3));
         m.nats_connected(true);
         m.nats_connected(false);
@@ -625,16 +594,6 @@ mod tests {
         );
         assert!(text.contains("sluice_nats_reconnects_total 1"), "{text}");
         assert!(m.is_nats_connected());
-        let guard = m.attempt_started("orders");
-        assert!(
-            m.render()
-                .contains("sluice_events_in_flight{plugin=\"orders\"} 1")
-        );
-        drop(guard);
-        assert!(
-            m.render()
-                .contains("sluice_events_in_flight{plugin=\"orders\"} 0")
-        );
     }
 
     #[test]
