@@ -501,22 +501,13 @@ impl LimitOverrides {
     fn rendered(&self) -> toml::Table {
         let mut t = toml::Table::new();
         macro_rules! put {
-            ($k:ident) => {
-                if let Some(v) = self.$k {
-                    t.insert(stringify!($k).into(), v.rendered());
+            ($t:expr, $o:expr, $k:ident) => {
+                if let Some(v) = $o.$k {
+                    $t.insert(stringify!($k).into(), v.rendered());
                 }
             };
         }
-        put!(timeout);
-        put!(max_concurrency);
-        put!(max_memory_mb);
-        put!(max_table_elements);
-        put!(max_core_instances);
-        put!(max_payload);
-        put!(max_publishes);
-        put!(max_publish_bytes);
-        put!(max_log_lines);
-        put!(max_log_rate);
+        each_limit!(put, t, self);
         t
     }
 }
@@ -534,31 +525,27 @@ impl Rendered for u32 {
 
 impl Rendered for ByteSize {
     fn rendered(&self) -> toml::Value {
-        toml::Value::String(self.to_string())
+        toml::Value::String(self.show())
     }
 }
 
 impl Rendered for Duration {
     fn rendered(&self) -> toml::Value {
-        toml::Value::String(humantime::format_duration(*self).to_string())
+        toml::Value::String(self.show())
     }
 }
 
 impl Limits {
     /// Every limit, as an override with every key set.
     fn as_overrides(&self) -> LimitOverrides {
-        LimitOverrides {
-            timeout: Some(self.timeout),
-            max_concurrency: Some(self.max_concurrency),
-            max_memory_mb: Some(self.max_memory_mb),
-            max_table_elements: Some(self.max_table_elements),
-            max_core_instances: Some(self.max_core_instances),
-            max_payload: Some(self.max_payload),
-            max_publishes: Some(self.max_publishes),
-            max_publish_bytes: Some(self.max_publish_bytes),
-            max_log_lines: Some(self.max_log_lines),
-            max_log_rate: Some(self.max_log_rate),
+        let mut o = LimitOverrides::default();
+        macro_rules! set {
+            ($o:expr, $l:expr, $k:ident) => {
+                $o.$k = Some($l.$k);
+            };
         }
+        each_limit!(set, o, self);
+        o
     }
 }
 
