@@ -49,44 +49,26 @@ fn src(scenario: &str, row: &str) -> String {
 /// measured at the fixed offered `rate`.
 pub fn judge(results: &[ScenarioResult], rate: u64) -> Vec<Bar> {
     let mut bars = Vec::new();
-    let js = find(results, "js-noop");
-    let (v, row) = best_ratio(js, "sluice");
-    bars.push(Bar::judge(
-        "JetStream no-op / native pull+ack (fastest isolation mode)",
-        &src("js-noop", &row),
-        Direction::AtLeast,
-        0.6,
-        "x",
-        v,
-    ));
-    let (v, row) = best_ratio(js, "fresh instance");
-    bars.push(Bar::judge(
-        "JetStream no-op / native pull+ack (fresh instance per event)",
-        &src("js-noop", &row),
-        Direction::AtLeast,
-        0.6,
-        "x",
-        v,
-    ));
-    let core = find(results, "core-noop");
-    let (v, row) = best_ratio(core, "sluice");
-    bars.push(Bar::judge(
-        "core no-op / native subscriber (fastest isolation mode)",
-        &src("core-noop", &row),
-        Direction::AtLeast,
-        0.5,
-        "x",
-        v,
-    ));
-    let (v, row) = best_ratio(core, "fresh instance");
-    bars.push(Bar::judge(
-        "core no-op / native subscriber (fresh instance per event)",
-        &src("core-noop", &row),
-        Direction::AtLeast,
-        0.5,
-        "x",
-        v,
-    ));
+    for (scenario, what, bar) in [
+        ("js-noop", "JetStream no-op / native pull+ack", 0.6),
+        ("core-noop", "core no-op / native subscriber", 0.5),
+    ] {
+        let s = find(results, scenario);
+        for (filter, mode) in [
+            ("sluice", "fastest isolation mode"),
+            ("fresh instance", "fresh instance per event"),
+        ] {
+            let (v, row) = best_ratio(s, filter);
+            bars.push(Bar::judge(
+                &format!("{what} ({mode})"),
+                &src(scenario, &row),
+                Direction::AtLeast,
+                bar,
+                "x",
+                v,
+            ));
+        }
+    }
     let floor = find(results, "floor").and_then(|s| {
         s.rows
             .iter()
