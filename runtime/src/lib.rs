@@ -18,3 +18,4 @@ pub mod registry;
 pub mod service;
 pub mod subject;
 pub mod telemetry;
+pub mod trigger;

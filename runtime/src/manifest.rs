@@ -97,6 +97,10 @@ pub enum KeySource {
     Header(String),
     /// The value at this JSON pointer in the payload.
     JsonPointer(String),
+    /// A hash of subject, reply subject, payload and `hash_headers` (core
+    /// NATS): identical messages are one event. Opt-in only, since a sensor
+    /// repeating a reading would otherwise lose the repeats.
+    ContentHash,
 }
 
 /// Idempotency settings of a plugin.
@@ -104,7 +108,7 @@ pub enum KeySource {
 pub struct IdempotencySettings {
     /// Override of the key source.
     pub key: Option<KeySource>,
-    /// Headers folded into the core NATS content hash.
+    /// Headers folded into the content hash (`key = "content-hash"`).
     pub hash_headers: Vec<String>,
     /// Skip events whose key already completed (default true).
     pub dedup: bool,
@@ -383,8 +387,11 @@ fn parse_key_source(spec: &str) -> Result<KeySource, String> {
     if let Some(pointer) = spec.strip_prefix("json:").filter(|p| p.starts_with('/')) {
         return Ok(KeySource::JsonPointer(pointer.to_string()));
     }
+    if spec == "content-hash" {
+        return Ok(KeySource::ContentHash);
+    }
     Err(format!(
-        "`{spec}` is not a key source; use \"header:NAME\" or \"json:/pointer/into/payload\""
+        "`{spec}` is not a key source; use \"header:NAME\", \"json:/pointer/into/payload\" or \"content-hash\""
     ))
 }
 

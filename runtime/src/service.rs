@@ -23,7 +23,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use futures::StreamExt;
 use thiserror::Error;
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio_util::sync::CancellationToken;
@@ -34,7 +33,7 @@ use crate::config::{DedupStoreKind, Settings, apply_retry};
 use crate::delivery::breaker::{BreakerPolicy, Forced};
 use crate::delivery::dead_letter;
 use crate::delivery::dedup::{DedupStore, MemoryStore};
-use crate::delivery::dedup_kv::KvStore;
+use crate::delivery::dedup_kv;
 use crate::dispatch::warm::WarmPool;
 use crate::dispatch::{Dispatcher, Route, StatsSnapshot};
 use crate::engine::cache::{CompileCache, Provenance};
@@ -45,12 +44,13 @@ use crate::host::{self, HostState, LogBudget, PluginTag};
 use crate::limits::PluginSandbox;
 use crate::manifest::{DeliveryMode, Isolation, JetStreamSettings, Manifest};
 use crate::nats;
-use crate::nats::jetstream::{ConsumerSpec, durable_consumer};
 use crate::registry::{
     self, DirError, LoadedPlugin, PluginStatus, Registry, ReloadCounters, watcher,
 };
 use crate::telemetry::Metrics;
 use crate::telemetry::admin::{self, AdminError, ControlFn, StatusFn};
+use crate::telemetry::health::Health;
+use crate::trigger::{self, TriggerContext};
 
 /// Why the host cannot start at all (a single bad plugin is not one of these).
 #[derive(Debug, Error)]
@@ -75,8 +75,8 @@ pub enum ServiceError {
 /// Why one plugin's subscriptions could not be set up.
 #[derive(Debug, Error)]
 enum SubscribeError {
-    #[error("cannot subscribe to `{subject}`: {message}")]
-    Core { subject: String, message: String },
+    #[error(transparent)]
+    Core(#[from] trigger::core::SubscribeError),
     #[error(transparent)]
     JetStream(#[from] crate::nats::jetstream::JetStreamSetupError),
 }
@@ -166,6 +166,8 @@ impl HostHandle {
 /// How long abandoned JetStream attempts get to send their Nak after the
 /// shutdown deadline.
 const SETTLE_AFTER_DEADLINE: Duration = Duration::from_secs(2);
+/// How long the last flush of outgoing messages may take at shutdown.
+const FINAL_FLUSH: Duration = Duration::from_secs(2);
 /// Quiet time after the last file event of a plugin before it is loaded.
 const DEBOUNCE: Duration = Duration::from_millis(100);
 /// A file that fails to load this soon after its last change may still be
@@ -181,6 +183,7 @@ pub async fn start(settings: Settings) -> Result<HostHandle, ServiceError> {
     registry::plugin_files(&settings.plugins)?;
     let registry = Arc::new(Registry::default());
     let metrics = Metrics::new();
+    let health = Health::default();
     let shutdown = CancellationToken::new();
     let (ready_tx, ready) = watch::channel(false);
     let admin_stop = CancellationToken::new();
@@ -189,7 +192,7 @@ pub async fn start(settings: Settings) -> Result<HostHandle, ServiceError> {
             admin::start(
                 addr,
                 metrics.clone(),
-                status_fn(&registry, &metrics, &ready, &shutdown),
+                status_fn(&registry, &metrics, &health, &ready, &shutdown),
                 control_fn(&registry),
                 admin_stop.clone(),
             )
@@ -206,6 +209,7 @@ pub async fn start(settings: Settings) -> Result<HostHandle, ServiceError> {
             shutdown.clone(),
             ready_tx,
             metrics.clone(),
+            health,
         );
         async move {
             let result = serving.await;
@@ -257,12 +261,14 @@ fn control_fn(registry: &Arc<Registry>) -> ControlFn {
 fn status_fn(
     registry: &Arc<Registry>,
     metrics: &Metrics,
+    health: &Health,
     ready: &watch::Receiver<bool>,
     shutdown: &CancellationToken,
 ) -> StatusFn {
-    let (registry, metrics, ready, shutdown) = (
+    let (registry, metrics, health, ready, shutdown) = (
         registry.clone(),
         metrics.clone(),
+        health.clone(),
         ready.clone(),
         shutdown.clone(),
     );
@@ -271,6 +277,7 @@ fn status_fn(
         if shutdown.is_cancelled() {
             not_ready.push("shutting down".to_string());
         }
+        not_ready.extend(health.problems());
         if !metrics.is_nats_connected() {
             not_ready.push("NATS is not connected (reconnecting)".to_string());
         } else if !*ready.borrow() {
@@ -310,22 +317,60 @@ fn status_fn(
     })
 }
 
-async fn open_dedup_store(
+/// The dedup store the settings ask for. The KV bucket opens in the
+/// background with backoff: a host never falls back to a private in-memory
+/// store (dedup would silently stop working across hosts).
+fn open_dedup_store(
     settings: &Settings,
     js: &async_nats::jetstream::Context,
-) -> Option<Arc<dyn DedupStore>> {
+    health: &Health,
+    stop: &CancellationToken,
+) -> Arc<dyn DedupStore> {
     match settings.dedup_store {
-        DedupStoreKind::Memory => Some(Arc::new(MemoryStore::new(settings.dedup_ttl))),
-        DedupStoreKind::Kv => match KvStore::open(js, &settings.dedup_bucket, settings.dedup_ttl)
-            .await
-        {
-            Ok(store) => Some(Arc::new(store)),
-            Err(e) => {
-                tracing::error!("{e}; falling back to an in-memory dedup store (this host only)");
-                Some(Arc::new(MemoryStore::new(settings.dedup_ttl)))
-            }
-        },
+        DedupStoreKind::Memory => Arc::new(MemoryStore::new(settings.dedup_ttl)),
+        DedupStoreKind::Kv => dedup_kv::open_in_background(
+            js.clone(),
+            settings.dedup_bucket.clone(),
+            settings.dedup_ttl,
+            1,
+            health.clone(),
+            stop.clone(),
+        ),
     }
+}
+
+/// Make sure the DLQ stream exists, retrying with backoff in the background;
+/// `/readyz` says not ready meanwhile. Dead letters published before it
+/// exists fail and are retried by their events.
+fn ensure_dlq_in_background(
+    js: async_nats::jetstream::Context,
+    stream: String,
+    health: Health,
+    stop: CancellationToken,
+) {
+    let condition = format!("DLQ stream `{stream}`");
+    tokio::spawn(async move {
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            match dead_letter::ensure_stream(&js, &stream).await {
+                Ok(_) => {
+                    health.clear(&condition);
+                    return;
+                }
+                Err(e) => {
+                    tracing::error!(
+                        "{e}; dead letters wait (JetStream events stay in their streams, core events are held in the host) until it is fixed; retrying in {backoff:?}"
+                    );
+                    health.set(&condition, &e.to_string());
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(backoff) => {}
+                _ = stop.cancelled() => return,
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(10));
+        }
+    });
 }
 
 async fn serve(
@@ -336,6 +381,7 @@ async fn serve(
     shutdown: CancellationToken,
     ready: watch::Sender<bool>,
     metrics: Metrics,
+    health: Health,
 ) -> Result<(), ServiceError> {
     let client = match nats::connect(&settings.nats, &shutdown, Some(&metrics)).await {
         Ok(client) => client,
@@ -343,25 +389,29 @@ async fn serve(
         Err(e) => return Err(e.into()),
     };
     let js = async_nats::jetstream::new(client.clone());
-    if let Err(e) = dead_letter::ensure_stream(&js, &settings.dlq_stream).await {
-        tracing::error!(
-            "{e}; dead-lettering will fail (core events are then lost, JetStream events redelivered) until it is fixed"
-        );
-    }
-    let dedup = open_dedup_store(&settings, &js).await;
+    ensure_dlq_in_background(
+        js.clone(),
+        settings.dlq_stream.clone(),
+        health.clone(),
+        shutdown.clone(),
+    );
+    let dedup = open_dedup_store(&settings, &js, &health, &shutdown);
     let tasks = TaskTracker::new();
     let deadline = CancellationToken::new();
-    let dispatcher = Arc::new(
-        Dispatcher::new(
-            engine.clone(),
-            client.clone(),
-            dedup,
-            tasks.clone(),
-            shutdown.clone(),
-        )
-        .with_metrics(metrics.clone())
-        .with_abort(deadline.clone()),
-    );
+    let hard_stop = CancellationToken::new();
+    let dispatcher =
+        Arc::new(Dispatcher::new(engine.clone(), client.clone()).with_metrics(metrics.clone()));
+    let triggers = Arc::new(TriggerContext {
+        dispatcher,
+        dedup: Some(dedup),
+        metrics: metrics.clone(),
+        health,
+        tasks: tasks.clone(),
+        shutdown: shutdown.clone(),
+        deadline: deadline.clone(),
+        hard_stop: hard_stop.clone(),
+        grace: settings.shutdown_grace,
+    });
     // Watch before the initial scan, so a file landing in between is not missed.
     let (watcher, mut changes) = match watcher::watch(&settings.plugins) {
         Ok((w, rx)) => (Some(w), rx),
@@ -378,7 +428,7 @@ async fn serve(
         cache,
         client: client.clone(),
         js,
-        dispatcher,
+        triggers,
         registry,
         metrics,
         subscriptions: TaskTracker::new(),
@@ -439,7 +489,9 @@ async fn serve(
     drop(watcher);
 
     let grace = supervisor.settings.shutdown_grace;
-    tracing::info!("shutting down: no new events; waiting up to {grace:?} for in-flight events");
+    tracing::info!(
+        "shutting down: no new events; waiting up to {grace:?} for in-flight and buffered events"
+    );
     let subscriptions = supervisor.subscriptions.clone();
     subscriptions.close();
     tasks.close();
@@ -449,17 +501,40 @@ async fn serve(
     };
     if tokio::time::timeout(grace, drained).await.is_err() {
         tracing::warn!(
-            "in-flight events did not finish within {grace:?} (shutdown_grace); JetStream events are handed back for redelivery, core events still running are dropped"
+            "events did not finish within {grace:?} (shutdown_grace); JetStream events are handed back for redelivery, core events still held are dead-lettered with class `shutdown`"
         );
         deadline.cancel();
         let settled = async {
             subscriptions.wait().await;
             tasks.wait().await;
         };
-        let _ = tokio::time::timeout(SETTLE_AFTER_DEADLINE, settled).await;
+        if tokio::time::timeout(SETTLE_AFTER_DEADLINE, settled)
+            .await
+            .is_err()
+        {
+            // NATS is unreachable or the DLQ does not answer: stop anyway,
+            // saying what could not be settled.
+            hard_stop.cancel();
+            let left = async {
+                subscriptions.wait().await;
+                tasks.wait().await;
+            };
+            if tokio::time::timeout(Duration::from_millis(500), left)
+                .await
+                .is_err()
+            {
+                tracing::error!(
+                    "stopping with events unsettled after {SETTLE_AFTER_DEADLINE:?} past the deadline (NATS unreachable?): JetStream events are redelivered after ack_wait; core events not dead-lettered are counted in sluice_events_lost_total"
+                );
+            }
+        }
     }
-    if let Err(e) = client.flush().await {
-        tracing::warn!("final NATS flush failed: {e}");
+    match tokio::time::timeout(FINAL_FLUSH, client.flush()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!("final NATS flush failed: {e}"),
+        Err(_) => tracing::warn!(
+            "final NATS flush did not finish within {FINAL_FLUSH:?} (NATS unreachable?)"
+        ),
     }
     tracing::info!("sluice stopped");
     Ok(())
@@ -480,16 +555,21 @@ struct SubscriptionSpec {
     queue_group: Option<String>,
     jetstream: Option<JetStreamSettings>,
     concurrency: u32,
+    /// Sizes the JetStream consumer's `ack_wait`.
+    timeout: Duration,
+    core_buffer: Option<usize>,
 }
 
 impl SubscriptionSpec {
-    fn of(manifest: &Manifest, concurrency: u32) -> Self {
+    fn of(manifest: &Manifest, concurrency: u32, timeout: Duration) -> Self {
         SubscriptionSpec {
             mode: manifest.mode,
             subjects: manifest.subjects.clone(),
             queue_group: manifest.queue_group.clone(),
             jetstream: manifest.jetstream.clone(),
             concurrency,
+            timeout,
+            core_buffer: manifest.core_buffer,
         }
     }
 }
@@ -512,7 +592,7 @@ struct Supervisor {
     cache: Option<CompileCache>,
     client: async_nats::Client,
     js: async_nats::jetstream::Context,
-    dispatcher: Arc<Dispatcher>,
+    triggers: Arc<TriggerContext>,
     registry: Arc<Registry>,
     metrics: Metrics,
     subscriptions: TaskTracker,
@@ -566,7 +646,7 @@ impl Supervisor {
                 self.registry.removed(name);
                 tracing::info!(
                     plugin = name, version = %active.slot.load().tag.version,
-                    "plugin removed: unsubscribed; in-flight events finish (a JetStream consumer is kept, so events wait for a redeploy)"
+                    "plugin removed: unsubscribed; in-flight, buffered and retrying events finish within shutdown_grace (a JetStream consumer is kept, so its events wait for a redeploy)"
                 );
             }
             return None;
@@ -614,9 +694,11 @@ impl Supervisor {
             );
             return None;
         }
+        let sandbox = self.sandbox_of(&loaded);
         let spec = SubscriptionSpec::of(
             &loaded.manifest,
-            self.sandbox_of(&loaded).limits.max_concurrency,
+            sandbox.limits.max_concurrency,
+            sandbox.limits.invoke_limits().timeout,
         );
         let cached = loaded.compiled.provenance == Provenance::Cached;
         let version = loaded.compiled.info.version.clone();
@@ -654,6 +736,9 @@ impl Supervisor {
                     return None;
                 }
                 if let Some(old) = self.active.remove(name) {
+                    // Core events the old subscriptions still hold (buffered,
+                    // retrying) are handled by the new version.
+                    old.slot.store(route.clone());
                     old.stop.cancel();
                 }
                 self.active.insert(
@@ -747,142 +832,46 @@ impl Supervisor {
         })
     }
 
-    /// Start the subscription loops of `plugin`, reading the route from `slot`.
+    /// Start the trigger of `plugin`, reading the route from `slot`.
     async fn subscribe(
         &self,
         plugin: &LoadedPlugin,
         slot: &Arc<ArcSwap<Route>>,
         stop: &CancellationToken,
     ) -> Result<(), SubscribeError> {
-        match plugin.manifest.mode {
-            DeliveryMode::Core => self.subscribe_core(plugin, slot, stop).await,
-            DeliveryMode::Jetstream => self.consume_jetstream(plugin, slot, stop).await,
+        let manifest = &plugin.manifest;
+        match manifest.mode {
+            DeliveryMode::Core => trigger::core::start(
+                self.triggers.clone(),
+                trigger::core::CoreSetup {
+                    client: self.client.clone(),
+                    plugin: plugin.name.clone(),
+                    subjects: manifest.subjects.clone(),
+                    queue_group: manifest.queue_group.clone(),
+                    buffer: manifest.core_buffer.unwrap_or(self.settings.core_buffer),
+                },
+                slot.clone(),
+                stop.clone(),
+                &self.subscriptions,
+            )
+            .await
+            .map_err(Into::into),
+            DeliveryMode::Jetstream => trigger::jetstream::start(
+                self.triggers.clone(),
+                trigger::jetstream::ConsumerSetup {
+                    js: self.js.clone(),
+                    plugin: plugin.name.clone(),
+                    manifest: manifest.clone(),
+                    concurrency: self.sandbox_of(plugin).limits.max_concurrency,
+                    timeout: slot.load().limits.timeout,
+                    replicas: 1,
+                },
+                slot.clone(),
+                stop.clone(),
+                &self.subscriptions,
+            )
+            .await
+            .map_err(Into::into),
         }
-    }
-
-    async fn subscribe_core(
-        &self,
-        plugin: &LoadedPlugin,
-        slot: &Arc<ArcSwap<Route>>,
-        stop: &CancellationToken,
-    ) -> Result<(), SubscribeError> {
-        let mut subscribers = Vec::new();
-        for subject in &plugin.manifest.subjects {
-            let subscriber = match &plugin.manifest.queue_group {
-                Some(group) => {
-                    self.client
-                        .queue_subscribe(subject.clone(), group.clone())
-                        .await
-                }
-                None => self.client.subscribe(subject.clone()).await,
-            }
-            .map_err(|e| SubscribeError::Core {
-                subject: subject.clone(),
-                message: e.to_string(),
-            })?;
-            subscribers.push(subscriber);
-        }
-        // Once the server has the SUBs, publishers can count on them.
-        if let Err(e) = self.client.flush().await {
-            tracing::warn!(plugin = %plugin.name, "NATS flush after subscribing failed: {e}");
-        }
-        // Core NATS cannot slow a publisher down: events wait in a bounded
-        // buffer while every slot is busy, and past it they are dropped and
-        // counted (logged at most once a second), never silently.
-        let buffer = plugin
-            .manifest
-            .core_buffer
-            .unwrap_or(self.settings.core_buffer);
-        let (tx, mut rx) = mpsc::channel::<async_nats::Message>(buffer);
-        for (subject, mut subscriber) in plugin.manifest.subjects.iter().zip(subscribers) {
-            tracing::info!(plugin = %plugin.name, subject = %subject, queue_group = ?plugin.manifest.queue_group, "subscribed (core NATS)");
-            let tx = tx.clone();
-            let slot = slot.clone();
-            let stop = stop.clone();
-            let name = plugin.name.clone();
-            let dispatcher = self.dispatcher.clone();
-            self.subscriptions.spawn(async move {
-                let mut last_report = Instant::now() - Duration::from_secs(1);
-                let mut unreported = 0u64;
-                loop {
-                    tokio::select! {
-                        _ = stop.cancelled() => break,
-                        message = subscriber.next() => match message {
-                            Some(message) => {
-                                // Nothing buffered and a slot free: start it
-                                // here, one task hop sooner. (A message the
-                                // dispatcher already took and waits to start
-                                // is ahead in the semaphore's queue: a freed
-                                // slot goes to it, not to `try_acquire`.)
-                                if tx.capacity() == tx.max_capacity() {
-                                    let route = slot.load_full();
-                                    if let Ok(permit) = route.concurrency.clone().try_acquire_owned() {
-                                        dispatcher.start_core(route, message, permit);
-                                        continue;
-                                    }
-                                }
-                                if let Err(mpsc::error::TrySendError::Full(_)) = tx.try_send(message) {
-                                    let route = slot.load();
-                                    crate::dispatch::count_dropped(&route);
-                                    unreported += 1;
-                                    if last_report.elapsed() >= Duration::from_secs(1) {
-                                        tracing::warn!(
-                                            plugin = %name, dropped = unreported,
-                                            "core NATS buffer of {buffer} events is full (the plugin is slower than its traffic): events dropped; raise max_concurrency or core_buffer, add hosts to a queue group, or use mode = \"jetstream\""
-                                        );
-                                        last_report = Instant::now();
-                                        unreported = 0;
-                                    }
-                                }
-                            }
-                            None => break,
-                        },
-                    }
-                }
-                let _ = subscriber.unsubscribe().await;
-            });
-        }
-        drop(tx);
-        let dispatcher = self.dispatcher.clone();
-        let slot = slot.clone();
-        let stop = stop.clone();
-        self.subscriptions.spawn(async move {
-            loop {
-                tokio::select! {
-                    _ = stop.cancelled() => break,
-                    message = rx.recv() => match message {
-                        Some(message) => dispatcher.dispatch_core(slot.load_full(), message).await,
-                        None => break,
-                    },
-                }
-            }
-        });
-        Ok(())
-    }
-
-    async fn consume_jetstream(
-        &self,
-        plugin: &LoadedPlugin,
-        slot: &Arc<ArcSwap<Route>>,
-        stop: &CancellationToken,
-    ) -> Result<(), SubscribeError> {
-        let concurrency = self.sandbox_of(plugin).limits.max_concurrency;
-        let spec = ConsumerSpec {
-            plugin: &plugin.name,
-            manifest: &plugin.manifest,
-            concurrency,
-            timeout: slot.load().limits.timeout,
-        };
-        let consumer = durable_consumer(&self.js, &spec).await?;
-        tracing::info!(
-            plugin = %plugin.name, stream = ?plugin.manifest.jetstream.as_ref().map(|j| &j.stream),
-            durable = ?plugin.manifest.durable_name(&plugin.name), "consuming (JetStream)"
-        );
-        let dispatcher = self.dispatcher.clone();
-        let slot = slot.clone();
-        let stop = stop.clone();
-        self.subscriptions
-            .spawn(async move { dispatcher.consume_jetstream(slot, consumer, stop).await });
-        Ok(())
     }
 }

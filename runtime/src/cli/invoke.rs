@@ -100,15 +100,17 @@ pub async fn invoke(args: InvokeArgs) -> anyhow::Result<ExitCode> {
     };
     let key = derive_key(&KeyInput {
         subject: &args.subject,
+        reply: None,
         payload: &payload,
         header: &lookup,
-        stream_seq: None,
+        position: None,
         source: manifest.as_ref().and_then(|m| m.idempotency.key.as_ref()),
         hash_headers: manifest
             .as_ref()
             .map(|m| m.idempotency.hash_headers.as_slice())
             .unwrap_or(&[]),
-    });
+    })
+    .value;
     let event = types::Event {
         subject: args.subject.clone(),
         payload,

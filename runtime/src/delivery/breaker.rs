@@ -382,13 +382,34 @@ impl CircuitBreaker {
         }
     }
 
-    /// Record how an admitted event ended.
-    pub fn record(&mut self, outcome: Outcome, now: Instant) -> Option<Transition> {
+    /// A probe admitted but never run (its key was settled, busy, or the
+    /// host is stopping): its slot goes back, so another event probes.
+    pub fn cancel_probe(&mut self) {
+        self.probes_out = self.probes_out.saturating_sub(1);
+    }
+
+    /// Record how an admitted event ended; `admission` is what
+    /// [`admit`](Self::admit) answered for it. A probe whose outcome says
+    /// nothing about the dependency (a permanent error, a trap) releases its
+    /// slot, so the next event probes instead of the plugin stopping for
+    /// good; only probes decide a half-open breaker.
+    pub fn record(
+        &mut self,
+        outcome: Outcome,
+        admission: Admission,
+        now: Instant,
+    ) -> Option<Transition> {
+        let probe = admission == Admission::Probe;
+        if probe && outcome == Outcome::Neutral {
+            self.cancel_probe();
+        }
         if self.forced != Forced::Auto || !self.policy.enabled || outcome == Outcome::Neutral {
             return None;
         }
         let failed = outcome == Outcome::Failure;
         match self.state {
+            // An event admitted before the breaker opened says nothing now.
+            State::HalfOpen if !probe => None,
             State::HalfOpen => {
                 let from = State::HalfOpen;
                 if failed {
@@ -469,15 +490,15 @@ mod tests {
     fn consecutive_failures_open_and_a_probe_closes() {
         let t0 = Instant::now();
         let mut b = CircuitBreaker::new(policy(), t0);
-        assert_eq!(b.record(Outcome::Failure, t0), None);
+        assert_eq!(b.record(Outcome::Failure, Admission::Allowed, t0), None);
         assert_eq!(
-            b.record(Outcome::Neutral, t0),
+            b.record(Outcome::Neutral, Admission::Allowed, t0),
             None,
             "permanent errors do not count"
         );
-        assert_eq!(b.record(Outcome::Failure, t0), None);
+        assert_eq!(b.record(Outcome::Failure, Admission::Allowed, t0), None);
         assert_eq!(
-            b.record(Outcome::Failure, t0),
+            b.record(Outcome::Failure, Admission::Allowed, t0),
             Some(Transition {
                 from: State::Closed,
                 to: State::Open
@@ -500,7 +521,7 @@ mod tests {
             "one probe at a time"
         );
         assert_eq!(
-            b.record(Outcome::Success, later),
+            b.record(Outcome::Success, Admission::Probe, later),
             Some(Transition {
                 from: State::HalfOpen,
                 to: State::Closed
@@ -510,11 +531,38 @@ mod tests {
     }
 
     #[test]
+    fn a_probe_ending_neutral_or_never_run_frees_its_slot() {
+        let t0 = Instant::now();
+        let mut b = CircuitBreaker::new(policy(), t0);
+        for _ in 0..3 {
+            b.record(Outcome::Failure, Admission::Allowed, t0);
+        }
+        let later = t0 + Duration::from_secs(1);
+        assert_eq!(b.admit(later).0, Admission::Probe);
+        // A permanent error or a trap says nothing about the dependency:
+        // the breaker stays half-open and the next event probes.
+        assert_eq!(b.record(Outcome::Neutral, Admission::Probe, later), None);
+        assert_eq!(b.state(), State::HalfOpen);
+        assert_eq!(b.admit(later).0, Admission::Probe);
+        // A probe that never ran (its key was a duplicate) gives its slot back.
+        b.cancel_probe();
+        assert_eq!(b.admit(later).0, Admission::Probe);
+        // An event admitted before the breaker opened does not close it.
+        assert_eq!(b.record(Outcome::Success, Admission::Allowed, later), None);
+        assert_eq!(b.state(), State::HalfOpen);
+        assert!(
+            b.record(Outcome::Success, Admission::Probe, later)
+                .is_some()
+        );
+        assert_eq!(b.state(), State::Closed);
+    }
+
+    #[test]
     fn failed_probes_reopen_with_a_growing_capped_cool_down() {
         let mut now = Instant::now();
         let mut b = CircuitBreaker::new(policy(), now);
         for _ in 0..3 {
-            b.record(Outcome::Failure, now);
+            b.record(Outcome::Failure, Admission::Allowed, now);
         }
         let mut cool_downs = Vec::new();
         for _ in 0..4 {
@@ -524,7 +572,7 @@ mod tests {
             cool_downs.push(until - now);
             now = until;
             assert_eq!(b.admit(now).0, Admission::Probe);
-            b.record(Outcome::Failure, now);
+            b.record(Outcome::Failure, Admission::Probe, now);
         }
         let secs: Vec<u64> = cool_downs.iter().map(|d| d.as_secs()).collect();
         assert_eq!(secs, vec![1, 2, 4, 4]);
@@ -542,13 +590,13 @@ mod tests {
         );
         for _ in 0..9 {
             assert_eq!(
-                b.record(Outcome::Failure, t0),
+                b.record(Outcome::Failure, Admission::Allowed, t0),
                 None,
                 "below the minimum volume of 10"
             );
         }
         assert_eq!(
-            b.record(Outcome::Failure, t0),
+            b.record(Outcome::Failure, Admission::Allowed, t0),
             Some(Transition {
                 from: State::Closed,
                 to: State::Open
@@ -569,7 +617,7 @@ mod tests {
                 Outcome::Success
             };
             assert_eq!(
-                mixed.record(outcome, t0),
+                mixed.record(outcome, Admission::Allowed, t0),
                 None,
                 "a third of failures stays under 50 %"
             );
@@ -588,11 +636,11 @@ mod tests {
             t0,
         );
         for _ in 0..3 {
-            b.record(Outcome::Failure, t0);
+            b.record(Outcome::Failure, Admission::Allowed, t0);
         }
         let later = t0 + Duration::from_secs(11);
         assert_eq!(
-            b.record(Outcome::Success, later),
+            b.record(Outcome::Success, Admission::Allowed, later),
             None,
             "the three failures expired"
         );
@@ -614,7 +662,7 @@ mod tests {
             Admission::Rejected { .. }
         ));
         for _ in 0..5 {
-            b.record(Outcome::Failure, t0);
+            b.record(Outcome::Failure, Admission::Allowed, t0);
         }
         assert_eq!(
             b.force(Forced::Closed, t0),

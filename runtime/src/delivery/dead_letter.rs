@@ -54,6 +54,14 @@ pub mod header {
     pub const ORIGINAL_MSG_ID: &str = "Sluice-Original-Msg-Id";
 }
 
+/// The `Sluice-Replay` count of a message (0 if never replayed).
+pub fn replay_count(headers: Option<&HeaderMap>) -> u32 {
+    headers
+        .and_then(|h| h.get(header::REPLAY))
+        .and_then(|v| v.as_str().parse().ok())
+        .unwrap_or(0)
+}
+
 /// The subject of a plugin's DLQ entries.
 pub fn dlq_subject(plugin: &str) -> String {
     format!("{DLQ_SUBJECT_PREFIX}.{plugin}")

@@ -2,16 +2,25 @@
 //!
 //! Claims are compare-and-set writes (`create` for a new key, tried first
 //! since most keys are new; `update` with the expected revision for an
-//! existing one), so two hosts can never both hold a key. The bucket's max age is the record TTL.
+//! existing one), so two hosts can never both hold a key. A write whose reply
+//! is lost is ambiguous: the re-read that follows recognises the lease by its
+//! holder token and takes it as ours ([`super::dedup::is_own_lease`]).
+//!
+//! The bucket is opened in the background with backoff ([`open_in_background`]):
+//! a host whose KV is unavailable at start never falls back to a private
+//! in-memory store (which would break dedup across hosts); claims fail
+//! meanwhile (JetStream events wait in the stream) and `/readyz` says why.
 
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use async_nats::jetstream::{self, kv};
 use bytes::Bytes;
 
 use super::dedup::{
-    Claim, DedupError, DedupStore, Lease, Record, State, epoch_ms, from_epoch_ms, next_claim, slot,
+    Claim, ClaimRequest, DedupError, DedupStore, Lease, Record, is_own_lease, next_claim, slot,
 };
+use crate::telemetry::health::Health;
 
 /// Dedup records in the KV bucket.
 pub struct KvStore {
@@ -25,12 +34,17 @@ fn err(message: impl std::fmt::Display) -> DedupError {
     }
 }
 
+fn encode(record: &Record) -> Result<Bytes, DedupError> {
+    serde_json::to_vec(record).map(Bytes::from).map_err(err)
+}
+
 impl KvStore {
     /// Open (creating if missing) the bucket `bucket` with record TTL `ttl`.
     pub async fn open(
         js: &jetstream::Context,
         bucket: &str,
         ttl: Duration,
+        replicas: usize,
     ) -> Result<KvStore, DedupError> {
         let kv = match js.get_key_value(bucket).await {
             Ok(kv) => kv,
@@ -40,50 +54,58 @@ impl KvStore {
                     description: "sluice idempotency records".into(),
                     history: 1,
                     max_age: ttl,
+                    num_replicas: replicas.max(1),
                     ..Default::default()
                 })
                 .await
-                .map_err(|e| err(format!("cannot create KV bucket `{bucket}`: {e} (is JetStream enabled on the server?)")))?,
+                .map_err(|e| {
+                    err(format!(
+                        "cannot open or create KV bucket `{bucket}`: {e} (is JetStream enabled on the server?)"
+                    ))
+                })?,
         };
         Ok(KvStore { kv })
-    }
-
-    async fn write(&self, slot: &str, record: &Record, revision: u64) -> Result<u64, DedupError> {
-        let value = Bytes::from(serde_json::to_vec(record).map_err(err)?);
-        self.kv.update(slot, value, revision).await.map_err(err)
     }
 }
 
 #[async_trait::async_trait]
 impl DedupStore for KvStore {
-    async fn claim(&self, scope: &str, key: &str, lease: Duration) -> Result<Claim, DedupError> {
-        let slot = slot(scope, key);
+    async fn claim(&self, request: ClaimRequest<'_>) -> Result<Claim, DedupError> {
+        let slot = slot(request.scope, request.key);
         // Most keys are new: try to create the record straight away (one
-        // round trip). `create` fails when the key exists (or the write
-        // failed), and the read-then-compare-and-set path below decides.
-        if let Ok(record) = next_claim(None, SystemTime::now(), lease) {
-            let value = Bytes::from(serde_json::to_vec(&record).map_err(err)?);
-            if let Ok(revision) = self.kv.create(slot.as_str(), value).await {
-                return Ok(Claim::Acquired(Lease {
-                    slot,
-                    revision,
-                    first_failure: None,
-                }));
-            }
+        // round trip). `create` fails when the key exists, or when the reply
+        // was lost; the read-then-compare-and-set path below decides.
+        if let Ok(record) = next_claim(None, SystemTime::now(), &request)
+            && let Ok(revision) = self.kv.create(slot.as_str(), encode(&record)?).await
+        {
+            return Ok(Claim::Acquired(Lease {
+                slot,
+                revision,
+                record,
+            }));
         }
         // Two rounds: a lost compare-and-set race re-reads once.
         for _ in 0..2 {
-            let now = SystemTime::now();
             let entry = self.kv.entry(slot.as_str()).await.map_err(err)?;
             let live = entry
                 .as_ref()
                 .filter(|e| e.operation == kv::Operation::Put)
                 .and_then(|e| serde_json::from_slice::<Record>(&e.value).ok());
-            let record = match next_claim(live.as_ref(), now, lease) {
+            if let (Some(entry), Some(current)) = (&entry, &live)
+                && is_own_lease(current, &request)
+            {
+                // Our own write landed, its reply did not.
+                return Ok(Claim::Acquired(Lease {
+                    slot,
+                    revision: entry.revision,
+                    record: current.clone(),
+                }));
+            }
+            let record = match next_claim(live.as_ref(), SystemTime::now(), &request) {
                 Err(claim) => return Ok(claim),
                 Ok(record) => record,
             };
-            let value = Bytes::from(serde_json::to_vec(&record).map_err(err)?);
+            let value = encode(&record)?;
             let written = match &entry {
                 None => self
                     .kv
@@ -96,56 +118,117 @@ impl DedupStore for KvStore {
                     .await
                     .map_err(|e| e.to_string()),
             };
-            match written {
-                Ok(revision) => {
-                    return Ok(Claim::Acquired(Lease {
-                        slot,
-                        revision,
-                        first_failure: record.first_failure_ms.map(from_epoch_ms),
-                    }));
-                }
-                Err(_) => continue,
+            if let Ok(revision) = written {
+                return Ok(Claim::Acquired(Lease {
+                    slot,
+                    revision,
+                    record,
+                }));
             }
         }
-        // Lost the race twice: someone else is on it.
+        // Lost the race twice (or every write was ambiguous and the reads
+        // showed someone else): treat the key as busy for a moment.
         Ok(Claim::Busy {
             until: SystemTime::now() + Duration::from_millis(500),
         })
     }
 
-    async fn complete(&self, lease: &Lease) -> Result<(), DedupError> {
-        let record = Record {
-            state: State::Completed,
-            lease_until_ms: None,
-            first_failure_ms: None,
-        };
-        match self.write(&lease.slot, &record, lease.revision).await {
-            Ok(_) => Ok(()),
-            // Our lease expired and was taken over; the handler did succeed, so
-            // record completion anyway.
-            Err(_) => {
-                let value = Bytes::from(serde_json::to_vec(&record).map_err(err)?);
-                self.kv
-                    .put(lease.slot.as_str(), value)
-                    .await
-                    .map(drop)
-                    .map_err(err)
-            }
-        }
+    async fn write(&self, lease: &mut Lease, record: Record) -> Result<(), DedupError> {
+        let revision = self
+            .kv
+            .update(lease.slot.as_str(), encode(&record)?, lease.revision)
+            .await
+            .map_err(err)?;
+        lease.revision = revision;
+        lease.record = record;
+        Ok(())
     }
 
-    async fn fail(&self, lease: &Lease, at: SystemTime) -> Result<(), DedupError> {
-        let record = Record {
-            state: State::Failed,
-            lease_until_ms: None,
-            first_failure_ms: Some(epoch_ms(lease.first_failure.unwrap_or(at))),
-        };
-        // If the lease was taken over, the new holder owns the record now.
-        let _ = self.write(&lease.slot, &record, lease.revision).await;
-        Ok(())
+    async fn force(&self, lease: &Lease, record: Record) -> Result<(), DedupError> {
+        self.kv
+            .put(lease.slot.as_str(), encode(&record)?)
+            .await
+            .map(drop)
+            .map_err(err)
     }
 
     fn name(&self) -> &'static str {
         "nats-kv"
     }
+}
+
+/// A store that answers "unavailable" until the one behind it is open.
+pub struct Deferred {
+    inner: OnceLock<Arc<dyn DedupStore>>,
+    name: &'static str,
+}
+
+impl Deferred {
+    fn get(&self) -> Result<&Arc<dyn DedupStore>, DedupError> {
+        self.inner.get().ok_or_else(|| DedupError {
+            store: self.name,
+            message: "the KV bucket is not open yet (retrying in the background)".into(),
+        })
+    }
+}
+
+#[async_trait::async_trait]
+impl DedupStore for Deferred {
+    async fn claim(&self, request: ClaimRequest<'_>) -> Result<Claim, DedupError> {
+        self.get()?.claim(request).await
+    }
+    async fn write(&self, lease: &mut Lease, record: Record) -> Result<(), DedupError> {
+        self.get()?.write(lease, record).await
+    }
+    async fn force(&self, lease: &Lease, record: Record) -> Result<(), DedupError> {
+        self.get()?.force(lease, record).await
+    }
+    fn name(&self) -> &'static str {
+        self.name
+    }
+}
+
+/// Open the KV store, retrying with backoff until it opens or `stop`: the
+/// store returned answers "unavailable" until then, and `health` carries
+/// the reason (so `/readyz` says not ready).
+pub fn open_in_background(
+    js: jetstream::Context,
+    bucket: String,
+    ttl: Duration,
+    replicas: usize,
+    health: Health,
+    stop: tokio_util::sync::CancellationToken,
+) -> Arc<dyn DedupStore> {
+    let deferred = Arc::new(Deferred {
+        inner: OnceLock::new(),
+        name: "nats-kv",
+    });
+    let condition = format!("dedup store (KV bucket `{bucket}`)");
+    health.set(&condition, "opening");
+    let slot = deferred.clone();
+    tokio::spawn(async move {
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            match KvStore::open(&js, &bucket, ttl, replicas).await {
+                Ok(store) => {
+                    let _ = slot.inner.set(Arc::new(store));
+                    health.clear(&condition);
+                    tracing::info!(bucket, "dedup store open");
+                    return;
+                }
+                Err(e) => {
+                    tracing::error!(
+                        "{e}; JetStream events wait in their streams until it opens (retrying in {backoff:?})"
+                    );
+                    health.set(&condition, &e.to_string());
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(backoff) => {}
+                _ = stop.cancelled() => return,
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(10));
+        }
+    });
+    deferred
 }

@@ -1,10 +1,26 @@
 //! Idempotency keys and outgoing message ids.
 //!
-//! The key identifies one logical event across retries and redeliveries: the
-//! publisher's `Nats-Msg-Id` when it set one, else (core NATS) a hash of the
-//! subject and payload. Outgoing publishes get an id derived from the key, the
-//! plugin and the publish index, so a retried event that publishes again is
-//! dropped by JetStream's duplicate window downstream.
+//! The key identifies one logical event across retries and redeliveries.
+//! Its sources, in order: the key pinned by `sluice dlq replay`; the
+//! manifest's `idempotency.key` (a header, a JSON pointer, or an opt-in
+//! content hash); the publisher's `Nats-Msg-Id`; for JetStream, the stream's
+//! identity (name and creation time) and the sequence; else, for core NATS, a
+//! key unique to the received message.
+//!
+//! Core NATS never redelivers, so two identical core messages without an id
+//! are two events (a sensor repeating a reading, a command sent twice on
+//! purpose, two identical requests with different reply subjects): hashing
+//! their content by default would skip the second for the whole dedup TTL.
+//! A per-message key has nothing to deduplicate against, so the host skips
+//! the dedup store for it ([`Key::per_message`]).
+//!
+//! A JetStream key names the stream's creation time, not only its name: a
+//! stream deleted and created again restarts its sequences, and `NAME:1` of
+//! the new stream must not meet the completed record of the old one.
+//!
+//! Outgoing publishes get an id derived from the key, the plugin and the
+//! publish index, so a retried event that publishes again is dropped by
+//! JetStream's duplicate window downstream.
 
 use sha2::{Digest, Sha256};
 
@@ -16,57 +32,93 @@ pub const MSG_ID_HEADER: &str = "Nats-Msg-Id";
 /// over every other source so a replayed event keeps its identity.
 pub const REPLAY_KEY_HEADER: &str = "Sluice-Idempotency-Key";
 
+/// Where a JetStream message sits.
+#[derive(Debug, Clone, Copy)]
+pub struct StreamPosition<'a> {
+    /// Stream name.
+    pub stream: &'a str,
+    /// The stream's creation time (ms since the Unix epoch): its identity.
+    pub created_ms: u64,
+    /// Stream sequence.
+    pub sequence: u64,
+}
+
 /// What the key is derived from, for one event.
 pub struct KeyInput<'a> {
     /// The event's subject.
     pub subject: &'a str,
+    /// The reply subject of a core request.
+    pub reply: Option<&'a str>,
     /// The payload.
     pub payload: &'a [u8],
     /// Header lookup: first value of a header name.
     pub header: &'a dyn Fn(&str) -> Option<String>,
-    /// JetStream stream and sequence, when consumed from a stream.
-    pub stream_seq: Option<(&'a str, u64)>,
+    /// JetStream position, when consumed from a stream.
+    pub position: Option<StreamPosition<'a>>,
     /// The manifest's key source override.
     pub source: Option<&'a KeySource>,
-    /// Headers folded into the content hash (core NATS).
+    /// Headers folded into the content hash.
     pub hash_headers: &'a [String],
 }
 
-/// Derive the idempotency key. Order: the replay header, the manifest's
-/// override (header or JSON pointer; falls back when absent), `Nats-Msg-Id`,
-/// JetStream `stream:sequence`, else a content hash of subject, payload and
-/// the selected headers.
-pub fn derive_key(input: &KeyInput<'_>) -> String {
+/// An event's idempotency key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Key {
+    /// The key the plugin sees and dedup records use.
+    pub value: String,
+    /// Unique to this received message (core NATS, no other source): no
+    /// other delivery can share it, so there is nothing to deduplicate.
+    pub per_message: bool,
+}
+
+impl Key {
+    fn shared(value: String) -> Key {
+        Key {
+            value,
+            per_message: false,
+        }
+    }
+}
+
+/// Derive the idempotency key (see the module docs for the order).
+pub fn derive_key(input: &KeyInput<'_>) -> Key {
     if let Some(key) = (input.header)(REPLAY_KEY_HEADER).filter(|k| !k.is_empty()) {
-        return key;
+        return Key::shared(key);
     }
     match input.source {
         Some(KeySource::Header(name)) => {
             if let Some(value) = (input.header)(name).filter(|v| !v.is_empty()) {
-                return value;
+                return Key::shared(value);
             }
         }
         Some(KeySource::JsonPointer(pointer)) => {
             if let Some(value) = json_key(input.payload, pointer) {
-                return value;
+                return Key::shared(value);
             }
+        }
+        Some(KeySource::ContentHash) => {
+            return Key::shared(content_hash(
+                input.subject,
+                input.reply,
+                input.payload,
+                input
+                    .hash_headers
+                    .iter()
+                    .map(|h| (h.as_str(), (input.header)(h))),
+            ));
         }
         None => {}
     }
     if let Some(id) = (input.header)(MSG_ID_HEADER).filter(|id| !id.is_empty()) {
-        return id;
+        return Key::shared(id);
     }
-    if let Some((stream, seq)) = input.stream_seq {
-        return format!("{stream}:{seq}");
+    if let Some(p) = input.position {
+        return Key::shared(format!("{}@{}:{}", p.stream, p.created_ms, p.sequence));
     }
-    content_hash(
-        input.subject,
-        input.payload,
-        input
-            .hash_headers
-            .iter()
-            .map(|h| (h.as_str(), (input.header)(h))),
-    )
+    Key {
+        value: format!("msg-{:032x}", rand::random::<u128>()),
+        per_message: true,
+    }
 }
 
 fn json_key(payload: &[u8], pointer: &str) -> Option<String> {
@@ -83,12 +135,16 @@ fn json_key(payload: &[u8], pointer: &str) -> Option<String> {
 
 fn content_hash<'a>(
     subject: &str,
+    reply: Option<&str>,
     payload: &[u8],
     headers: impl Iterator<Item = (&'a str, Option<String>)>,
 ) -> String {
     let mut hash = Sha256::new();
     hash.update((subject.len() as u64).to_be_bytes());
     hash.update(subject.as_bytes());
+    let reply = reply.unwrap_or_default();
+    hash.update((reply.len() as u64).to_be_bytes());
+    hash.update(reply.as_bytes());
     hash.update((payload.len() as u64).to_be_bytes());
     hash.update(payload);
     for (name, value) in headers {
@@ -117,136 +173,178 @@ pub fn outgoing_msg_id(key: &str, plugin: &str, index: usize) -> String {
 mod tests {
     use super::*;
 
-    /// The key of a core message with an optional `Nats-Msg-Id`.
-    fn core_key(msg_id: Option<&str>, subject: &str, payload: &[u8]) -> String {
-        let lookup = |name: &str| {
-            (name == MSG_ID_HEADER)
-                .then(|| msg_id.map(str::to_string))
-                .flatten()
-        };
-        derive_key(&KeyInput {
-            subject,
-            payload,
-            header: &lookup,
-            stream_seq: None,
-            source: None,
-            hash_headers: &[],
-        })
-    }
-
-    #[test]
-    fn msg_id_header_wins_over_content_hash() {
-        assert_eq!(core_key(Some("order-7"), "s", b"x"), "order-7");
-        assert_eq!(core_key(Some(""), "s", b"x"), core_key(None, "s", b"x"));
-    }
-
-    #[test]
-    fn content_hash_depends_on_subject_and_payload_boundaries() {
-        let a = core_key(None, "a", b"bc");
-        let b = core_key(None, "ab", b"c");
-        assert_ne!(a, b);
-        assert_eq!(a, core_key(None, "a", b"bc"));
-        assert!(a.starts_with("sha256:"));
-    }
-
     fn key(
         headers: &[(&str, &str)],
         payload: &[u8],
-        js: Option<(&str, u64)>,
+        position: Option<(&str, u64, u64)>,
         source: Option<KeySource>,
         hash: &[&str],
-    ) -> String {
+        reply: Option<&str>,
+    ) -> Key {
         let lookup = |name: &str| {
             headers
                 .iter()
-                .find(|(n, _)| *n == name)
+                .find(|(n, _)| n.eq_ignore_ascii_case(name))
                 .map(|(_, v)| v.to_string())
         };
         let hash: Vec<String> = hash.iter().map(|h| h.to_string()).collect();
         derive_key(&KeyInput {
             subject: "s",
+            reply,
             payload,
             header: &lookup,
-            stream_seq: js,
+            position: position.map(|(stream, created_ms, sequence)| StreamPosition {
+                stream,
+                created_ms,
+                sequence,
+            }),
             source: source.as_ref(),
             hash_headers: &hash,
         })
     }
 
+    fn v(k: Key) -> String {
+        k.value
+    }
+
+    #[test]
+    fn identical_core_messages_without_an_id_are_distinct_events() {
+        let a = key(&[], b"21.5", None, None, &[], None);
+        let b = key(&[], b"21.5", None, None, &[], None);
+        assert!(a.per_message && b.per_message);
+        assert_ne!(a.value, b.value);
+        // With an id they are one event, and dedup applies.
+        let id = key(
+            &[("Nats-Msg-Id", "reading-7")],
+            b"21.5",
+            None,
+            None,
+            &[],
+            None,
+        );
+        assert_eq!(
+            id,
+            Key {
+                value: "reading-7".into(),
+                per_message: false
+            }
+        );
+        assert_eq!(
+            v(key(&[("Nats-Msg-Id", "")], b"x", None, None, &[], None)).len(),
+            36
+        );
+    }
+
+    #[test]
+    fn content_hash_is_opt_in_and_tells_requests_apart_by_reply_subject() {
+        let h = |payload: &[u8], reply| {
+            key(&[], payload, None, Some(KeySource::ContentHash), &[], reply)
+        };
+        let a = h(b"bc", Some("_INBOX.1"));
+        assert!(a.value.starts_with("sha256:") && !a.per_message);
+        assert_eq!(a, h(b"bc", Some("_INBOX.1")));
+        assert_ne!(a, h(b"bc", Some("_INBOX.2")));
+        assert_ne!(h(b"bc", None), h(b"bcd", None));
+    }
+
+    #[test]
+    fn a_recreated_stream_gives_new_keys_to_the_same_sequences() {
+        let old = key(&[], b"x", Some(("ORDERS", 1_000, 1)), None, &[], None);
+        let new = key(&[], b"x", Some(("ORDERS", 2_000, 1)), None, &[], None);
+        assert_eq!(old.value, "ORDERS@1000:1");
+        assert_ne!(old, new);
+        assert!(!old.per_message);
+    }
+
     #[test]
     fn key_sources_follow_the_documented_order() {
         let json = br#"{"order":{"id":"o-1","n":7}}"#;
+        let js = Some(("S", 9, 3));
         assert_eq!(
-            key(
+            v(key(
                 &[("Sluice-Idempotency-Key", "orig"), ("Nats-Msg-Id", "m")],
                 json,
-                Some(("S", 3)),
+                js,
                 None,
-                &[]
-            ),
+                &[],
+                None
+            )),
             "orig"
         );
         assert_eq!(
-            key(
+            v(key(
                 &[("x-id", "h1"), ("Nats-Msg-Id", "m")],
                 json,
                 None,
                 Some(KeySource::Header("x-id".into())),
-                &[]
-            ),
+                &[],
+                None
+            )),
             "h1"
         );
         assert_eq!(
-            key(
+            v(key(
                 &[],
                 json,
                 None,
                 Some(KeySource::JsonPointer("/order/id".into())),
-                &[]
-            ),
+                &[],
+                None
+            )),
             "o-1"
         );
         assert_eq!(
-            key(
+            v(key(
                 &[],
                 json,
                 None,
                 Some(KeySource::JsonPointer("/order/n".into())),
-                &[]
-            ),
+                &[],
+                None
+            )),
             "7"
         );
-        // Override absent: fall back to Nats-Msg-Id, then stream:seq, then the hash.
+        // Override absent: fall back to Nats-Msg-Id, then the stream position.
         assert_eq!(
-            key(
+            v(key(
                 &[("Nats-Msg-Id", "m")],
                 json,
-                Some(("S", 3)),
+                js,
                 Some(KeySource::Header("x-id".into())),
-                &[]
-            ),
+                &[],
+                None
+            )),
             "m"
         );
         assert_eq!(
-            key(
+            v(key(
                 &[],
                 b"not json",
-                Some(("ORDERS", 42)),
+                Some(("ORDERS", 5, 42)),
                 Some(KeySource::JsonPointer("/id".into())),
-                &[]
-            ),
-            "ORDERS:42"
+                &[],
+                None
+            )),
+            "ORDERS@5:42"
         );
-        assert!(key(&[], b"x", None, None, &[]).starts_with("sha256:"));
     }
 
     #[test]
     fn selected_headers_change_the_content_hash() {
-        let a = key(&[("x-tenant", "a")], b"p", None, None, &["x-tenant"]);
-        let b = key(&[("x-tenant", "b")], b"p", None, None, &["x-tenant"]);
-        let ignored = key(&[("x-tenant", "b")], b"p", None, None, &[]);
+        let h = |headers: &[(&str, &str)], hash: &[&str]| {
+            key(
+                headers,
+                b"p",
+                None,
+                Some(KeySource::ContentHash),
+                hash,
+                None,
+            )
+        };
+        let a = h(&[("x-tenant", "a")], &["x-tenant"]);
+        let b = h(&[("x-tenant", "b")], &["x-tenant"]);
         assert_ne!(a, b);
-        assert_eq!(ignored, key(&[("x-tenant", "a")], b"p", None, None, &[]));
+        assert_eq!(h(&[("x-tenant", "b")], &[]), h(&[("x-tenant", "a")], &[]));
     }
 
     #[test]

@@ -8,6 +8,7 @@ pub mod dedup;
 pub mod dedup_kv;
 pub mod key;
 pub mod retry;
+pub mod settle;
 
 pub use key::outgoing_msg_id;
 pub use retry::{Jitter, RetryPolicy};

@@ -1,15 +1,14 @@
-//! From a NATS message to a settled event: build the plugin's view of it,
-//! claim its idempotency key, run it on a fresh instance, then commit the
-//! outbox (success), schedule a retry (retryable failure), or dead-letter it
-//! (permanent failure or retries exhausted). [`core`] and [`jetstream`] hold
-//! the two delivery modes; this module holds what they share.
+//! One attempt of one event: run it on an instance of the plugin's current
+//! version, then commit the outbox on success. What to do with the outcome
+//! (ack, retry, dead-letter) is the trigger's business (see
+//! [`crate::trigger`] and [`crate::delivery::settle`]); this module only
+//! runs attempts, publishes dead letters, and keeps each plugin's
+//! [`Route`] (its version, limits, breaker and counters).
 //!
 //! Concurrency is bounded twice: a per-plugin semaphore (the plugin's
 //! `max_concurrency`) and a host-wide one sized like the instance pool, so an
 //! event waits for a slot instead of failing.
 
-pub mod core;
-pub mod jetstream;
 pub mod warm;
 
 use std::sync::Arc;
@@ -18,8 +17,6 @@ use std::time::{Duration, Instant, SystemTime};
 
 use async_nats::{Client, HeaderMap};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError};
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use crate::delivery::RetryPolicy;
 use crate::delivery::breaker::{
@@ -27,8 +24,6 @@ use crate::delivery::breaker::{
     WhenOpen,
 };
 use crate::delivery::dead_letter::{self, DeadLetter, DlqError};
-use crate::delivery::dedup::{Claim, DedupStore, Lease};
-use crate::delivery::key::{KeyInput, derive_key};
 use crate::engine::WasmEngine;
 use crate::engine::bindings::v0_1::sluice::plugin::types;
 use crate::engine::component::CompiledPlugin;
@@ -45,20 +40,20 @@ use crate::telemetry::trace::Propagation;
 /// Counters of one plugin, readable while the host runs.
 #[derive(Debug, Default)]
 pub struct PluginStats {
-    received: AtomicU64,
+    pub(crate) received: AtomicU64,
     succeeded: AtomicU64,
     failed_attempts: AtomicU64,
-    retries: AtomicU64,
+    pub(crate) retries: AtomicU64,
     gave_up: AtomicU64,
     dead_lettered: AtomicU64,
     dlq_failures: AtomicU64,
     published: AtomicU64,
-    dedup_hits: AtomicU64,
-    dedup_misses: AtomicU64,
-    lease_conflicts: AtomicU64,
+    pub(crate) dedup_hits: AtomicU64,
+    pub(crate) dedup_misses: AtomicU64,
+    pub(crate) lease_conflicts: AtomicU64,
     breaker_opened: AtomicU64,
-    breaker_rejected: AtomicU64,
-    shed: AtomicU64,
+    pub(crate) breaker_rejected: AtomicU64,
+    pub(crate) shed: AtomicU64,
     dropped: AtomicU64,
     refused_publishes: AtomicU64,
     log_dropped: AtomicU64,
@@ -241,8 +236,14 @@ impl Route {
         self.max_concurrency.max(1) * 2
     }
 
-    /// Tell the breaker how an attempt ended.
-    pub fn record_outcome(&self, failure: Option<&Failure>) {
+    /// A probe admitted by [`admit`](Self::admit) that did not run: its
+    /// slot goes back.
+    pub fn cancel_probe(&self) {
+        self.breaker.lock().expect("breaker lock").cancel_probe();
+    }
+
+    /// Tell the breaker how an attempt admitted as `admission` ended.
+    pub fn record_outcome(&self, failure: Option<&Failure>, admission: Admission) {
         let outcome = match failure {
             None => BreakerOutcome::Success,
             Some(f)
@@ -255,11 +256,11 @@ impl Route {
             }
             Some(_) => BreakerOutcome::Neutral,
         };
-        let transition = self
-            .breaker
-            .lock()
-            .expect("breaker lock")
-            .record(outcome, Instant::now());
+        let transition =
+            self.breaker
+                .lock()
+                .expect("breaker lock")
+                .record(outcome, admission, Instant::now());
         self.log_transition(transition);
     }
 
@@ -292,41 +293,27 @@ impl Drop for InFlight {
     }
 }
 
-/// Runs events; shared by every subscription of the host.
+/// Runs attempts; shared by every trigger of the host.
 pub struct Dispatcher {
     engine: WasmEngine,
     client: Client,
     js: async_nats::jetstream::Context,
-    dedup: Option<Arc<dyn DedupStore>>,
     instances: Arc<Semaphore>,
-    tasks: TaskTracker,
-    shutdown: CancellationToken,
     metrics: Metrics,
-    abort: CancellationToken,
     warm_pools: warm::WarmPools,
 }
 
 impl Dispatcher {
-    /// A dispatcher publishing through `client`, deduplicating in `dedup`.
-    pub fn new(
-        engine: WasmEngine,
-        client: Client,
-        dedup: Option<Arc<dyn DedupStore>>,
-        tasks: TaskTracker,
-        shutdown: CancellationToken,
-    ) -> Self {
+    /// A dispatcher publishing through `client`.
+    pub fn new(engine: WasmEngine, client: Client) -> Self {
         let instances = Arc::new(Semaphore::new(engine.settings().max_instances as usize));
         let js = async_nats::jetstream::new(client.clone());
         Dispatcher {
             engine,
             client,
             js,
-            dedup,
             instances,
-            tasks,
-            shutdown,
             metrics: Metrics::new(),
-            abort: CancellationToken::new(),
             warm_pools: warm::WarmPools::default(),
         }
     }
@@ -337,88 +324,9 @@ impl Dispatcher {
         self
     }
 
-    /// When `abort` fires (the shutdown deadline), JetStream attempts still
-    /// running are abandoned and their messages Nak'ed for redelivery.
-    pub fn with_abort(mut self, abort: CancellationToken) -> Self {
-        self.abort = abort;
-        self
-    }
-
     /// The JetStream context of the host's connection.
     pub fn jetstream(&self) -> &async_nats::jetstream::Context {
         &self.js
-    }
-
-    /// Derive the idempotency key of a message for `route`.
-    pub(crate) fn key_for(
-        route: &Route,
-        subject: &str,
-        payload: &[u8],
-        headers: Option<&HeaderMap>,
-        stream_seq: Option<(&str, u64)>,
-    ) -> String {
-        let lookup = |name: &str| {
-            headers
-                .and_then(|h| h.get(name))
-                .map(|v| v.as_str().to_string())
-        };
-        derive_key(&KeyInput {
-            subject,
-            payload,
-            header: &lookup,
-            stream_seq,
-            source: route.key_source.as_ref(),
-            hash_headers: &route.hash_headers,
-        })
-    }
-
-    /// Claim `key` in the dedup store; `None` when dedup is off for `route`.
-    /// A store error is logged and answered with `Err` so the caller can
-    /// choose (core: handle anyway; JetStream: redeliver later).
-    pub(crate) async fn claim(
-        &self,
-        route: &Route,
-        key: &str,
-        lease: Duration,
-    ) -> Result<Option<Claim>, ()> {
-        let Some(store) = self.dedup.as_ref().filter(|_| route.dedup) else {
-            return Ok(None);
-        };
-        match store.claim(&route.tag.name, key, lease).await {
-            Ok(claim) => {
-                match &claim {
-                    Claim::Completed => {
-                        bump(&route.stats.dedup_hits, 1);
-                        self.metrics.dedup_hit(&route.tag.name);
-                    }
-                    Claim::Busy { .. } => bump(&route.stats.lease_conflicts, 1),
-                    Claim::Acquired(_) => bump(&route.stats.dedup_misses, 1),
-                }
-                Ok(Some(claim))
-            }
-            Err(e) => {
-                tracing::warn!(plugin = %route.tag.name, key, "cannot claim the idempotency key: {e}");
-                Err(())
-            }
-        }
-    }
-
-    pub(crate) async fn complete(&self, lease: Option<&Lease>) {
-        if let (Some(store), Some(lease)) = (self.dedup.as_ref(), lease)
-            && let Err(e) = store.complete(lease).await
-        {
-            tracing::warn!(
-                "cannot record completion; a redelivery may run the handler again (its publishes are deduplicated downstream): {e}"
-            );
-        }
-    }
-
-    pub(crate) async fn release_failed(&self, lease: Option<&Lease>, at: SystemTime) {
-        if let (Some(store), Some(lease)) = (self.dedup.as_ref(), lease)
-            && let Err(e) = store.fail(lease, at).await
-        {
-            tracing::warn!("cannot release the idempotency lease (it expires on its own): {e}");
-        }
     }
 
     /// One attempt: invoke, then commit the outbox on success.
@@ -427,6 +335,7 @@ impl Dispatcher {
         route: &Route,
         key: &str,
         event: &types::Event,
+        admission: Admission,
     ) -> Result<(), Failure> {
         let _in_flight = route.plugin_metrics.attempt_started();
         let started = Instant::now();
@@ -482,7 +391,7 @@ impl Dispatcher {
         if let Err(failure) = report.outcome {
             bump(&route.stats.failed_attempts, 1);
             route.stats.failures.bump(failure.class);
-            route.record_outcome(Some(&failure));
+            route.record_outcome(Some(&failure), admission);
             self.metrics
                 .event_handled(name, failure.class.as_str(), started.elapsed());
             return Err(failure);
@@ -491,11 +400,11 @@ impl Dispatcher {
             .await
             .inspect_err(|failure| {
                 bump(&route.stats.failed_attempts, 1);
-                route.record_outcome(Some(failure));
+                route.record_outcome(Some(failure), admission);
                 self.metrics
                     .event_handled(name, "outbox", started.elapsed());
             })?;
-        route.record_outcome(None);
+        route.record_outcome(None, admission);
         bump(&route.stats.succeeded, 1);
         route.plugin_metrics.handled_ok(started.elapsed());
         tracing::debug!(elapsed = ?report.elapsed, "handled");
@@ -656,7 +565,7 @@ pub(crate) fn dead_letter_for(
         first_failure,
         last_failure,
         trace_id: trace_id.to_string(),
-        replay: core::replay_count(message.headers.as_ref()),
+        replay: dead_letter::replay_count(message.headers.as_ref()),
     }
 }
 

@@ -84,11 +84,14 @@ pub enum FailureClass {
     PayloadTooLarge,
     /// The plugin reached a per-event publish limit; not retried.
     PublishLimit,
+    /// Not finished when the host stopped (core NATS events, which nothing
+    /// else can hold, are dead-lettered with this class).
+    Shutdown,
 }
 
 impl FailureClass {
     /// Every class, in a fixed order (for per-class counters).
-    pub const ALL: [FailureClass; 11] = [
+    pub const ALL: [FailureClass; 12] = [
         FailureClass::Retryable,
         FailureClass::Permanent,
         FailureClass::DeadlineExceeded,
@@ -100,6 +103,7 @@ impl FailureClass {
         FailureClass::ResourceLimit,
         FailureClass::PayloadTooLarge,
         FailureClass::PublishLimit,
+        FailureClass::Shutdown,
     ];
 
     /// Stable name used in logs, metrics and dead-letter records.
@@ -116,7 +120,13 @@ impl FailureClass {
             FailureClass::ResourceLimit => "resource-limit",
             FailureClass::PayloadTooLarge => "payload-too-large",
             FailureClass::PublishLimit => "publish-limit",
+            FailureClass::Shutdown => "shutdown",
         }
+    }
+
+    /// The class named `name` (the inverse of [`as_str`](Self::as_str)).
+    pub fn parse(name: &str) -> Option<FailureClass> {
+        FailureClass::ALL.into_iter().find(|c| c.as_str() == name)
     }
 
     /// Whether a retry could succeed. Traps, deadlines and resource
@@ -129,6 +139,7 @@ impl FailureClass {
                 | FailureClass::CircuitOpen
                 | FailureClass::PayloadTooLarge
                 | FailureClass::PublishLimit
+                | FailureClass::Shutdown
         )
     }
 
@@ -583,7 +594,8 @@ mod tests {
                 "permanent",
                 "circuit-open",
                 "payload-too-large",
-                "publish-limit"
+                "publish-limit",
+                "shutdown"
             ]
         );
     }

@@ -1,5 +1,12 @@
 //! JetStream plumbing: the durable pull consumer of a plugin (and its stream,
 //! when the manifest asks the host to create it).
+//!
+//! A consumer that already exists is brought in line with the manifest
+//! (subjects, `ack_wait`, `max_ack_pending`): a redeploy that changes them
+//! takes effect, or is refused with the server's reason. The stream's
+//! creation time comes back with the consumer: it is the stream's identity
+//! in idempotency keys (a stream deleted and created again restarts its
+//! sequences).
 
 use std::time::Duration;
 
@@ -29,6 +36,31 @@ pub enum JetStreamSetupError {
         /// Server message.
         message: String,
     },
+    /// The manifest's `ack_wait` would let the server redeliver an event
+    /// while its attempt may still run.
+    #[error(
+        "`jetstream.ack_wait` is {ack_wait:?}, shorter than the plugin's `timeout` of {timeout:?} plus {margin:?} for the outbox commit; raise ack_wait (or remove it: the host sizes it) or lower timeout"
+    )]
+    AckWaitTooShort {
+        /// The manifest's value.
+        ack_wait: Duration,
+        /// The plugin's time limit.
+        timeout: Duration,
+        /// The margin required on top.
+        margin: Duration,
+    },
+    /// The existing consumer could not be brought in line with the manifest.
+    #[error(
+        "durable consumer `{durable}` on stream `{stream}` exists with other settings and cannot be updated ({message}); delete it (`nats consumer rm {stream} {durable}`) or revert the manifest"
+    )]
+    Update {
+        /// Stream name.
+        stream: String,
+        /// Consumer name.
+        durable: String,
+        /// Server message.
+        message: String,
+    },
     /// Creating or binding the consumer failed.
     #[error("cannot create durable consumer `{durable}` on stream `{stream}`: {message}")]
     Consumer {
@@ -51,24 +83,69 @@ pub struct ConsumerSpec<'a> {
     pub concurrency: u32,
     /// The plugin's per-event time limit (sizes ack_wait).
     pub timeout: Duration,
+    /// Replicas of a stream the host creates.
+    pub replicas: usize,
 }
 
-/// Get or create the plugin's durable pull consumer (and its stream if allowed).
+/// Time an `ack_wait` must leave beyond the attempt's `timeout` (outbox
+/// commit, acks).
+pub const ACK_WAIT_MARGIN: Duration = Duration::from_secs(5);
+
+/// A plugin's consumer, ready to pull from.
+pub struct BoundConsumer {
+    /// The durable pull consumer.
+    pub consumer: consumer::PullConsumer,
+    /// Stream name.
+    pub stream: String,
+    /// The stream's creation time, ms since the Unix epoch (its identity).
+    pub stream_created_ms: u64,
+    /// The consumer's `ack_wait` (in-progress acks are sent well within it).
+    pub ack_wait: Duration,
+}
+
+/// The `ack_wait` for a plugin: the manifest's (checked against the time
+/// limit), else one sized from `timeout`.
+pub fn ack_wait_for(
+    explicit: Option<Duration>,
+    timeout: Duration,
+) -> Result<Duration, JetStreamSetupError> {
+    match explicit {
+        Some(ack_wait) if ack_wait < timeout + ACK_WAIT_MARGIN => {
+            Err(JetStreamSetupError::AckWaitTooShort {
+                ack_wait,
+                timeout,
+                margin: ACK_WAIT_MARGIN,
+            })
+        }
+        Some(ack_wait) => Ok(ack_wait),
+        None => Ok((timeout * 2 + Duration::from_secs(10)).max(Duration::from_secs(30))),
+    }
+}
+
+/// Milliseconds since the Unix epoch of a stream's creation time.
+fn created_ms(info: &stream::Info) -> u64 {
+    u64::try_from(info.created.unix_timestamp_nanos() / 1_000_000).unwrap_or(0)
+}
+
+/// Get or create the plugin's durable pull consumer (and its stream if
+/// allowed), updating an existing consumer whose settings differ.
 pub async fn durable_consumer(
     js: &jetstream::Context,
     spec: &ConsumerSpec<'_>,
-) -> Result<consumer::PullConsumer, JetStreamSetupError> {
+) -> Result<BoundConsumer, JetStreamSetupError> {
     let settings = spec
         .manifest
         .jetstream
         .as_ref()
         .expect("jetstream mode has settings");
+    let ack_wait = ack_wait_for(settings.ack_wait, spec.timeout)?;
     let stream_name = settings.stream.clone();
-    let stream = if settings.create_stream {
+    let mut stream = if settings.create_stream {
         js.get_or_create_stream(stream::Config {
             name: stream_name.clone(),
             subjects: spec.manifest.subjects.clone(),
             storage: stream::StorageType::File,
+            num_replicas: spec.replicas.max(1),
             ..Default::default()
         })
         .await
@@ -84,15 +161,19 @@ pub async fn durable_consumer(
                 message: e.to_string(),
             })?
     };
+    let stream_created_ms = match stream.info().await {
+        Ok(info) => created_ms(info),
+        Err(e) => {
+            return Err(JetStreamSetupError::StreamMissing {
+                stream: stream_name,
+                message: e.to_string(),
+            });
+        }
+    };
     let durable = spec
         .manifest
         .durable_name(spec.plugin)
         .expect("jetstream mode has a durable");
-    // ack_wait must outlast an attempt plus its outbox commit, or the server
-    // would redeliver an event that is still being handled.
-    let ack_wait = settings.ack_wait.unwrap_or_else(|| {
-        (spec.timeout * 2 + Duration::from_secs(10)).max(Duration::from_secs(30))
-    });
     let config = consumer::pull::Config {
         durable_name: Some(durable.clone()),
         description: Some(format!("sluice plugin {}", spec.plugin)),
@@ -103,12 +184,84 @@ pub async fn durable_consumer(
         filter_subjects: spec.manifest.subjects.clone(),
         ..Default::default()
     };
-    stream
-        .get_or_create_consumer(&durable, config)
-        .await
-        .map_err(|e| JetStreamSetupError::Consumer {
-            stream: stream_name,
-            durable,
-            message: e.to_string(),
-        })
+    let consumer_error = |message: String| JetStreamSetupError::Consumer {
+        stream: stream_name.clone(),
+        durable: durable.clone(),
+        message,
+    };
+    let consumer = match stream.consumer_info(&durable).await {
+        Ok(existing) if differs(&existing.config, &config) => {
+            tracing::info!(
+                plugin = spec.plugin,
+                durable,
+                "updating the durable consumer to the manifest's settings"
+            );
+            stream
+                .update_consumer(config)
+                .await
+                .map_err(|e| JetStreamSetupError::Update {
+                    stream: stream_name.clone(),
+                    durable: durable.clone(),
+                    message: e.to_string(),
+                })?
+        }
+        Ok(_) => stream
+            .get_consumer(&durable)
+            .await
+            .map_err(|e| consumer_error(e.to_string()))?,
+        Err(_) => stream
+            .get_or_create_consumer(&durable, config)
+            .await
+            .map_err(|e| consumer_error(e.to_string()))?,
+    };
+    Ok(BoundConsumer {
+        consumer,
+        stream: stream_name,
+        stream_created_ms,
+        ack_wait,
+    })
+}
+
+/// Whether an existing consumer's settings differ from what the manifest asks.
+fn differs(existing: &consumer::Config, wanted: &consumer::pull::Config) -> bool {
+    let mut have: Vec<&String> = existing.filter_subjects.iter().collect();
+    if let Some(single) = Some(&existing.filter_subject).filter(|s| !s.is_empty()) {
+        have.push(single);
+    }
+    let mut want: Vec<&String> = wanted.filter_subjects.iter().collect();
+    have.sort();
+    want.sort();
+    have != want
+        || existing.ack_wait != wanted.ack_wait
+        || existing.max_ack_pending != wanted.max_ack_pending
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_explicit_ack_wait_must_outlast_the_time_limit() {
+        let t = Duration::from_secs(5);
+        assert!(matches!(
+            ack_wait_for(Some(Duration::from_secs(6)), t),
+            Err(JetStreamSetupError::AckWaitTooShort { .. })
+        ));
+        let e = ack_wait_for(Some(Duration::from_secs(6)), t)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("jetstream.ack_wait") && e.contains("timeout"),
+            "{e}"
+        );
+        assert_eq!(
+            ack_wait_for(Some(Duration::from_secs(10)), t).unwrap(),
+            Duration::from_secs(10)
+        );
+        assert_eq!(ack_wait_for(None, t).unwrap(), Duration::from_secs(30));
+        assert_eq!(
+            ack_wait_for(None, Duration::from_secs(60)).unwrap(),
+            Duration::from_secs(130)
+        );
+    }
 }

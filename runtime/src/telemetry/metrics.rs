@@ -97,6 +97,8 @@ struct Inner {
     breaker_state: Family<PluginLabels, Gauge>,
     breaker_transitions: Family<StateTransitionLabels, Counter>,
     core_dropped: Family<PluginLabels, Counter>,
+    events_lost: Family<PluginLabels, Counter>,
+    consumers_lost: Family<PluginLabels, Counter>,
     publish_refused: Family<PluginLabels, Counter>,
     connected: AtomicBool,
     ever_connected: AtomicBool,
@@ -246,6 +248,18 @@ impl Metrics {
             "Core NATS events dropped because the plugin's buffer was full (slow consumer)",
             core_dropped.clone(),
         );
+        let events_lost = Family::<PluginLabels, Counter>::default();
+        registry.register(
+            "events_lost",
+            "Core NATS events given up on whose dead letter the DLQ never confirmed before the host stopped",
+            events_lost.clone(),
+        );
+        let consumers_lost = Family::<PluginLabels, Counter>::default();
+        registry.register(
+            "consumers_lost",
+            "Times a plugin's JetStream consumer (or its stream) vanished under the running host and was recreated",
+            consumers_lost.clone(),
+        );
         let publish_refused = Family::<PluginLabels, Counter>::default();
         registry.register(
             "publish_refused",
@@ -282,6 +296,8 @@ impl Metrics {
                 breaker_state,
                 breaker_transitions,
                 core_dropped,
+                events_lost,
+                consumers_lost,
                 publish_refused,
                 connected: AtomicBool::new(false),
                 ever_connected: AtomicBool::new(false),
@@ -422,6 +438,20 @@ impl Metrics {
     /// A core event of `plugin` was dropped: its buffer was full.
     pub fn core_dropped(&self, plugin: &str) {
         self.inner.core_dropped.get_or_create(&labels(plugin)).inc();
+    }
+
+    /// A core event of `plugin` was lost: given up on, and its dead letter
+    /// never confirmed before the host stopped.
+    pub fn event_lost(&self, plugin: &str) {
+        self.inner.events_lost.get_or_create(&labels(plugin)).inc();
+    }
+
+    /// `plugin`'s JetStream consumer vanished under the running host.
+    pub fn consumer_lost(&self, plugin: &str) {
+        self.inner
+            .consumers_lost
+            .get_or_create(&labels(plugin))
+            .inc();
     }
 
     /// Hot reload put a new version of `plugin` in service.

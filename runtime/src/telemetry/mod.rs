@@ -4,6 +4,7 @@
 //! [`admin`] HTTP endpoint (`/healthz`, `/readyz`, `/metrics`, `/plugins`).
 
 pub mod admin;
+pub mod health;
 pub mod metrics;
 pub mod trace;
 

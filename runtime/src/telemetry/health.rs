@@ -1,0 +1,57 @@
+//! Conditions that make the host not ready, raised and cleared by whoever
+//! notices them (the dedup store opening in the background, the DLQ stream
+//! setup, a JetStream consumer that vanished), and read by `/readyz`.
+//!
+//! One small shared map instead of a flag per subsystem: `/readyz` lists every
+//! live condition with its reason, so an operator sees at once what is wrong.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+/// Named not-ready conditions, shared by the whole host.
+#[derive(Debug, Clone, Default)]
+pub struct Health {
+    conditions: Arc<Mutex<BTreeMap<String, String>>>,
+}
+
+impl Health {
+    /// Raise (or update) condition `name` with `reason`.
+    pub fn set(&self, name: &str, reason: &str) {
+        self.conditions
+            .lock()
+            .expect("health lock")
+            .insert(name.to_string(), reason.to_string());
+    }
+
+    /// Clear condition `name`.
+    pub fn clear(&self, name: &str) {
+        self.conditions.lock().expect("health lock").remove(name);
+    }
+
+    /// Every live condition as "name: reason".
+    pub fn problems(&self) -> Vec<String> {
+        self.conditions
+            .lock()
+            .expect("health lock")
+            .iter()
+            .map(|(name, reason)| format!("{name}: {reason}"))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conditions_are_listed_until_cleared() {
+        let h = Health::default();
+        assert!(h.problems().is_empty());
+        h.set("dlq", "stream missing");
+        h.set("dlq", "cannot create");
+        h.clone().set("kv", "down");
+        assert_eq!(h.problems(), vec!["dlq: cannot create", "kv: down"]);
+        h.clear("dlq");
+        assert_eq!(h.problems(), vec!["kv: down"]);
+    }
+}

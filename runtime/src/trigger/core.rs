@@ -1,0 +1,399 @@
+//! The core NATS trigger: plain subscriptions, at most once from the broker.
+//!
+//! Core NATS cannot slow a publisher down nor redeliver, so the host holds
+//! what it received: events wait in a bounded buffer while every slot of the
+//! plugin is busy (past it they are dropped and counted, never silently),
+//! retries wait on in-process timers without holding a slot, and after the
+//! last attempt the event goes to the DLQ, the only other place that can
+//! hold it.
+//!
+//! Stopping (SIGTERM, the plugin removed, or resubscribed by a reload) never
+//! discards what was received: the subscriptions are closed, the buffered
+//! events and the retries still run until `shutdown_grace` is over (on a
+//! reload, by the new version), and whatever is left then is dead-lettered
+//! with class `shutdown` and counted.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use arc_swap::ArcSwap;
+use futures::StreamExt;
+use thiserror::Error;
+use tokio::sync::{OwnedSemaphorePermit, mpsc};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use super::{Ledger, StopSignals, TriggerContext, deliver_dead_letter};
+use crate::delivery::breaker::Admission;
+use crate::delivery::dead_letter::replay_count;
+use crate::delivery::key::{Key, KeyInput, derive_key};
+use crate::delivery::settle::{self, Claimed, Decision, Gate, History, Mode, Outcome};
+use crate::dispatch::{InFlight, Route, bump, count_dropped, dead_letter_for, trace_id};
+use crate::engine::invoke::{Failure, FailureClass};
+use crate::nats::convert;
+
+/// How long closing a subscription may take when stopping (NATS may be down).
+const UNSUBSCRIBE_WAIT: Duration = Duration::from_secs(1);
+
+/// A subscription could not be made.
+#[derive(Debug, Error)]
+#[error("cannot subscribe to `{subject}`: {message}")]
+pub struct SubscribeError {
+    /// The subject.
+    pub subject: String,
+    /// The client's message.
+    pub message: String,
+}
+
+/// What the trigger subscribes to.
+pub struct CoreSetup {
+    /// The host's connection.
+    pub client: async_nats::Client,
+    /// Plugin name.
+    pub plugin: String,
+    /// Subjects (wildcards allowed).
+    pub subjects: Vec<String>,
+    /// Queue group shared by hosts, if any.
+    pub queue_group: Option<String>,
+    /// Events held while every slot is busy.
+    pub buffer: usize,
+}
+
+/// Subscribe and start handling events for the route in `slot` until `stop`.
+pub async fn start(
+    ctx: Arc<TriggerContext>,
+    setup: CoreSetup,
+    slot: Arc<ArcSwap<Route>>,
+    stop: CancellationToken,
+    subscriptions: &TaskTracker,
+) -> Result<(), SubscribeError> {
+    let mut subscribers = Vec::new();
+    for subject in &setup.subjects {
+        let subscribed = match &setup.queue_group {
+            Some(group) => {
+                setup
+                    .client
+                    .queue_subscribe(subject.clone(), group.clone())
+                    .await
+            }
+            None => setup.client.subscribe(subject.clone()).await,
+        };
+        subscribers.push(subscribed.map_err(|e| SubscribeError {
+            subject: subject.clone(),
+            message: e.to_string(),
+        })?);
+    }
+    // Once the server has the SUBs, publishers can count on them.
+    if let Err(e) = setup.client.flush().await {
+        tracing::warn!(plugin = %setup.plugin, "NATS flush after subscribing failed: {e}");
+    }
+    let signals = StopSignals::new(&ctx, stop);
+    let (tx, rx) = mpsc::channel::<async_nats::Message>(setup.buffer.max(1));
+    for (subject, subscriber) in setup.subjects.iter().zip(subscribers) {
+        tracing::info!(plugin = %setup.plugin, subject = %subject, queue_group = ?setup.queue_group, "subscribed (core NATS)");
+        subscriptions.spawn(read(
+            ctx.clone(),
+            subscriber,
+            tx.clone(),
+            slot.clone(),
+            signals.clone(),
+            setup.buffer,
+        ));
+    }
+    drop(tx);
+    subscriptions.spawn(drain(ctx, rx, slot, signals));
+    Ok(())
+}
+
+/// Read one subscription into the buffer until stopped, then close it and
+/// keep what it had already received.
+async fn read(
+    ctx: Arc<TriggerContext>,
+    mut subscriber: async_nats::Subscriber,
+    tx: mpsc::Sender<async_nats::Message>,
+    slot: Arc<ArcSwap<Route>>,
+    signals: StopSignals,
+    buffer: usize,
+) {
+    let mut last_report = Instant::now() - Duration::from_secs(1);
+    let mut unreported = 0u64;
+    loop {
+        let message = tokio::select! {
+            _ = signals.stop.cancelled() => break,
+            message = subscriber.next() => match message {
+                Some(message) => message,
+                None => break,
+            },
+        };
+        // Nothing buffered and a slot free: start it here, one task hop
+        // sooner. (A message the drain already took and waits to start is
+        // ahead in the semaphore's queue: a freed slot goes to it.)
+        if tx.capacity() == tx.max_capacity() {
+            let route = slot.load_full();
+            if let Ok(permit) = route.concurrency.clone().try_acquire_owned() {
+                spawn_event(&ctx, route, message, Some(permit), &signals);
+                continue;
+            }
+        }
+        if let Err(mpsc::error::TrySendError::Full(_)) = tx.try_send(message) {
+            count_dropped(&slot.load());
+            unreported += 1;
+            if last_report.elapsed() >= Duration::from_secs(1) {
+                tracing::warn!(
+                    plugin = %slot.load().tag.name, dropped = unreported,
+                    "core NATS buffer of {buffer} events is full (the plugin is slower than its traffic): events dropped; raise max_concurrency or core_buffer, add hosts to a queue group, or use mode = \"jetstream\""
+                );
+                last_report = Instant::now();
+                unreported = 0;
+            }
+        }
+    }
+    // Close the subscription; what the client had already received is ours
+    // to handle like the rest of the buffer.
+    let _ = tokio::time::timeout(UNSUBSCRIBE_WAIT, subscriber.unsubscribe()).await;
+    while let Ok(Some(message)) =
+        tokio::time::timeout(Duration::from_millis(50), subscriber.next()).await
+    {
+        tokio::select! {
+            sent = tx.send(message) => if let Err(unsent) = sent {
+                spawn_event(&ctx, slot.load_full(), unsent.0, None, &signals);
+            },
+            _ = signals.deadline.cancelled() => break,
+        }
+    }
+}
+
+/// Start buffered events as slots free up. After the deadline, what is
+/// still buffered is dead-lettered with class `shutdown`.
+async fn drain(
+    ctx: Arc<TriggerContext>,
+    mut rx: mpsc::Receiver<async_nats::Message>,
+    slot: Arc<ArcSwap<Route>>,
+    signals: StopSignals,
+) {
+    while let Some(message) = rx.recv().await {
+        let route = slot.load_full();
+        let permit = tokio::select! {
+            permit = route.concurrency.clone().acquire_owned() => permit.ok(),
+            _ = signals.deadline.cancelled() => None,
+        };
+        spawn_event(&ctx, route, message, permit, &signals);
+    }
+}
+
+fn spawn_event(
+    ctx: &Arc<TriggerContext>,
+    route: Arc<Route>,
+    message: async_nats::Message,
+    permit: Option<OwnedSemaphorePermit>,
+    signals: &StopSignals,
+) {
+    bump(&route.stats.received, 1);
+    route.plugin_metrics.event_received();
+    let in_flight = InFlight::new(route.clone());
+    let (ctx2, signals) = (ctx.clone(), signals.clone());
+    ctx.tasks.spawn(async move {
+        let _in_flight = in_flight;
+        handle(&ctx2, &route, &message, permit, &signals).await;
+    });
+}
+
+/// One event, top to bottom: key, claim, then attempts until it settles.
+async fn handle(
+    ctx: &TriggerContext,
+    route: &Route,
+    message: &async_nats::Message,
+    mut permit: Option<OwnedSemaphorePermit>,
+    signals: &StopSignals,
+) {
+    let lookup = |name: &str| {
+        message
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(name))
+            .map(|v| v.as_str().to_string())
+    };
+    let Key {
+        value: key,
+        per_message,
+    } = derive_key(&KeyInput {
+        subject: &message.subject,
+        reply: message.reply.as_deref(),
+        payload: &message.payload,
+        header: &lookup,
+        position: None,
+        source: route.key_source.as_ref(),
+        hash_headers: &route.hash_headers,
+    });
+    let trace = trace_id(message.headers.as_ref());
+    let span = tracing::info_span!(
+        "event", otel.kind = "consumer", plugin = %route.tag.name, version = %route.tag.version,
+        subject = %message.subject, key = %key, trace_id = %trace
+    );
+    async {
+        // A per-message key has nothing to deduplicate against: no store
+        // round trip. The lease covers every attempt: retries are in process.
+        let mut ledger = Ledger::new(ctx, route, &key, !per_message);
+        let lease_for = route.retry.max_elapsed.unwrap_or(Duration::from_secs(300)) + route.limits.timeout * 2;
+        let mut history = History::default();
+        let mut claimed_once = false;
+        let mut last_failure: Option<Failure> = None;
+        loop {
+            let admission = route.admit();
+            let claimed = match admission {
+                Admission::Rejected { .. } => None,
+                _ if claimed_once => Some(Claimed::Ours(history)),
+                _ => {
+                    claimed_once = true;
+                    Some(ledger.claim(lease_for, replay_count(message.headers.as_ref()), history).await)
+                }
+            };
+            let gate = Gate {
+                mode: Mode::Core,
+                admission,
+                claimed,
+                stopping: signals.stopping(),
+                when_open: route.when_open,
+                now: SystemTime::now(),
+                instant: Instant::now(),
+            };
+            let mut decision = settle::before_attempt(&gate);
+            if !matches!(decision, Decision::Run { .. }) && admission == Admission::Probe {
+                route.cancel_probe();
+            }
+            if let Decision::Run { attempt, history: before } = decision {
+                let slot = match permit.take() {
+                    Some(p) => Some(p),
+                    None => tokio::select! {
+                        p = route.concurrency.clone().acquire_owned() => p.ok(),
+                        _ = signals.deadline.cancelled() => None,
+                    },
+                };
+                decision = match slot {
+                    None => {
+                        if admission == Admission::Probe {
+                            route.cancel_probe();
+                        }
+                        settle::at_deadline(Mode::Core, before)
+                    }
+                    Some(slot) => {
+                        let event = convert::core_event(message, &key, attempt);
+                        let outcome = tokio::select! {
+                            result = ctx.dispatcher.attempt(route, &key, &event, admission) => match result {
+                                Ok(()) => Outcome::Succeeded,
+                                Err(failure) => {
+                                    let outcome = Outcome::Failed { class: failure.class, retry_after: failure.retry_after };
+                                    last_failure = Some(failure);
+                                    outcome
+                                }
+                            },
+                            _ = signals.deadline.cancelled() => Outcome::Abandoned,
+                        };
+                        drop(slot);
+                        settle::after_attempt(Mode::Core, before, outcome, &route.retry, SystemTime::now(), &mut rand::rng())
+                    }
+                };
+            }
+            drop(permit.take());
+
+            match decision {
+                Decision::Ack => {
+                    ledger.completed().await;
+                    return;
+                }
+                Decision::Skip => {
+                    tracing::debug!("duplicate of an event settled or in progress; skipped");
+                    return;
+                }
+                Decision::Retry { after, history: tried } => {
+                    history = tried;
+                    bump(&route.stats.retries, 1);
+                    ctx.metrics.retry_scheduled(&route.tag.name);
+                    if let Some(f) = &last_failure {
+                        tracing::warn!(error.class = f.class.as_str(), "attempt {} failed: {}; retrying in {after:?}", tried.attempts, f.message);
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(after) => continue,
+                        _ = signals.deadline.cancelled() => {
+                            // The grace is over with a retry pending.
+                            let Decision::DeadLetter { class, history } = settle::at_deadline(Mode::Core, history) else { unreachable!() };
+                            dead_letter(ctx, route, message, &mut ledger, (&key, &trace), class, history, last_failure.take()).await;
+                            return;
+                        }
+                    }
+                }
+                Decision::DeadLetter { class, history } => {
+                    dead_letter(ctx, route, message, &mut ledger, (&key, &trace), class, history, last_failure.take()).await;
+                    return;
+                }
+                Decision::Shed => {
+                    bump(&route.stats.breaker_rejected, 1);
+                    bump(&route.stats.shed, 1);
+                    tracing::debug!("circuit breaker open: event shed (when_open = \"shed\")");
+                    ledger.released(history).await;
+                    return;
+                }
+                Decision::Redeliver { .. } | Decision::Run { .. } => {
+                    unreachable!("core NATS never redelivers; Run was handled")
+                }
+            }
+        }
+    }
+    .instrument(span)
+    .await;
+}
+
+/// Give up on a core event: count it, record it, and publish its dead
+/// letter, retrying while the DLQ is down until the host's last moment.
+#[allow(clippy::too_many_arguments)]
+async fn dead_letter(
+    ctx: &TriggerContext,
+    route: &Route,
+    message: &async_nats::Message,
+    ledger: &mut Ledger<'_>,
+    (key, trace): (&str, &str),
+    class: FailureClass,
+    history: History,
+    last: Option<Failure>,
+) {
+    let message_text = match (class, &last) {
+        (FailureClass::CircuitOpen, _) => "the plugin's circuit breaker is open (its dependency looks down); core NATS cannot hold the event, so it is dead-lettered for replay".to_string(),
+        (FailureClass::Shutdown, Some(f)) => format!("the host stopped before the event settled (shutdown_grace is over); last failure: {}", f.message),
+        (FailureClass::Shutdown, None) => "the host stopped before the event could run (shutdown_grace is over); core NATS cannot hold it, so it is dead-lettered for replay".to_string(),
+        (_, Some(f)) => f.message.clone(),
+        (_, None) => class.as_str().to_string(),
+    };
+    let failure = Failure {
+        class,
+        message: message_text,
+        retry_after: None,
+    };
+    if class == FailureClass::CircuitOpen {
+        bump(&route.stats.breaker_rejected, 1);
+    }
+    route.stats.record_give_up(&failure);
+    ledger.gave_up(history, class, &failure.message).await;
+    let now = SystemTime::now();
+    let letter = dead_letter_for(
+        route,
+        message,
+        None,
+        key,
+        history.attempts,
+        &failure,
+        (history.first_failure.unwrap_or(now), now),
+        trace,
+    );
+    if deliver_dead_letter(&ctx.dispatcher, route, &letter, &ctx.hard_stop).await {
+        ledger.dead_lettered(history).await;
+    } else {
+        ctx.metrics.event_lost(&route.tag.name);
+        tracing::error!(
+            error.class = class.as_str(),
+            "EVENT LOST: gave up after {} attempt(s) ({}) and the DLQ could not take it before the host stopped; core NATS cannot redeliver it",
+            history.attempts,
+            failure.message
+        );
+    }
+}

@@ -1,0 +1,501 @@
+//! The JetStream trigger: a plugin's durable pull consumer, at least once.
+//!
+//! An event is acknowledged only after its handler succeeded and its outbox
+//! was confirmed. A retry is a Nak with delay, so it survives a host crash;
+//! attempts are counted by the host in the dedup record (shared by every
+//! host), never taken from the server's delivery count, so a redelivery that
+//! never ran the plugin (key busy, breaker open, store down, host stopping)
+//! costs nothing. Once the policy gives up, the record says so before the
+//! dead letter is published: if the DLQ is down, the publish alone is retried
+//! (in process, then by any host that gets the redelivery), never the
+//! handler. The original is terminated only once the DLQ acknowledged.
+//!
+//! From the moment a message arrives until it is settled, a keepalive
+//! renews the key's lease and tells the server the message is in progress,
+//! so a long wait for a slot or a long attempt never lets `ack_wait` or the
+//! lease lapse into a second copy running at once.
+//!
+//! Pulls: two batches in flight, each twice `max_concurrency`, so the next
+//! messages are on their way while the previous run; the consumer's
+//! `max_ack_pending` bounds what is out. Nothing is pulled while the breaker
+//! is open, only the probes while half-open. A pull that fails because the
+//! consumer or its stream vanished is noticed: warned, counted, `/readyz`
+//! not ready, and the consumer recreated with backoff.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use arc_swap::ArcSwap;
+use async_nats::jetstream::consumer::PullConsumer;
+use async_nats::jetstream::{AckKind, Message};
+use futures::StreamExt;
+use tracing::Instrument;
+
+use super::{Ledger, StopSignals, TriggerContext, deliver_dead_letter};
+use crate::delivery::breaker::Admission;
+use crate::delivery::dedup::epoch_ms;
+use crate::delivery::key::{KeyInput, StreamPosition, derive_key};
+use crate::delivery::settle::{self, Decision, Gate, History, Mode, Outcome};
+use crate::dispatch::{InFlight, Route, bump, dead_letter_for, trace_id};
+use crate::engine::bindings::v0_1::sluice::plugin::types;
+use crate::engine::invoke::Failure;
+use crate::manifest::Manifest;
+use crate::nats::convert;
+use crate::nats::jetstream::{
+    ACK_WAIT_MARGIN, BoundConsumer, ConsumerSpec, JetStreamSetupError, durable_consumer,
+};
+
+/// How long one pull request waits for messages: bounds how long stopping
+/// waits for the last batch to end.
+const BATCH_EXPIRES: Duration = Duration::from_secs(1);
+/// Pull requests outstanding at once: one being consumed, one on its way.
+const PULLS_IN_FLIGHT: usize = 2;
+
+/// What the trigger needs to (re)create its consumer.
+pub struct ConsumerSetup {
+    /// The host's JetStream context.
+    pub js: async_nats::jetstream::Context,
+    /// Plugin name.
+    pub plugin: String,
+    /// Its manifest.
+    pub manifest: Manifest,
+    /// Its concurrency cap.
+    pub concurrency: u32,
+    /// Its time limit.
+    pub timeout: Duration,
+    /// Replicas of a stream the host creates.
+    pub replicas: usize,
+}
+
+impl ConsumerSetup {
+    async fn bind(&self) -> Result<BoundConsumer, JetStreamSetupError> {
+        durable_consumer(
+            &self.js,
+            &ConsumerSpec {
+                plugin: &self.plugin,
+                manifest: &self.manifest,
+                concurrency: self.concurrency,
+                timeout: self.timeout,
+                replicas: self.replicas,
+            },
+        )
+        .await
+    }
+}
+
+/// Set up the plugin's consumer and start pulling for the route in `slot`
+/// until `stop`. An error (stream missing, consumer not updatable, ack_wait
+/// too short) leaves nothing running.
+pub async fn start(
+    ctx: Arc<TriggerContext>,
+    setup: ConsumerSetup,
+    slot: Arc<ArcSwap<Route>>,
+    stop: tokio_util::sync::CancellationToken,
+    subscriptions: &tokio_util::task::TaskTracker,
+) -> Result<(), JetStreamSetupError> {
+    let bound = setup.bind().await?;
+    tracing::info!(
+        plugin = %setup.plugin, stream = %bound.stream,
+        durable = ?setup.manifest.durable_name(&setup.plugin), "consuming (JetStream)"
+    );
+    let signals = StopSignals::new(&ctx, stop);
+    subscriptions.spawn(consume(ctx, setup, bound, slot, signals));
+    Ok(())
+}
+
+/// The pull loop.
+async fn consume(
+    ctx: Arc<TriggerContext>,
+    setup: ConsumerSetup,
+    mut bound: BoundConsumer,
+    slot: Arc<ArcSwap<Route>>,
+    signals: StopSignals,
+) {
+    let stop = signals.stop.clone();
+    let capacity = slot.load().pull_batch_size() * PULLS_IN_FLIGHT;
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Message>(capacity);
+    let mut pulls = tokio::task::JoinSet::new();
+    let mut backoff = Duration::from_millis(100);
+    let mut pause_until: Option<tokio::time::Instant> = None;
+    let condition = format!("plugin `{}` JetStream consumer", setup.plugin);
+    loop {
+        if pause_until.is_some_and(|t| tokio::time::Instant::now() >= t) {
+            pause_until = None;
+        }
+        while !stop.is_cancelled() && pause_until.is_none() && pulls.len() < PULLS_IN_FLIGHT {
+            let route = slot.load_full();
+            match route.fetch_budget().and_then(|n| match n {
+                0 => Err(Duration::ZERO),
+                n => Ok(n),
+            }) {
+                Ok(n) if pulls.is_empty() || n >= route.pull_batch_size() => {
+                    pulls.spawn(pull_batch(bound.consumer.clone(), n, tx.clone()));
+                }
+                // Half-open: the probes' pull is already out.
+                Ok(_) => break,
+                Err(wait) => {
+                    pause_until =
+                        Some(tokio::time::Instant::now() + wait.max(Duration::from_millis(20)));
+                    break;
+                }
+            }
+        }
+        if stop.is_cancelled() && pulls.is_empty() {
+            break;
+        }
+        tokio::select! {
+            Some(message) = rx.recv() => {
+                if stop.is_cancelled() {
+                    // Removed, resubscribed or shutting down: hand it back now.
+                    ack(&message, AckKind::Nak(None)).await;
+                    ctx.metrics.shutdown_requeued();
+                } else {
+                    let position = bound.stream_created_ms;
+                    spawn_event(&ctx, slot.load_full(), message, position, bound.ack_wait, &signals);
+                }
+            }
+            Some(done) = pulls.join_next(), if !pulls.is_empty() => match done {
+                Ok(Ok(())) => backoff = Duration::from_millis(100),
+                Ok(Err(e)) => {
+                    pause_until = Some(tokio::time::Instant::now() + backoff);
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    // Did the consumer or its stream vanish? Then bind again
+                    // (recreating them where the manifest allows).
+                    if bound.consumer.get_info().await.is_err() {
+                        ctx.metrics.consumer_lost(&setup.plugin);
+                        tracing::warn!(plugin = %setup.plugin, "JetStream pull failed ({e}) and the durable consumer is gone; recreating it (retrying every {backoff:?} at most)");
+                        ctx.health.set(&condition, &format!("consumer or stream missing: {e}"));
+                        match setup.bind().await {
+                            Ok(rebound) => {
+                                tracing::info!(plugin = %setup.plugin, stream = %rebound.stream, "durable consumer recreated");
+                                bound = rebound;
+                                ctx.health.clear(&condition);
+                            }
+                            Err(e) => {
+                                tracing::warn!(plugin = %setup.plugin, "cannot recreate the consumer yet: {e}");
+                                ctx.health.set(&condition, &e.to_string());
+                            }
+                        }
+                    } else {
+                        tracing::warn!(plugin = %setup.plugin, "JetStream pull request failed: {e}; retrying in {backoff:?}");
+                    }
+                }
+                Err(e) => tracing::error!(plugin = %setup.plugin, "JetStream pull task failed: {e}"),
+            },
+            _ = stop.cancelled(), if !stop.is_cancelled() => {}
+            _ = tokio::time::sleep_until(pause_until.unwrap_or_else(tokio::time::Instant::now)), if pause_until.is_some() => {}
+        }
+    }
+    ctx.health.clear(&condition);
+    // Every pull has ended: whatever they delivered and was not started goes back.
+    drop(tx);
+    while let Some(message) = rx.recv().await {
+        ack(&message, AckKind::Nak(None)).await;
+    }
+}
+
+/// One pull request, its batch read to the end into `to`. An error item
+/// (consumer deleted, stream gone, leadership change) fails the pull.
+async fn pull_batch(
+    consumer: PullConsumer,
+    max: usize,
+    to: tokio::sync::mpsc::Sender<Message>,
+) -> Result<(), String> {
+    let mut messages = consumer
+        .batch()
+        .max_messages(max)
+        .expires(BATCH_EXPIRES)
+        .messages()
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut failed = None;
+    while let Some(next) = messages.next().await {
+        match next {
+            Ok(message) => {
+                if let Err(unsent) = to.send(message).await {
+                    ack(&unsent.0, AckKind::Nak(None)).await;
+                }
+            }
+            Err(e) => failed = Some(e.to_string()),
+        }
+    }
+    failed.map_or(Ok(()), Err)
+}
+
+fn spawn_event(
+    ctx: &Arc<TriggerContext>,
+    route: Arc<Route>,
+    message: Message,
+    stream_created_ms: u64,
+    ack_wait: Duration,
+    signals: &StopSignals,
+) {
+    bump(&route.stats.received, 1);
+    route.plugin_metrics.event_received();
+    let in_flight = InFlight::new(route.clone());
+    let (ctx2, signals) = (ctx.clone(), signals.clone());
+    ctx.tasks.spawn(async move {
+        let _in_flight = in_flight;
+        let message = Arc::new(message);
+        let lease_for = route.limits.timeout + ACK_WAIT_MARGIN;
+        handle(
+            &ctx2,
+            &route,
+            &message,
+            stream_created_ms,
+            ack_wait,
+            lease_for,
+            &signals,
+        )
+        .await;
+    });
+}
+
+/// One event, top to bottom.
+async fn handle(
+    ctx: &TriggerContext,
+    route: &Route,
+    message: &Arc<Message>,
+    stream_created_ms: u64,
+    ack_wait: Duration,
+    lease_for: Duration,
+    signals: &StopSignals,
+) {
+    let info = match message.info() {
+        Ok(info) => info,
+        Err(e) => {
+            tracing::error!(plugin = %route.tag.name, "not a JetStream message ({e}); terminating it");
+            ack(message, AckKind::Term).await;
+            return;
+        }
+    };
+    let (stream, sequence, delivered) = (
+        info.stream.to_string(),
+        info.stream_sequence,
+        info.delivered,
+    );
+    let published = SystemTime::UNIX_EPOCH
+        + Duration::from_nanos(u64::try_from(info.published.unix_timestamp_nanos()).unwrap_or(0));
+    let lookup = |name: &str| {
+        message
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(name))
+            .map(|v| v.as_str().to_string())
+    };
+    let key = derive_key(&KeyInput {
+        subject: &message.subject,
+        reply: None,
+        payload: &message.payload,
+        header: &lookup,
+        position: Some(StreamPosition {
+            stream: &stream,
+            created_ms: stream_created_ms,
+            sequence,
+        }),
+        source: route.key_source.as_ref(),
+        hash_headers: &route.hash_headers,
+    })
+    .value;
+    let trace = trace_id(message.headers.as_ref());
+    let span = tracing::info_span!(
+        "event", otel.kind = "consumer", plugin = %route.tag.name, version = %route.tag.version,
+        subject = %message.subject, key = %key, stream = %stream, seq = sequence, trace_id = %trace
+    );
+    // Keep the server's ack timer alive from now until the event settles.
+    let keepalive = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(progress_acks(message.clone(), ack_wait, keepalive.clone()));
+    let _stop_keepalive = keepalive.drop_guard();
+
+    async {
+        // A slot of the plugin's concurrency, or hand the message back if
+        // the subscription stops first (not started: another host takes it).
+        let permit = tokio::select! {
+            biased;
+            _ = signals.stop.cancelled() => None,
+            permit = route.concurrency.clone().acquire_owned() => permit.ok(),
+        };
+        let Some(permit) = permit else {
+            ctx.metrics.shutdown_requeued();
+            ack(message, AckKind::Nak(None)).await;
+            return;
+        };
+
+        // Without a dedup record, the server's count is all there is.
+        let untracked = History {
+            attempts: u32::try_from(delivered.saturating_sub(1)).unwrap_or(u32::MAX),
+            first_failure: (delivered > 1).then_some(published),
+        };
+        let replay = crate::delivery::dead_letter::replay_count(message.headers.as_ref());
+        let mut ledger = Ledger::new(ctx, route, &key, true);
+        let admission = route.admit();
+        let claimed = match admission {
+            Admission::Rejected { .. } => None,
+            // The lease starts now, when the attempt is about to start.
+            _ => Some(ledger.claim(lease_for, replay, untracked).await),
+        };
+        let decision = settle::before_attempt(&Gate {
+            mode: Mode::JetStream,
+            admission,
+            claimed,
+            stopping: signals.stopping(),
+            when_open: route.when_open,
+            now: SystemTime::now(),
+            instant: Instant::now(),
+        });
+        if !matches!(decision, Decision::Run { .. }) && admission == Admission::Probe {
+            route.cancel_probe();
+        }
+
+        let mut last_failure: Option<Failure> = None;
+        let decision = match decision {
+            Decision::Run { attempt, history } => {
+                let event = types::Event {
+                    subject: message.subject.to_string(),
+                    payload: message.payload.to_vec(),
+                    headers: convert::headers_to_vec(message.headers.as_ref()),
+                    idempotency_key: key.clone(),
+                    attempt,
+                    delivery: types::Delivery {
+                        stream: Some(stream.clone()),
+                        sequence: Some(sequence),
+                        published_at_ms: Some(epoch_ms(published)),
+                        reply_to: None,
+                    },
+                };
+                let outcome = {
+                    let attempt_run = ctx.dispatcher.attempt(route, &key, &event, admission);
+                    tokio::pin!(attempt_run);
+                    let renew_every = lease_for / 3;
+                    loop {
+                        tokio::select! {
+                            result = &mut attempt_run => break match result {
+                                Ok(()) => Outcome::Succeeded,
+                                Err(failure) => {
+                                    let outcome = Outcome::Failed { class: failure.class, retry_after: failure.retry_after };
+                                    last_failure = Some(failure);
+                                    outcome
+                                }
+                            },
+                            _ = signals.deadline.cancelled() => {
+                                tracing::warn!("shutdown deadline reached while handling; handed back for redelivery");
+                                ctx.metrics.shutdown_requeued();
+                                break Outcome::Abandoned;
+                            }
+                            _ = tokio::time::sleep(renew_every) => ledger.renew(lease_for).await,
+                        }
+                    }
+                };
+                drop(permit);
+                settle::after_attempt(Mode::JetStream, history, outcome, &route.retry, SystemTime::now(), &mut rand::rng())
+            }
+            other => {
+                drop(permit);
+                other
+            }
+        };
+
+        match decision {
+            Decision::Ack => {
+                // Either order is safe (a redelivery before the record lands
+                // runs again, its publishes deduplicated by id), so the two
+                // round trips overlap.
+                tokio::join!(ledger.completed(), ack(message, AckKind::Ack));
+            }
+            Decision::Skip => {
+                tracing::debug!("already settled; acknowledged without handling");
+                ack(message, AckKind::Ack).await;
+            }
+            Decision::Retry { after, history } => {
+                bump(&route.stats.retries, 1);
+                ctx.metrics.retry_scheduled(&route.tag.name);
+                if let Some(f) = &last_failure {
+                    tracing::warn!(error.class = f.class.as_str(), "attempt {} failed: {}; redelivery in {after:?}", history.attempts, f.message);
+                }
+                ledger.released(history).await;
+                ack(message, AckKind::Nak(Some(after))).await;
+            }
+            Decision::Redeliver { after, why } => {
+                if why == settle::NotAttempted::BreakerOpen {
+                    bump(&route.stats.breaker_rejected, 1);
+                }
+                tracing::debug!("not attempted ({}); redelivering in {after:?}", why.as_str());
+                if let Some(record) = ledger.record() {
+                    let unchanged = record.history();
+                    ledger.released(unchanged).await;
+                }
+                ack(message, AckKind::Nak((!after.is_zero()).then_some(after))).await;
+            }
+            Decision::DeadLetter { class, history } => {
+                // The failure: this attempt's, else the one recorded when the
+                // policy gave up earlier (only the dead letter was owed).
+                let failure = last_failure.unwrap_or_else(|| Failure {
+                    class,
+                    message: ledger
+                        .record()
+                        .and_then(|r| r.gave_up.as_ref())
+                        .map(|g| g.message.clone())
+                        .unwrap_or_else(|| "gave up earlier; the dead letter was owed".into()),
+                    retry_after: None,
+                });
+                if ledger.record().is_none_or(|r| r.gave_up.is_none()) {
+                    route.stats.record_give_up(&failure);
+                    ledger.gave_up(history, class, &failure.message).await;
+                }
+                let now = SystemTime::now();
+                let letter = dead_letter_for(
+                    route,
+                    &message.message,
+                    Some((&stream, sequence)),
+                    &key,
+                    history.attempts,
+                    &failure,
+                    (history.first_failure.unwrap_or(now), now),
+                    &trace,
+                );
+                if deliver_dead_letter(&ctx.dispatcher, route, &letter, &signals.stop).await {
+                    ledger.dead_lettered(history).await;
+                    ack(message, AckKind::Term).await;
+                } else {
+                    // Stopping with the DLQ still down: the record says the
+                    // dead letter is owed, so the redelivery publishes it
+                    // without running the handler.
+                    tracing::error!("stopping before the DLQ confirmed the dead letter; the event stays in the stream and its dead letter is published on redelivery");
+                    ack(message, AckKind::Nak(Some(settle::UNSETTLED_RETRY))).await;
+                }
+            }
+            Decision::Shed | Decision::Run { .. } => unreachable!("JetStream never sheds; Run was handled"),
+        }
+    }
+    .instrument(span)
+    .await;
+}
+
+/// Tell the server every third of `ack_wait` that the message is in
+/// progress, until `done`.
+async fn progress_acks(
+    message: Arc<Message>,
+    ack_wait: Duration,
+    done: tokio_util::sync::CancellationToken,
+) {
+    let every = (ack_wait / 3).max(Duration::from_millis(200));
+    loop {
+        tokio::select! {
+            _ = done.cancelled() => return,
+            _ = tokio::time::sleep(every) => {
+                if let Err(e) = message.ack_with(AckKind::Progress).await {
+                    tracing::debug!("in-progress ack not sent: {e}");
+                }
+            }
+        }
+    }
+}
+
+async fn ack(message: &Message, kind: AckKind) {
+    if let Err(e) = message.ack_with(kind).await {
+        // The server redelivers after ack_wait; the dedup record makes that safe.
+        tracing::warn!(
+            "acknowledgement ({kind:?}) not sent: {e}; the server will redeliver after ack_wait"
+        );
+    }
+}

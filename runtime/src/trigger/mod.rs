@@ -1,0 +1,273 @@
+//! Triggers: where events come from. Each mode is one self-contained file
+//! that owns its subscription, its buffering, its shutdown hand-back and its
+//! settlement calls: [`core`] for core NATS subscriptions, [`jetstream`] for
+//! durable pull consumers. An event's path reads top to bottom in its file:
+//! key, claim, gate ([`crate::delivery::settle::before_attempt`]), attempt
+//! ([`crate::dispatch::Dispatcher::attempt`]), decision
+//! ([`crate::delivery::settle::after_attempt`]), then ack, retry or
+//! dead-letter.
+//!
+//! This module holds what both modes need around that path: the
+//! [`Ledger`] (dedup records of one event, with logging and counters), the
+//! dead-letter delivery loop, and the [`TriggerContext`] shared by every
+//! subscription of the host.
+
+pub mod core;
+pub mod jetstream;
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::delivery::dead_letter::DeadLetter;
+use crate::delivery::dedup::{Claim, ClaimRequest, DedupStore, Lease, Record, holder_token};
+use crate::delivery::settle::{Claimed, History, Stopping};
+use crate::dispatch::{Dispatcher, Route, bump};
+use crate::telemetry::Metrics;
+use crate::telemetry::health::Health;
+
+/// What every trigger of the host shares.
+pub struct TriggerContext {
+    /// Runs attempts.
+    pub dispatcher: Arc<Dispatcher>,
+    /// Dedup records (`None`: no store configured).
+    pub dedup: Option<Arc<dyn DedupStore>>,
+    /// Metrics.
+    pub metrics: Metrics,
+    /// Not-ready conditions.
+    pub health: Health,
+    /// Every event task (the host waits for them at shutdown).
+    pub tasks: TaskTracker,
+    /// Cancelled when the host starts shutting down.
+    pub shutdown: CancellationToken,
+    /// Cancelled when `shutdown_grace` is over.
+    pub deadline: CancellationToken,
+    /// Cancelled at the host's last moment (after the deadline, once the
+    /// settling time is over): dead letters still unconfirmed are lost then.
+    pub hard_stop: CancellationToken,
+    /// How long stopping subscriptions get to finish their events.
+    pub grace: Duration,
+}
+
+/// When a subscription stops (host shutdown, plugin removed or
+/// resubscribed) and when its grace is over.
+#[derive(Clone)]
+pub struct StopSignals {
+    /// Stop taking new events.
+    pub stop: CancellationToken,
+    /// `shutdown_grace` after `stop`: nothing more runs.
+    pub deadline: CancellationToken,
+}
+
+impl StopSignals {
+    /// Signals for one subscription: `stop` (a child of the host's shutdown)
+    /// and a deadline that fires `grace` after it, or with the host's.
+    pub fn new(ctx: &TriggerContext, stop: CancellationToken) -> StopSignals {
+        let deadline = ctx.deadline.child_token();
+        let (fire, grace) = (deadline.clone(), ctx.grace);
+        let watched = stop.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = watched.cancelled() => {}
+                _ = fire.cancelled() => return,
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(grace) => fire.cancel(),
+                _ = fire.cancelled() => {}
+            }
+        });
+        StopSignals { stop, deadline }
+    }
+
+    /// How far stopping has gone.
+    pub fn stopping(&self) -> Stopping {
+        if self.deadline.is_cancelled() {
+            Stopping::Deadline
+        } else if self.stop.is_cancelled() {
+            Stopping::Draining
+        } else {
+            Stopping::No
+        }
+    }
+}
+
+/// The dedup record of one event, as the trigger keeps it: claim, then
+/// rewrite it as the event settles. Every store failure is logged with the
+/// plugin and key, and never stops the event: the record is advisory for
+/// the write that failed, and the next delivery reads what did land.
+pub struct Ledger<'a> {
+    store: Option<&'a Arc<dyn DedupStore>>,
+    route: &'a Route,
+    key: &'a str,
+    lease: Option<Lease>,
+}
+
+impl<'a> Ledger<'a> {
+    /// A ledger for `key` of `route`; `tracked` is false when dedup is off
+    /// or the key is unique to this message (nothing to deduplicate).
+    pub fn new(ctx: &'a TriggerContext, route: &'a Route, key: &'a str, tracked: bool) -> Self {
+        Ledger {
+            store: ctx.dedup.as_ref().filter(|_| tracked && route.dedup),
+            route,
+            key,
+            lease: None,
+        }
+    }
+
+    /// Whether a store keeps this event's record.
+    pub fn tracked(&self) -> bool {
+        self.store.is_some()
+    }
+
+    /// Claim the key; `untracked` is the history to use without a store.
+    pub async fn claim(&mut self, lease: Duration, replay: u32, untracked: History) -> Claimed {
+        let Some(store) = self.store else {
+            return Claimed::Ours(untracked);
+        };
+        let holder = holder_token();
+        let request = ClaimRequest {
+            scope: &self.route.tag.name,
+            key: self.key,
+            lease,
+            holder: &holder,
+            replay,
+        };
+        match store.claim(request).await {
+            Ok(claim) => {
+                let stats = &self.route.stats;
+                match &claim {
+                    Claim::Completed | Claim::DeadLettered => {
+                        bump(&stats.dedup_hits, 1);
+                        self.route.metrics.dedup_hit(&self.route.tag.name);
+                    }
+                    Claim::Busy { .. } => bump(&stats.lease_conflicts, 1),
+                    Claim::Acquired(_) => bump(&stats.dedup_misses, 1),
+                }
+                let claimed = claim.claimed();
+                if let Claim::Acquired(lease) = claim {
+                    self.lease = Some(lease);
+                }
+                claimed
+            }
+            Err(e) => {
+                tracing::warn!(plugin = %self.route.tag.name, key = self.key, "cannot claim the idempotency key: {e}");
+                Claimed::StoreUnavailable
+            }
+        }
+    }
+
+    /// The record as last written (the failure kept for a dead letter owed).
+    pub fn record(&self) -> Option<&Record> {
+        self.lease.as_ref().map(|l| &l.record)
+    }
+
+    /// Extend the lease by `lease` from now (a long wait or attempt).
+    pub async fn renew(&mut self, lease: Duration) {
+        let (Some(store), Some(current)) = (self.store, self.lease.as_mut()) else {
+            return;
+        };
+        let record = current.renewed(SystemTime::now(), lease);
+        if let Err(e) = store.write(current, record).await {
+            tracing::warn!(plugin = %self.route.tag.name, key = self.key, "cannot renew the lease: {e}");
+        }
+    }
+
+    /// The attempt succeeded: record completion (even over a lease taken
+    /// over meanwhile: the handler did succeed).
+    pub async fn completed(&mut self) {
+        let (Some(store), Some(lease)) = (self.store, self.lease.as_mut()) else {
+            return;
+        };
+        let record = lease.completed();
+        let written = match store.write(lease, record.clone()).await {
+            Ok(()) => Ok(()),
+            Err(_) => store.force(lease, record).await,
+        };
+        if let Err(e) = written {
+            tracing::warn!(
+                plugin = %self.route.tag.name, key = self.key,
+                "cannot record completion; a redelivery may run the handler again (its publishes are deduplicated downstream): {e}"
+            );
+        }
+    }
+
+    /// The lease ends with `history`: a failed attempt to retry, or nothing
+    /// ran (the history is then the one claimed).
+    pub async fn released(&mut self, history: History) {
+        self.write(
+            |l| l.released(history),
+            "release the lease (it expires on its own)",
+        )
+        .await;
+    }
+
+    /// The policy gave up: the dead letter is owed from now on, so a
+    /// redelivery publishes it without running the handler again.
+    pub async fn gave_up(
+        &mut self,
+        history: History,
+        class: crate::engine::invoke::FailureClass,
+        message: &str,
+    ) {
+        self.write(
+            |l| l.given_up(history, class, message, SystemTime::now()),
+            "record the give-up (a redelivery may run the handler again)",
+        )
+        .await;
+    }
+
+    /// The dead letter was confirmed.
+    pub async fn dead_lettered(&mut self, history: History) {
+        self.write(|l| l.dead_lettered(history), "record the dead letter")
+            .await;
+    }
+
+    async fn write(&mut self, record: impl FnOnce(&Lease) -> Record, what: &str) {
+        let (Some(store), Some(lease)) = (self.store, self.lease.as_mut()) else {
+            return;
+        };
+        let record = record(lease);
+        if let Err(e) = store.write(lease, record).await {
+            tracing::warn!(plugin = %self.route.tag.name, key = self.key, "cannot {what}: {e}");
+        }
+    }
+}
+
+/// First delay between dead-letter publishes while the DLQ is unavailable.
+const DLQ_RETRY_FIRST: Duration = Duration::from_millis(250);
+/// Longest delay between them.
+const DLQ_RETRY_MAX: Duration = Duration::from_secs(5);
+
+/// Publish `letter` to the DLQ, retrying with backoff while it is
+/// unavailable, until it is confirmed or `until` fires. Only the publish is
+/// retried: the handler never runs again for an event given up on.
+pub async fn deliver_dead_letter(
+    dispatcher: &Dispatcher,
+    route: &Route,
+    letter: &DeadLetter,
+    until: &CancellationToken,
+) -> bool {
+    let mut backoff = DLQ_RETRY_FIRST;
+    loop {
+        let published = tokio::select! {
+            result = dispatcher.dead_letter(route, letter) => result,
+            _ = until.cancelled() => return false,
+        };
+        match published {
+            Ok(()) => return true,
+            Err(e) => {
+                tracing::error!(
+                    plugin = %route.tag.name, key = %letter.key,
+                    "{e}; the dead letter is retried in {backoff:?} (the handler does not run again)"
+                );
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = until.cancelled() => return false,
+        }
+        backoff = (backoff * 2).min(DLQ_RETRY_MAX);
+    }
+}
