@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use sluice::delivery::RetryPolicy;
-use sluice::delivery::key::{KeyInput, derive_key, outgoing_msg_id};
+use sluice::delivery::key::{KeyInput, StreamPosition, derive_key, outgoing_msg_id};
+use sluice::manifest::KeySource;
 use sluice::subject::PublishGrants;
 use sluice::telemetry::metrics::Metrics;
 
@@ -18,37 +19,60 @@ fn dispatch(c: &mut Criterion) {
     let no_headers = |_: &str| None;
     let msg_id = |h: &str| (h == "Nats-Msg-Id").then(|| "order-42".to_string());
     let mut g = c.benchmark_group("idempotency key");
-    g.bench_function("core content hash (sha256 of subject+payload)", |b| {
+    g.bench_function("core per-message key (the default)", |b| {
         b.iter(|| {
             derive_key(black_box(&KeyInput {
                 subject: "bench.orders",
+                reply: None,
                 payload: &payload,
                 header: &no_headers,
-                stream_seq: None,
+                position: None,
                 source: None,
                 hash_headers: &[],
             }))
         })
     });
+    g.bench_function(
+        "core content hash (opt-in; sha256 of subject+payload)",
+        |b| {
+            b.iter(|| {
+                derive_key(black_box(&KeyInput {
+                    subject: "bench.orders",
+                    reply: None,
+                    payload: &payload,
+                    header: &no_headers,
+                    position: None,
+                    source: Some(&KeySource::ContentHash),
+                    hash_headers: &[],
+                }))
+            })
+        },
+    );
     g.bench_function("Nats-Msg-Id header", |b| {
         b.iter(|| {
             derive_key(black_box(&KeyInput {
                 subject: "bench.orders",
+                reply: None,
                 payload: &payload,
                 header: &msg_id,
-                stream_seq: None,
+                position: None,
                 source: None,
                 hash_headers: &[],
             }))
         })
     });
-    g.bench_function("JetStream stream:sequence", |b| {
+    g.bench_function("JetStream stream identity and sequence", |b| {
         b.iter(|| {
             derive_key(black_box(&KeyInput {
                 subject: "bench.orders",
+                reply: None,
                 payload: &payload,
                 header: &no_headers,
-                stream_seq: Some(("BENCH", 123_456)),
+                position: Some(StreamPosition {
+                    stream: "BENCH",
+                    created_ms: 1_733_000_000_000,
+                    sequence: 123_456,
+                }),
                 source: None,
                 hash_headers: &[],
             }))

@@ -156,6 +156,26 @@ pub fn publish_with_headers(
     __private::sluice::plugin::publisher::publish(subject, payload.as_ref(), &headers)
 }
 
+/// Answer the request `event` carries: queue `payload` for its reply
+/// subject, sent (like every publish) only if the handler returns `Ok`. No
+/// grant is needed, and no other inbox can be reached. A permanent error if
+/// the event is not a request (it has no reply subject).
+///
+/// ```ignore
+/// fn handle(event: Event) -> HandlerResult {
+///     sluice_sdk::reply(&event, format!("re: {}", event.text()?))
+/// }
+/// ```
+pub fn reply(event: &Event, payload: impl AsRef<[u8]>) -> Result<(), HandlerError> {
+    let Some(to) = event.delivery.reply_to.as_deref().filter(|r| !r.is_empty()) else {
+        return Err(HandlerError::permanent(
+            "cannot reply: the event is not a request (it has no reply subject)",
+        ));
+    };
+    publish(to, payload)?;
+    Ok(())
+}
+
 /// Serialize `value` as JSON and queue it for `subject` (see [`publish`]).
 #[cfg(feature = "json")]
 pub fn publish_json<T: serde::Serialize + ?Sized>(

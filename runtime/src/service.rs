@@ -373,6 +373,7 @@ fn ensure_dlq_in_background(
     });
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn serve(
     settings: Settings,
     engine: WasmEngine,

@@ -148,7 +148,10 @@ async fn an_open_breaker_dead_letters_or_sheds_core_events_and_operators_can_for
         .unwrap();
     assert_eq!(entries.len(), 1);
     assert_eq!(entries[0].letter.error_class, "circuit-open");
-    assert_eq!(entries[0].letter.attempts, 1);
+    assert_eq!(
+        entries[0].letter.attempts, 0,
+        "Sluice-Attempts counts real attempts only"
+    );
     assert_eq!(
         host.stats("keep").unwrap().failed_attempts,
         0,

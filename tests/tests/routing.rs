@@ -259,7 +259,8 @@ async fn payload_bytes_and_headers_round_trip_exactly() {
             h.get("x-idempotency-key")
                 .unwrap()
                 .as_str()
-                .starts_with("sha256:")
+                .starts_with("msg-"),
+            "a core event without an id gets a per-message key"
         );
     }
     host.shutdown().await.unwrap();

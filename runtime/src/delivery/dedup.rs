@@ -278,13 +278,37 @@ pub fn slot(scope: &str, key: &str) -> String {
     )
 }
 
+/// A claim answered without writing: the key is settled or leased.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unclaimable {
+    /// Handled before.
+    Completed,
+    /// Dead-lettered before (for this replay count).
+    DeadLettered,
+    /// Leased until then.
+    Busy {
+        /// When the lease ends.
+        until: SystemTime,
+    },
+}
+
+impl From<Unclaimable> for Claim {
+    fn from(answer: Unclaimable) -> Claim {
+        match answer {
+            Unclaimable::Completed => Claim::Completed,
+            Unclaimable::DeadLettered => Claim::DeadLettered,
+            Unclaimable::Busy { until } => Claim::Busy { until },
+        }
+    }
+}
+
 /// Decide what a claim should do given the current record. `Ok(new record)`
-/// means write it (the claim), `Err(claim)` means answer at once.
+/// means write it (the claim), `Err(answer)` means answer at once.
 pub fn next_claim(
     current: Option<&Record>,
     now: SystemTime,
     request: &ClaimRequest<'_>,
-) -> Result<Record, Claim> {
+) -> Result<Record, Unclaimable> {
     let fresh = |history: History, gave_up: Option<GaveUp>| Record {
         state: State::InProgress,
         lease_until_ms: Some(epoch_ms(now + request.lease)),
@@ -300,7 +324,7 @@ pub fn next_claim(
     if r.state == State::InProgress {
         let until = r.lease_until_ms.unwrap_or(0);
         if epoch_ms(now) < until {
-            return Err(Claim::Busy {
+            return Err(Unclaimable::Busy {
                 until: from_epoch_ms(until),
             });
         }
@@ -310,8 +334,8 @@ pub fn next_claim(
         return Ok(fresh(History::default(), None));
     }
     match r.state {
-        State::Completed => Err(Claim::Completed),
-        State::DeadLettered => Err(Claim::DeadLettered),
+        State::Completed => Err(Unclaimable::Completed),
+        State::DeadLettered => Err(Unclaimable::DeadLettered),
         State::Open | State::InProgress | State::GaveUp => {
             Ok(fresh(r.history(), r.gave_up.clone()))
         }
@@ -354,7 +378,7 @@ impl DedupStore for MemoryStore {
             .filter(|(_, _, expires)| *expires > now)
             .map(|(r, _, _)| r);
         match next_claim(current, now, &request) {
-            Err(claim) => Ok(claim),
+            Err(answer) => Ok(answer.into()),
             Ok(record) => {
                 let revision = entries.get(&slot).map(|(_, rev, _)| rev + 1).unwrap_or(1);
                 entries.insert(slot.clone(), (record.clone(), revision, now + self.ttl));
@@ -509,7 +533,7 @@ mod tests {
         };
         assert!(matches!(
             next_claim(Some(&live), now, &r),
-            Err(Claim::Busy { .. })
+            Err(Unclaimable::Busy { .. })
         ));
         assert!(!is_own_lease(&live, &r));
         assert!(is_own_lease(&live, &request("p", "other", 0)));

@@ -102,7 +102,7 @@ impl DedupStore for KvStore {
                 }));
             }
             let record = match next_claim(live.as_ref(), SystemTime::now(), &request) {
-                Err(claim) => return Ok(claim),
+                Err(answer) => return Ok(answer.into()),
                 Ok(record) => record,
             };
             let value = encode(&record)?;

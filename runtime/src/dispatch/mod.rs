@@ -396,14 +396,21 @@ impl Dispatcher {
                 .event_handled(name, failure.class.as_str(), started.elapsed());
             return Err(failure);
         }
-        self.commit(route, key, report.published, &Propagation::of_event(event))
-            .await
-            .inspect_err(|failure| {
-                bump(&route.stats.failed_attempts, 1);
-                route.record_outcome(Some(failure), admission);
-                self.metrics
-                    .event_handled(name, "outbox", started.elapsed());
-            })?;
+        let reply = event.delivery.reply_to.as_deref();
+        self.commit(
+            route,
+            key,
+            report.published,
+            &Propagation::of_event(event),
+            reply,
+        )
+        .await
+        .inspect_err(|failure| {
+            bump(&route.stats.failed_attempts, 1);
+            route.record_outcome(Some(failure), admission);
+            self.metrics
+                .event_handled(name, "outbox", started.elapsed());
+        })?;
         route.record_outcome(None, admission);
         bump(&route.stats.succeeded, 1);
         route.plugin_metrics.handled_ok(started.elapsed());
@@ -453,6 +460,7 @@ impl Dispatcher {
         key: &str,
         outbox: Vec<OutboundMessage>,
         trace: &Propagation,
+        reply: Option<&str>,
     ) -> Result<(), Failure> {
         let count = outbox.len() as u64;
         let fail = |subject: &str, e: String| Failure {
@@ -460,11 +468,21 @@ impl Dispatcher {
             message: format!("publishing the outbox to `{subject}` failed: {e}"),
             retry_after: None,
         };
+        // An answer to the event's request goes to the requester's inbox on
+        // core NATS (no stream captures `_INBOX.`), whatever confirm says.
+        let is_reply = |m: &OutboundMessage| reply == Some(m.subject.as_str());
         if route.confirm_publishes {
             let mut pending = Vec::with_capacity(outbox.len());
             for (index, message) in outbox.into_iter().enumerate() {
                 let mut headers = convert::outgoing_headers(&message, key, &route.tag, index);
                 trace.apply(&mut headers);
+                if is_reply(&message) {
+                    self.client
+                        .publish_with_headers(message.subject.clone(), headers, message.payload)
+                        .await
+                        .map_err(|e| fail(&message.subject, e.to_string()))?;
+                    continue;
+                }
                 let ack = self
                     .js
                     .publish_with_headers(message.subject.clone(), headers, message.payload)

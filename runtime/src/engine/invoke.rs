@@ -360,6 +360,12 @@ pub async fn invoke_reusing(
         }
     };
 
+    // The event's own reply subject is the one `_INBOX.` subject the plugin
+    // may publish to (its answer, sent with the outbox on success).
+    store
+        .data_mut()
+        .outbox
+        .answer_to(request.event.delivery.reply_to.clone());
     let mut instantiate_time = Duration::ZERO;
     let uses = consumer.as_ref().map_or(0, |(_, uses)| *uses);
     let call = async {

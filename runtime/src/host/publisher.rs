@@ -64,6 +64,7 @@ pub struct Outbox {
     bytes: usize,
     refused: u32,
     limit_reached: Option<String>,
+    reply_to: Option<String>,
 }
 
 impl Outbox {
@@ -76,7 +77,20 @@ impl Outbox {
             bytes: 0,
             refused: 0,
             limit_reached: None,
+            reply_to: None,
         }
+    }
+
+    /// Allow publishing to `reply_to`, the current event's reply subject
+    /// (and to no other reserved subject): answering a request needs no
+    /// grant, and can reach only the requester.
+    pub fn answer_to(&mut self, reply_to: Option<String>) {
+        self.reply_to = reply_to.filter(|r| !r.is_empty());
+    }
+
+    /// Whether `subject` is the current event's reply subject.
+    pub fn is_reply(&self, subject: &str) -> bool {
+        self.reply_to.as_deref() == Some(subject)
     }
 
     /// Validate and buffer one message.
@@ -87,6 +101,7 @@ impl Outbox {
         };
         match self.grants.check(&message.subject) {
             Ok(()) => {}
+            Err(_) if self.is_reply(&message.subject) => {}
             Err(GrantError::Invalid(e)) => {
                 return refused(self, types::PublishError::InvalidSubject(e.to_string()));
             }

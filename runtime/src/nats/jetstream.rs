@@ -87,9 +87,11 @@ pub struct ConsumerSpec<'a> {
     pub replicas: usize,
 }
 
-/// Time an `ack_wait` must leave beyond the attempt's `timeout` (outbox
-/// commit, acks).
-pub const ACK_WAIT_MARGIN: Duration = Duration::from_secs(5);
+/// Time an explicit `ack_wait` must leave beyond the attempt's `timeout`
+/// (outbox commit, acks). In-progress acks keep a longer attempt alive, but
+/// an `ack_wait` shorter than one attempt would depend on every one of them
+/// arriving.
+pub const ACK_WAIT_MARGIN: Duration = Duration::from_secs(1);
 
 /// A plugin's consumer, ready to pull from.
 pub struct BoundConsumer {
@@ -244,7 +246,7 @@ mod tests {
     fn an_explicit_ack_wait_must_outlast_the_time_limit() {
         let t = Duration::from_secs(5);
         assert!(matches!(
-            ack_wait_for(Some(Duration::from_secs(6)), t),
+            ack_wait_for(Some(Duration::from_secs(5)), t),
             Err(JetStreamSetupError::AckWaitTooShort { .. })
         ));
         let e = ack_wait_for(Some(Duration::from_secs(6)), t)

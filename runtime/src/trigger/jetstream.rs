@@ -22,6 +22,7 @@
 //! consumer or its stream vanished is noticed: warned, counted, `/readyz`
 //! not ready, and the consumer recreated with backoff.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -29,6 +30,7 @@ use arc_swap::ArcSwap;
 use async_nats::jetstream::consumer::PullConsumer;
 use async_nats::jetstream::{AckKind, Message};
 use futures::StreamExt;
+use tokio::sync::OwnedSemaphorePermit;
 use tracing::Instrument;
 
 use super::{Ledger, StopSignals, TriggerContext, deliver_dead_letter};
@@ -41,15 +43,19 @@ use crate::engine::bindings::v0_1::sluice::plugin::types;
 use crate::engine::invoke::Failure;
 use crate::manifest::Manifest;
 use crate::nats::convert;
-use crate::nats::jetstream::{
-    ACK_WAIT_MARGIN, BoundConsumer, ConsumerSpec, JetStreamSetupError, durable_consumer,
-};
+use crate::nats::jetstream::{BoundConsumer, ConsumerSpec, JetStreamSetupError, durable_consumer};
 
 /// How long one pull request waits for messages: bounds how long stopping
 /// waits for the last batch to end.
 const BATCH_EXPIRES: Duration = Duration::from_secs(1);
 /// Pull requests outstanding at once: one being consumed, one on its way.
 const PULLS_IN_FLIGHT: usize = 2;
+/// How long a lease outlasts the attempt time limit (outbox commit, acks);
+/// it is renewed every third of its length while the attempt runs, so only
+/// a crashed host's lease ever expires.
+const LEASE_MARGIN: Duration = Duration::from_secs(5);
+/// How often an idle consumer checks that it still exists.
+const IDLE_CHECK: Duration = Duration::from_secs(2);
 
 /// What the trigger needs to (re)create its consumer.
 pub struct ConsumerSetup {
@@ -118,6 +124,10 @@ async fn consume(
     let mut backoff = Duration::from_millis(100);
     let mut pause_until: Option<tokio::time::Instant> = None;
     let condition = format!("plugin `{}` JetStream consumer", setup.plugin);
+    let mut last_check = tokio::time::Instant::now();
+    // Messages waiting for a slot, in arrival order, each already kept
+    // alive (in-progress acks) so a long wait never lets ack_wait lapse.
+    let mut waiting: VecDeque<Waiting> = VecDeque::new();
     loop {
         if pause_until.is_some_and(|t| tokio::time::Instant::now() >= t) {
             pause_until = None;
@@ -150,32 +160,35 @@ async fn consume(
                     ack(&message, AckKind::Nak(None)).await;
                     ctx.metrics.shutdown_requeued();
                 } else {
-                    let position = bound.stream_created_ms;
-                    spawn_event(&ctx, slot.load_full(), message, position, bound.ack_wait, &signals);
+                    waiting.push_back(Waiting::new(message, bound.stream_created_ms, bound.ack_wait));
+                }
+            }
+            // Slots go to waiting messages in arrival order.
+            permit = slot.load().concurrency.clone().acquire_owned(), if !waiting.is_empty() && !stop.is_cancelled() => {
+                if let (Ok(permit), Some(next)) = (permit, waiting.pop_front()) {
+                    spawn_event(&ctx, slot.load_full(), next, permit, &signals);
                 }
             }
             Some(done) = pulls.join_next(), if !pulls.is_empty() => match done {
-                Ok(Ok(())) => backoff = Duration::from_millis(100),
+                Ok(Ok(received)) => {
+                    backoff = Duration::from_millis(100);
+                    // An idle pull may mean the consumer is gone (a pull on a
+                    // deleted consumer just times out): look now and then.
+                    if received == 0 && last_check.elapsed() >= IDLE_CHECK {
+                        last_check = tokio::time::Instant::now();
+                        if bound.consumer.get_info().await.is_err() {
+                            rebind(&ctx, &setup, &mut bound, &condition, "no messages and the consumer is gone").await;
+                        }
+                    }
+                }
                 Ok(Err(e)) => {
                     pause_until = Some(tokio::time::Instant::now() + backoff);
                     backoff = (backoff * 2).min(Duration::from_secs(5));
                     // Did the consumer or its stream vanish? Then bind again
                     // (recreating them where the manifest allows).
+                    last_check = tokio::time::Instant::now();
                     if bound.consumer.get_info().await.is_err() {
-                        ctx.metrics.consumer_lost(&setup.plugin);
-                        tracing::warn!(plugin = %setup.plugin, "JetStream pull failed ({e}) and the durable consumer is gone; recreating it (retrying every {backoff:?} at most)");
-                        ctx.health.set(&condition, &format!("consumer or stream missing: {e}"));
-                        match setup.bind().await {
-                            Ok(rebound) => {
-                                tracing::info!(plugin = %setup.plugin, stream = %rebound.stream, "durable consumer recreated");
-                                bound = rebound;
-                                ctx.health.clear(&condition);
-                            }
-                            Err(e) => {
-                                tracing::warn!(plugin = %setup.plugin, "cannot recreate the consumer yet: {e}");
-                                ctx.health.set(&condition, &e.to_string());
-                            }
-                        }
+                        rebind(&ctx, &setup, &mut bound, &condition, &e).await;
                     } else {
                         tracing::warn!(plugin = %setup.plugin, "JetStream pull request failed: {e}; retrying in {backoff:?}");
                     }
@@ -188,19 +201,51 @@ async fn consume(
     }
     ctx.health.clear(&condition);
     // Every pull has ended: whatever they delivered and was not started goes back.
+    for not_started in waiting {
+        ctx.metrics.shutdown_requeued();
+        ack(&not_started.message, AckKind::Nak(None)).await;
+    }
     drop(tx);
     while let Some(message) = rx.recv().await {
         ack(&message, AckKind::Nak(None)).await;
     }
 }
 
-/// One pull request, its batch read to the end into `to`. An error item
-/// (consumer deleted, stream gone, leadership change) fails the pull.
+/// The consumer (or its stream) vanished: say so, count it, mark the host
+/// not ready, and bind again (recreating what the manifest allows); the
+/// condition clears once bound.
+async fn rebind(
+    ctx: &TriggerContext,
+    setup: &ConsumerSetup,
+    bound: &mut BoundConsumer,
+    condition: &str,
+    why: &str,
+) {
+    ctx.metrics.consumer_lost(&setup.plugin);
+    tracing::warn!(plugin = %setup.plugin, "JetStream durable consumer is gone ({why}); recreating it");
+    ctx.health
+        .set(condition, &format!("consumer or stream missing: {why}"));
+    match setup.bind().await {
+        Ok(rebound) => {
+            tracing::info!(plugin = %setup.plugin, stream = %rebound.stream, "durable consumer recreated");
+            *bound = rebound;
+            ctx.health.clear(condition);
+        }
+        Err(e) => {
+            tracing::warn!(plugin = %setup.plugin, "cannot recreate the consumer yet (retrying): {e}");
+            ctx.health.set(condition, &e.to_string());
+        }
+    }
+}
+
+/// One pull request, its batch read to the end into `to`; how many
+/// messages it brought. An error item (consumer deleted, stream gone,
+/// leadership change) fails the pull.
 async fn pull_batch(
     consumer: PullConsumer,
     max: usize,
     to: tokio::sync::mpsc::Sender<Message>,
-) -> Result<(), String> {
+) -> Result<usize, String> {
     let mut messages = consumer
         .batch()
         .max_messages(max)
@@ -209,9 +254,11 @@ async fn pull_batch(
         .await
         .map_err(|e| e.to_string())?;
     let mut failed = None;
+    let mut received = 0;
     while let Some(next) = messages.next().await {
         match next {
             Ok(message) => {
+                received += 1;
                 if let Err(unsent) = to.send(message).await {
                     ack(&unsent.0, AckKind::Nak(None)).await;
                 }
@@ -219,15 +266,35 @@ async fn pull_batch(
             Err(e) => failed = Some(e.to_string()),
         }
     }
-    failed.map_or(Ok(()), Err)
+    failed.map_or(Ok(received), Err)
+}
+
+/// A message waiting for a slot, kept alive meanwhile.
+struct Waiting {
+    message: Arc<Message>,
+    stream_created_ms: u64,
+    keepalive: tokio_util::sync::DropGuard,
+}
+
+impl Waiting {
+    fn new(message: Message, stream_created_ms: u64, ack_wait: Duration) -> Waiting {
+        let message = Arc::new(message);
+        // Keep the server's ack timer alive from now until the event settles.
+        let keepalive = tokio_util::sync::CancellationToken::new();
+        tokio::spawn(progress_acks(message.clone(), ack_wait, keepalive.clone()));
+        Waiting {
+            message,
+            stream_created_ms,
+            keepalive: keepalive.drop_guard(),
+        }
+    }
 }
 
 fn spawn_event(
     ctx: &Arc<TriggerContext>,
     route: Arc<Route>,
-    message: Message,
-    stream_created_ms: u64,
-    ack_wait: Duration,
+    waiting: Waiting,
+    permit: OwnedSemaphorePermit,
     signals: &StopSignals,
 ) {
     bump(&route.stats.received, 1);
@@ -236,18 +303,23 @@ fn spawn_event(
     let (ctx2, signals) = (ctx.clone(), signals.clone());
     ctx.tasks.spawn(async move {
         let _in_flight = in_flight;
-        let message = Arc::new(message);
-        let lease_for = route.limits.timeout + ACK_WAIT_MARGIN;
+        let Waiting {
+            message,
+            stream_created_ms,
+            keepalive,
+        } = waiting;
+        let lease_for = route.limits.timeout + LEASE_MARGIN;
         handle(
             &ctx2,
             &route,
             &message,
             stream_created_ms,
-            ack_wait,
+            permit,
             lease_for,
             &signals,
         )
         .await;
+        drop(keepalive);
     });
 }
 
@@ -257,7 +329,7 @@ async fn handle(
     route: &Route,
     message: &Arc<Message>,
     stream_created_ms: u64,
-    ack_wait: Duration,
+    permit: OwnedSemaphorePermit,
     lease_for: Duration,
     signals: &StopSignals,
 ) {
@@ -302,25 +374,7 @@ async fn handle(
         "event", otel.kind = "consumer", plugin = %route.tag.name, version = %route.tag.version,
         subject = %message.subject, key = %key, stream = %stream, seq = sequence, trace_id = %trace
     );
-    // Keep the server's ack timer alive from now until the event settles.
-    let keepalive = tokio_util::sync::CancellationToken::new();
-    tokio::spawn(progress_acks(message.clone(), ack_wait, keepalive.clone()));
-    let _stop_keepalive = keepalive.drop_guard();
-
     async {
-        // A slot of the plugin's concurrency, or hand the message back if
-        // the subscription stops first (not started: another host takes it).
-        let permit = tokio::select! {
-            biased;
-            _ = signals.stop.cancelled() => None,
-            permit = route.concurrency.clone().acquire_owned() => permit.ok(),
-        };
-        let Some(permit) = permit else {
-            ctx.metrics.shutdown_requeued();
-            ack(message, AckKind::Nak(None)).await;
-            return;
-        };
-
         // Without a dedup record, the server's count is all there is.
         let untracked = History {
             attempts: u32::try_from(delivered.saturating_sub(1)).unwrap_or(u32::MAX),
@@ -378,7 +432,7 @@ async fn handle(
                                 }
                             },
                             _ = signals.deadline.cancelled() => {
-                                tracing::warn!("shutdown deadline reached while handling; handed back for redelivery");
+                                tracing::warn!("shutdown deadline reached while handling; handed back (Nak) for redelivery");
                                 ctx.metrics.shutdown_requeued();
                                 break Outcome::Abandoned;
                             }

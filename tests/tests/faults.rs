@@ -1,0 +1,703 @@
+//! The delivery core under faults: one regression test per way an event was
+//! lost, duplicated or stuck before the settlement state machine and the
+//! self-contained triggers (see docs/delivery.md, "Faults and what happens").
+//! Every test runs a real nats-server and polls for its conditions.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use bytes::Bytes;
+use futures::StreamExt;
+use sluice::dlq::{self, Filter};
+use sluice::engine::invoke::FailureClass;
+use sluice_e2e::{
+    NatsServer, PluginDir, consumer_backlog, create_stream, eventually, eventually_async, http_get,
+    read_stream, start_host_configured, stream_messages,
+};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+async fn js_publish(
+    js: &async_nats::jetstream::Context,
+    subject: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) {
+    let mut h = HeaderMap::new();
+    for (name, value) in headers {
+        h.insert(*name, *value);
+    }
+    js.publish_with_headers(subject.to_string(), h, Bytes::from(body.to_string()))
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+}
+
+/// Failure 1: a half-open breaker whose probe ends in a permanent error
+/// released no probe slot, and the plugin stopped for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_probe_ending_in_a_permanent_error_does_not_stop_the_plugin() {
+    let nats = NatsServer::start();
+    let js = async_nats::jetstream::new(nats.client().await);
+    create_stream(&js, "PROBED", &["probe.*"]).await;
+    create_stream(&js, "PROBEOUT", &["probe.*.done"]).await;
+    let dir = PluginDir::new();
+    dir.add(
+        "flaky",
+        "flaky",
+        "subjects = [\"probe.*\"]\npublish = [\"probe.*.done\"]\nmode = \"jetstream\"\nmax_concurrency = 1\n\
+         [jetstream]\nstream = \"PROBED\"\n\
+         [retry]\nmax_attempts = 1\n\
+         [breaker]\nconsecutive_failures = 2\ncool_down = \"300ms\"\nmax_cool_down = \"300ms\"",
+    );
+    // Two failures open the breaker; the first event after the cool-down
+    // (the probe) fails permanently; then twenty good events.
+    for i in 0..2 {
+        js_publish(
+            &js,
+            "probe.bad",
+            &[("x-fail-times", "9")],
+            &format!("bad-{i}"),
+        )
+        .await;
+    }
+    js_publish(&js, "probe.poison", &[("x-permanent", "1")], "poison").await;
+    for i in 0..20 {
+        js_publish(&js, "probe.good", &[], &format!("good-{i}")).await;
+    }
+    let host = start_host_configured(&nats.url(), dir.path(), "").await;
+    eventually(
+        WAIT,
+        "all twenty good events handled after the neutral probe",
+        || host.stats("flaky").unwrap().succeeded == 20,
+    )
+    .await;
+    let stats = host.stats("flaky").unwrap();
+    assert!(stats.breaker_opened >= 1, "{stats:?}");
+    assert_eq!(stats.dead_lettered, 3, "{stats:?}");
+    host.shutdown().await.unwrap();
+}
+
+/// Failure 2: core events waiting in `core_buffer` were discarded without a
+/// word on SIGTERM. Now they are handled within the grace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn buffered_core_events_are_handled_within_the_grace_at_shutdown() {
+    let nats = NatsServer::start();
+    let client = nats.client().await;
+    let js = async_nats::jetstream::new(client.clone());
+    create_stream(&js, "BUFOUT", &["buf.*.done"]).await;
+    let dir = PluginDir::new();
+    dir.add(
+        "slow",
+        "slow",
+        "subjects = [\"buf.*\"]\npublish = [\"buf.*.done\"]\nmax_concurrency = 1\ncore_buffer = 100",
+    );
+    let host = start_host_configured(&nats.url(), dir.path(), "shutdown_grace = \"30s\"").await;
+    let mut headers = HeaderMap::new();
+    headers.insert("x-sleep-ms", "100");
+    for i in 0..20 {
+        client
+            .publish_with_headers(format!("buf.e{i}"), headers.clone(), Bytes::from("x"))
+            .await
+            .unwrap();
+    }
+    client.flush().await.unwrap();
+    eventually(WAIT, "all twenty received and the first started", || {
+        let s = host.stats("slow").unwrap();
+        s.received >= 1 && s.succeeded >= 1
+    })
+    .await;
+    let stats = host.stats("slow").unwrap();
+    assert!(
+        stats.succeeded < 20,
+        "the test needs events still buffered at SIGTERM: {stats:?}"
+    );
+    host.shutdown().await.unwrap();
+    assert_eq!(
+        stream_messages(&js, "BUFOUT").await,
+        20,
+        "every buffered event was handled before exit"
+    );
+}
+
+/// Failure 2, the other half: what the grace cannot cover is dead-lettered
+/// with class `shutdown` and counted, never dropped silently.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn core_events_left_at_the_deadline_are_dead_lettered_with_class_shutdown() {
+    let nats = NatsServer::start();
+    let client = nats.client().await;
+    let js = async_nats::jetstream::new(client.clone());
+    create_stream(&js, "LEFTOUT", &["left.*.done"]).await;
+    let dir = PluginDir::new();
+    dir.add(
+        "slow",
+        "slow",
+        "subjects = [\"left.*\"]\npublish = [\"left.*.done\"]\nmax_concurrency = 1\ncore_buffer = 100\ntimeout = \"10s\"",
+    );
+    let host = start_host_configured(&nats.url(), dir.path(), "shutdown_grace = \"1s\"").await;
+    let mut headers = HeaderMap::new();
+    headers.insert("x-sleep-ms", "400");
+    for i in 0..10 {
+        client
+            .publish_with_headers(format!("left.e{i}"), headers.clone(), Bytes::from("x"))
+            .await
+            .unwrap();
+    }
+    client.flush().await.unwrap();
+    eventually(WAIT, "the first event started", || {
+        host.stats("slow").unwrap().received >= 1
+    })
+    .await;
+    let stats_handle = host.registry();
+    host.shutdown().await.unwrap();
+    let stats = stats_handle.stats("slow").unwrap();
+    let handled = stream_messages(&js, "LEFTOUT").await;
+    let letters = dlq::list(&js, "SLUICE_DLQ", &Filter::default())
+        .await
+        .unwrap();
+    assert!(handled < 10, "the grace of 1s cannot cover 4s of work");
+    assert_eq!(
+        handled + letters.len() as u64,
+        10,
+        "handled or dead-lettered, none lost: {stats:?}"
+    );
+    assert!(
+        letters.iter().all(|l| l.letter.error_class == "shutdown"),
+        "{letters:?}"
+    );
+    assert_eq!(
+        stats.gave_up_by.get(FailureClass::Shutdown),
+        letters.len() as u64,
+        "{stats:?}"
+    );
+}
+
+/// Failure 3: a JetStream event waiting for an instance longer than
+/// `ack_wait` was redelivered and ran twice at once. In-progress acks keep
+/// the server's timer alive, and the lease starts with the attempt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_wait_for_an_instance_never_runs_an_event_twice() {
+    let nats = NatsServer::start();
+    let js = async_nats::jetstream::new(nats.client().await);
+    create_stream(&js, "WAITOUT", &["wait.*.done"]).await;
+    let dir = PluginDir::new();
+    dir.add(
+        "slow",
+        "slow",
+        "subjects = [\"wait.*\"]\npublish = [\"wait.*.done\"]\nmode = \"jetstream\"\ntimeout = \"1s\"\nmax_concurrency = 8\n\
+         [jetstream]\nstream = \"WAIT\"\ncreate_stream = true\nack_wait = \"2s\"",
+    );
+    // One instance for the whole host: eight events of 600 ms queue for it
+    // for up to 4.8 s, well past ack_wait.
+    let host = start_host_configured(&nats.url(), dir.path(), "max_instances = 1").await;
+    for i in 0..8 {
+        js_publish(&js, &format!("wait.e{i}"), &[("x-sleep-ms", "600")], "x").await;
+    }
+    eventually(WAIT, "all eight handled", || {
+        host.stats("slow").unwrap().succeeded >= 8
+    })
+    .await;
+    eventually_async!(
+        WAIT,
+        "all acked",
+        consumer_backlog(&js, "WAIT", "sluice-slow").await == (0, 0)
+    );
+    let stats = host.stats("slow").unwrap();
+    assert_eq!(
+        (stats.received, stats.succeeded),
+        (8, 8),
+        "no redelivery, no second run: {stats:?}"
+    );
+    host.shutdown().await.unwrap();
+}
+
+/// An explicit `ack_wait` shorter than one attempt is refused with a reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ack_wait_shorter_than_the_timeout_is_refused_naming_both_keys() {
+    let nats = NatsServer::start();
+    let dir = PluginDir::new();
+    dir.add(
+        "slow",
+        "slow",
+        "subjects = [\"short.*\"]\nmode = \"jetstream\"\ntimeout = \"5s\"\n[jetstream]\nstream = \"SHORT\"\ncreate_stream = true\nack_wait = \"2s\"",
+    );
+    let host = start_host_configured(&nats.url(), dir.path(), "").await;
+    let status = host
+        .plugins()
+        .into_iter()
+        .find(|p| p.name == "slow")
+        .unwrap();
+    assert_eq!(status.state, "failed");
+    let error = status.error.unwrap_or_default();
+    assert!(
+        error.contains("jetstream.ack_wait") && error.contains("timeout"),
+        "{error}"
+    );
+    host.shutdown().await.unwrap();
+}
+
+/// Failure 4: while the DLQ was unavailable, a given-up event came back and
+/// its handler ran again every 2 s. Now only the dead-letter publish is
+/// retried, by this host and by the next one after a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_dlq_down_only_the_dead_letter_is_retried_never_the_handler() {
+    let nats = NatsServer::start();
+    let js = async_nats::jetstream::new(nats.client().await);
+    create_stream(&js, "PAYOUT", &["pay.*.done"]).await;
+    let dir = PluginDir::new();
+    dir.add(
+        "flaky",
+        "flaky",
+        "subjects = [\"pay.*\"]\npublish = [\"pay.*.done\"]\nmode = \"jetstream\"\n[jetstream]\nstream = \"PAY\"\ncreate_stream = true",
+    );
+    let host = start_host_configured(&nats.url(), dir.path(), "dlq_stream = \"DEADQ\"").await;
+    eventually_async!(
+        WAIT,
+        "the DLQ stream exists",
+        js.get_stream("DEADQ").await.is_ok()
+    );
+    // The DLQ stops capturing dead letters: every publish to it fails.
+    let dlq_capturing = |subjects: &[&str]| async_nats::jetstream::stream::Config {
+        name: "DEADQ".into(),
+        subjects: subjects.iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
+    };
+    js.update_stream(dlq_capturing(&["not.the.dlq"]))
+        .await
+        .unwrap();
+
+    js_publish(&js, "pay.p1", &[("x-permanent", "1")], "p1").await;
+    eventually(WAIT, "the dead letter failed several times", || {
+        host.stats("flaky").unwrap().dlq_failures >= 3
+    })
+    .await;
+    assert_eq!(
+        host.stats("flaky").unwrap().failed_attempts,
+        1,
+        "the handler ran once"
+    );
+    // A restart while the DLQ is still down: the next host owes the dead
+    // letter too, and still never runs the handler.
+    host.shutdown().await.unwrap();
+    let host = start_host_configured(&nats.url(), dir.path(), "dlq_stream = \"DEADQ\"").await;
+    eventually(WAIT, "the second host tried the dead letter", || {
+        host.stats("flaky").unwrap().dlq_failures >= 1
+    })
+    .await;
+    // The operator fixes the DLQ.
+    js.update_stream(dlq_capturing(&["sluice.dlq.>"]))
+        .await
+        .unwrap();
+    eventually(WAIT, "dead-lettered", || {
+        host.stats("flaky").unwrap().dead_lettered == 1
+    })
+    .await;
+    let stats = host.stats("flaky").unwrap();
+    assert_eq!(
+        stats.failed_attempts, 0,
+        "the second host never ran the handler: {stats:?}"
+    );
+    let letters = dlq::list(&js, "DEADQ", &Filter::default()).await.unwrap();
+    assert_eq!(letters.len(), 1);
+    assert_eq!(
+        (
+            letters[0].letter.error_class.as_str(),
+            letters[0].letter.attempts
+        ),
+        ("permanent", 1)
+    );
+    eventually_async!(
+        WAIT,
+        "terminated",
+        consumer_backlog(&js, "PAY", "sluice-flaky").await == (0, 0)
+    );
+    host.shutdown().await.unwrap();
+}
+
+/// Failure 6: a stream deleted and created again restarts its sequences,
+/// and the new events' keys hit the old `completed` records: silent loss.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_deleted_and_recreated_under_the_host_loses_nothing() {
+    let nats = NatsServer::start();
+    let client = nats.client().await;
+    let js = async_nats::jetstream::new(client.clone());
+    let dir = PluginDir::new();
+    dir.add(
+        "mirror",
+        "mirror",
+        "subjects = [\"re.in\"]\npublish = [\"mirror.>\"]\nmode = \"jetstream\"\n[jetstream]\nstream = \"RE\"\ncreate_stream = true",
+    );
+    let host = start_host_configured(&nats.url(), dir.path(), "admin_addr = \"127.0.0.1:0\"").await;
+    let admin = host.admin_addr().unwrap();
+    let mut out = client.subscribe("mirror.re.in").await.unwrap();
+    client.flush().await.unwrap();
+    js_publish(&js, "re.in", &[], "first").await;
+    let first = tokio::time::timeout(WAIT, out.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&first.payload[..], b"first");
+
+    js.delete_stream("RE").await.unwrap();
+    eventually_async!(
+        WAIT,
+        "the vanished consumer is noticed and /readyz says so, or it is already recreated",
+        {
+            let metrics = http_get(admin, "/metrics").await.1;
+            metrics.lines().any(|l| {
+                l.starts_with("sluice_consumers_lost_total{plugin=\"mirror\"}")
+                    && !l.ends_with(" 0")
+            })
+        }
+    );
+    eventually_async!(
+        WAIT,
+        "the host recreated the stream",
+        js.get_stream("RE").await.is_ok()
+    );
+    eventually_async!(
+        WAIT,
+        "ready again",
+        http_get(admin, "/readyz").await.0 == 200
+    );
+    // Sequence 1 again, in the new stream: handled, not skipped.
+    js_publish(&js, "re.in", &[], "second").await;
+    let second = tokio::time::timeout(WAIT, out.next())
+        .await
+        .expect("the new stream's first event is handled")
+        .unwrap();
+    assert_eq!(&second.payload[..], b"second");
+    assert_eq!(host.stats("mirror").unwrap().dedup_hits, 0);
+    host.shutdown().await.unwrap();
+}
+
+/// Failure 7: a manifest change of an existing durable consumer was
+/// silently ignored. Now the consumer is updated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_manifest_updates_the_durable_consumer() {
+    let nats = NatsServer::start();
+    let client = nats.client().await;
+    let js = async_nats::jetstream::new(client.clone());
+    create_stream(&js, "UPD", &["upd.>"]).await;
+    let dir = PluginDir::new();
+    let manifest = |subjects: &str| {
+        format!(
+            "subjects = [{subjects}]\npublish = [\"mirror.>\"]\nmode = \"jetstream\"\n[jetstream]\nstream = \"UPD\""
+        )
+    };
+    dir.add("mirror", "mirror", &manifest("\"upd.a\""));
+    let host = start_host_configured(&nats.url(), dir.path(), "").await;
+    let mut out = client.subscribe("mirror.upd.*").await.unwrap();
+    client.flush().await.unwrap();
+    js_publish(&js, "upd.a", &[], "a").await;
+    tokio::time::timeout(WAIT, out.next()).await.unwrap();
+
+    dir.write("mirror.toml", manifest("\"upd.a\", \"upd.b\"").as_bytes());
+    eventually_async!(WAIT, "the consumer now filters both subjects", {
+        let stream = js.get_stream("UPD").await.unwrap();
+        let info = stream.consumer_info("sluice-mirror").await.unwrap();
+        info.config.filter_subjects.len() == 2
+    });
+    js_publish(&js, "upd.b", &[], "b").await;
+    let b = tokio::time::timeout(WAIT, out.next())
+        .await
+        .expect("the new subject is consumed")
+        .unwrap();
+    assert_eq!(&b.payload[..], b"b");
+    host.shutdown().await.unwrap();
+}
+
+/// Failures 8 and 15: core request/reply works, and two identical requests
+/// (or two identical messages without an id) are two events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identical_core_requests_are_each_answered_and_identical_messages_each_handled() {
+    let nats = NatsServer::start();
+    let client = nats.client().await;
+    let dir = PluginDir::new();
+    dir.add("respond", "respond", "subjects = [\"svc.echo\"]")
+        .add(
+            "mirror",
+            "mirror",
+            "subjects = [\"reading.>\"]\npublish = [\"mirror.>\"]",
+        );
+    let host = start_host_configured(&nats.url(), dir.path(), "").await;
+    for _ in 0..2 {
+        let answer = tokio::time::timeout(WAIT, client.request("svc.echo", Bytes::from("ping")))
+            .await
+            .expect("answered in time")
+            .expect("answered");
+        assert_eq!(&answer.payload[..], b"re: ping");
+    }
+    assert_eq!(host.stats("respond").unwrap().succeeded, 2);
+
+    let mut out = client.subscribe("mirror.reading.t1").await.unwrap();
+    client.flush().await.unwrap();
+    for _ in 0..2 {
+        client
+            .publish("reading.t1", Bytes::from("21.5"))
+            .await
+            .unwrap();
+    }
+    let mut keys = BTreeSet::new();
+    for _ in 0..2 {
+        let m = tokio::time::timeout(WAIT, out.next())
+            .await
+            .expect("both readings handled")
+            .unwrap();
+        keys.insert(
+            m.headers
+                .unwrap()
+                .get("x-idempotency-key")
+                .unwrap()
+                .to_string(),
+        );
+    }
+    assert_eq!(keys.len(), 2, "each reading has its own key: {keys:?}");
+    host.shutdown().await.unwrap();
+}
+
+/// Failure 12: a KV bucket that cannot be opened at start no longer drops
+/// the host to a private in-memory store for life: it retries, `/readyz`
+/// says why, and JetStream events wait in their stream until it opens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kv_store_unavailable_at_start_is_retried_and_reported() {
+    let nats = NatsServer::start();
+    let js = async_nats::jetstream::new(nats.client().await);
+    // A stream squatting on the bucket's subjects: creating the bucket fails.
+    create_stream(&js, "SQUAT", &["$KV.sluice-dedup.>"]).await;
+    create_stream(&js, "KVOUT", &["kvw.*.done"]).await;
+    let dir = PluginDir::new();
+    dir.add(
+        "flaky",
+        "flaky",
+        "subjects = [\"kvw.*\"]\npublish = [\"kvw.*.done\"]\nmode = \"jetstream\"\n[jetstream]\nstream = \"KVW\"\ncreate_stream = true",
+    );
+    let host = start_host_configured(&nats.url(), dir.path(), "admin_addr = \"127.0.0.1:0\"").await;
+    let admin = host.admin_addr().unwrap();
+    let (code, body) = http_get(admin, "/readyz").await;
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("dedup store"), "{body}");
+    js_publish(&js, "kvw.e1", &[], "x").await;
+    eventually(
+        WAIT,
+        "the event was tried at least once and handed back",
+        || host.stats("flaky").unwrap().received >= 1,
+    )
+    .await;
+    assert_eq!(
+        host.stats("flaky").unwrap().succeeded,
+        0,
+        "not handled without its dedup record"
+    );
+    js.delete_stream("SQUAT").await.unwrap();
+    eventually_async!(
+        WAIT,
+        "ready once the bucket opens",
+        http_get(admin, "/readyz").await.0 == 200
+    );
+    eventually(WAIT, "handled", || {
+        host.stats("flaky").unwrap().succeeded == 1
+    })
+    .await;
+    let out = read_stream(&js, "KVOUT").await;
+    assert_eq!(
+        out[0]
+            .headers
+            .as_ref()
+            .unwrap()
+            .get("x-attempt")
+            .unwrap()
+            .as_str(),
+        "1",
+        "waiting cost no attempt"
+    );
+    host.shutdown().await.unwrap();
+}
+
+/// Failure 13: deliveries that never ran the plugin (here: turned away by
+/// an open breaker) counted as attempts. The plugin now sees real attempts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deliveries_turned_away_by_the_breaker_cost_no_attempt() {
+    let nats = NatsServer::start();
+    let js = async_nats::jetstream::new(nats.client().await);
+    create_stream(&js, "BRK", &["brk.*"]).await;
+    create_stream(&js, "BRKOUT", &["brk.*.done"]).await;
+    // The first event fails once and opens the breaker; the events pulled
+    // with it are turned away while it is open.
+    js_publish(&js, "brk.e0", &[("x-fail-times", "1")], "x").await;
+    for i in 1..6 {
+        js_publish(&js, &format!("brk.e{i}"), &[], "x").await;
+    }
+    let dir = PluginDir::new();
+    dir.add(
+        "flaky",
+        "flaky",
+        "subjects = [\"brk.*\"]\npublish = [\"brk.*.done\"]\nmode = \"jetstream\"\nmax_concurrency = 1\n\
+         [jetstream]\nstream = \"BRK\"\n\
+         [retry]\nmax_attempts = 3\ninitial_delay = \"100ms\"\nmax_delay = \"200ms\"\n\
+         [breaker]\nconsecutive_failures = 1\ncool_down = \"1s\"\nmax_cool_down = \"1s\"",
+    );
+    let host = start_host_configured(&nats.url(), dir.path(), "").await;
+    eventually(WAIT, "all six handled", || {
+        host.stats("flaky").unwrap().succeeded == 6
+    })
+    .await;
+    let stats = host.stats("flaky").unwrap();
+    assert!(
+        stats.breaker_rejected >= 1,
+        "the test needs turned-away deliveries: {stats:?}"
+    );
+    assert_eq!(stats.dead_lettered, 0, "{stats:?}");
+    let mut attempts: Vec<(String, String)> = read_stream(&js, "BRKOUT")
+        .await
+        .iter()
+        .map(|m| {
+            let attempt = m
+                .headers
+                .as_ref()
+                .unwrap()
+                .get("x-attempt")
+                .unwrap()
+                .to_string();
+            (m.subject.to_string(), attempt)
+        })
+        .collect();
+    attempts.sort();
+    let expected: Vec<(String, String)> = (0..6)
+        .map(|i| {
+            (
+                format!("brk.e{i}.done"),
+                if i == 0 { "2" } else { "1" }.to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(attempts, expected, "{stats:?}");
+    host.shutdown().await.unwrap();
+}
+
+/// Failure 16: SIGTERM while NATS is unreachable never exited. Shutdown now
+/// ends within the grace plus a bounded flush, whatever the broker does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_ends_in_bounded_time_with_nats_unreachable() {
+    let mut nats = NatsServer::start();
+    let dir = PluginDir::new();
+    dir.add("mirror", "mirror", "subjects = [\"gone.>\"]\npublish = [\"mirror.>\"]")
+        .add(
+            "flaky",
+            "flaky",
+            "subjects = [\"gonejs.*\"]\nmode = \"jetstream\"\n[jetstream]\nstream = \"GONE\"\ncreate_stream = true",
+        );
+    let host = start_host_configured(&nats.url(), dir.path(), "shutdown_grace = \"2s\"").await;
+    nats.stop();
+    let started = std::time::Instant::now();
+    tokio::time::timeout(Duration::from_secs(15), host.shutdown())
+        .await
+        .expect("shutdown ends within grace + bounded settle and flush")
+        .unwrap();
+    assert!(started.elapsed() < Duration::from_secs(15));
+}
+
+/// A DLQ stream missing at start makes `/readyz` not ready until it exists.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unavailable_dlq_stream_at_start_is_retried_and_reported() {
+    let nats = NatsServer::start();
+    let js = async_nats::jetstream::new(nats.client().await);
+    // Another stream owns the DLQ subjects: the host cannot create its DLQ.
+    create_stream(&js, "SQUATDLQ", &["sluice.dlq.>"]).await;
+    let dir = PluginDir::new();
+    dir.add(
+        "mirror",
+        "mirror",
+        "subjects = [\"x.>\"]\npublish = [\"mirror.>\"]",
+    );
+    let host = start_host_configured(&nats.url(), dir.path(), "admin_addr = \"127.0.0.1:0\"").await;
+    let admin = host.admin_addr().unwrap();
+    eventually_async!(WAIT, "/readyz names the DLQ", {
+        let (code, body) = http_get(admin, "/readyz").await;
+        code == 503 && body.contains("DLQ stream")
+    });
+    js.delete_stream("SQUATDLQ").await.unwrap();
+    eventually_async!(
+        WAIT,
+        "ready once the DLQ exists",
+        http_get(admin, "/readyz").await.0 == 200
+    );
+    assert!(js.get_stream("SLUICE_DLQ").await.is_ok());
+    host.shutdown().await.unwrap();
+}
+
+/// A plugin removed (its file deleted) or redeployed with other
+/// subscriptions while core events wait in its buffer: they are still
+/// handled, by the old version on removal and by the new one on a reload.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn buffered_core_events_survive_removal_and_a_resubscribing_reload() {
+    let nats = NatsServer::start();
+    let client = nats.client().await;
+    let js = async_nats::jetstream::new(client.clone());
+    create_stream(&js, "GOOUT", &["go.*.done", "go2.*.done"]).await;
+    let dir = PluginDir::new();
+    let manifest = |subjects: &str| {
+        format!(
+            "subjects = [{subjects}]\npublish = [\"go.*.done\", \"go2.*.done\"]\nmax_concurrency = 1\ncore_buffer = 100"
+        )
+    };
+    dir.add("slow", "slow", &manifest("\"go.*\""));
+    let host = start_host_configured(&nats.url(), dir.path(), "shutdown_grace = \"30s\"").await;
+    let mut headers = HeaderMap::new();
+    headers.insert("x-sleep-ms", "300");
+    let publish_ten = |round: &'static str| {
+        let (client, headers) = (client.clone(), headers.clone());
+        async move {
+            for i in 0..10 {
+                client
+                    .publish_with_headers(
+                        format!("go.{round}{i}"),
+                        headers.clone(),
+                        Bytes::from("x"),
+                    )
+                    .await
+                    .unwrap();
+            }
+            client.flush().await.unwrap();
+        }
+    };
+
+    // A reload that moves the subscriptions, with events buffered.
+    publish_ten("r").await;
+    eventually(WAIT, "the first started", || {
+        host.stats("slow").unwrap().succeeded >= 1
+    })
+    .await;
+    dir.write("slow.toml", manifest("\"go2.*\"").as_bytes());
+    eventually_async!(
+        WAIT,
+        "all ten handled across the reload",
+        stream_messages(&js, "GOOUT").await == 10
+    );
+
+    // Removal, with events buffered (the reloaded version subscribes go2.*).
+    for i in 0..10 {
+        client
+            .publish_with_headers(format!("go2.d{i}"), headers.clone(), Bytes::from("x"))
+            .await
+            .unwrap();
+    }
+    client.flush().await.unwrap();
+    eventually(WAIT, "the first of the second round started", || {
+        host.stats("slow").unwrap().succeeded >= 11
+    })
+    .await;
+    std::fs::remove_file(dir.path().join("slow.wasm")).unwrap();
+    eventually_async!(
+        WAIT,
+        "all ten handled after the removal",
+        stream_messages(&js, "GOOUT").await == 20
+    );
+    let letters = dlq::list(&js, "SLUICE_DLQ", &Filter::default())
+        .await
+        .unwrap();
+    assert!(letters.is_empty(), "{letters:?}");
+    host.shutdown().await.unwrap();
+}
