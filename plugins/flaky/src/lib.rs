@@ -36,7 +36,9 @@ fn handle(event: Event) -> HandlerResult {
         }
     }
     if event.header("x-permanent").is_some() {
-        return Err(HandlerError::permanent("told to fail for good (x-permanent)"));
+        return Err(HandlerError::permanent(
+            "told to fail for good (x-permanent)",
+        ));
     }
     if event.attempt <= fail_times {
         let message = format!("simulated failure {} of {fail_times}", event.attempt);

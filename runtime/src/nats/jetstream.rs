@@ -249,7 +249,7 @@ mod tests {
             ack_wait_for(Some(Duration::from_secs(5)), t),
             Err(JetStreamSetupError::AckWaitTooShort { .. })
         ));
-        let e = ack_wait_for(Some(Duration::from_secs(6)), t)
+        let e = ack_wait_for(Some(Duration::from_millis(5_999)), t)
             .unwrap_err()
             .to_string();
         assert!(
