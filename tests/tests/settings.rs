@@ -316,7 +316,10 @@ fn check(dir: &Path, s: &Setting, c: &Case, given: Given) -> (bool, String, Stri
         (3, Some((bad, _))) => bad.clone(),
         _ => c.values[i].clone(),
     };
-    let mut text = c.needs.clone();
+    let mut text = String::new();
+    if given.flag.is_some() || given.env.is_some() || given.file.is_some() {
+        text.push_str(&c.needs);
+    }
     if let Some(i) = given.file {
         text.push_str(&format!("{} = {}\n", c.key, c.toml.write(&value(i))));
     }

@@ -60,14 +60,14 @@ pub struct RunArgs {
 /// docs/operations.md), built from the settings table ([`crate::config::table`]).
 #[derive(Debug, Clone, Default)]
 pub struct SettingsArgs {
-    overrides: Overrides,
+    overrides: Box<Overrides>,
 }
 
 /// Only the settings `sluice dlq` uses (marked `dlq` in the table: the NATS
 /// connection and the DLQ stream), accepted before or after the subcommand.
 #[derive(Debug, Clone, Default)]
 pub struct DlqSettingsArgs {
-    overrides: Overrides,
+    overrides: Box<Overrides>,
 }
 
 /// clap plumbing for an args struct holding [`Overrides`] built from the
@@ -77,14 +77,14 @@ macro_rules! settings_args {
         impl $name {
             /// The flags and env vars given, as overrides of the file.
             fn overrides(&self) -> Overrides {
-                self.overrides.clone()
+                (*self.overrides).clone()
             }
         }
 
         impl FromArgMatches for $name {
             fn from_arg_matches(m: &clap::ArgMatches) -> Result<Self, clap::Error> {
                 Ok($name {
-                    overrides: Overrides::from_matches(m),
+                    overrides: Box::new(Overrides::from_matches(m)),
                 })
             }
 

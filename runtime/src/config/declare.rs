@@ -122,11 +122,8 @@ macro_rules! declare_settings {
                         Some($crate::config::value::text(&value))
                     }) )?,
                     unset: None $( .or(Some($unset)) )?,
-                    value_name: {
-                        let name = <$ty as $crate::config::value::SettingValue>::VALUE_NAME;
-                        $( let name = $value_name; )?
-                        name
-                    },
+                    value_name: None $( .or(Some($value_name)) )?
+                        .unwrap_or(<$ty as $crate::config::value::SettingValue>::VALUE_NAME),
                     ..$crate::config::Setting::new(
                         stringify!($key),
                         &[$($doc),+],
