@@ -27,7 +27,7 @@ use crate::config::value::{SettingValue, Show, text};
 use crate::config::{Kind, Origin, Origins, Setting};
 use crate::engine::invoke::InvokeLimits;
 use crate::host::PublishLimits;
-use crate::subject::{self, PublishGrants};
+use crate::subject::PublishGrants;
 
 /// A size in bytes, written as an integer or with a 1024-based unit
 /// (`"512KiB"`, `"4MiB"`, `"1GiB"`; `KB`/`MB`/`GB` mean the same, as in nats-server).
@@ -193,16 +193,7 @@ with_limit_keys! {
     pub struct LimitOverrides {}
 }
 
-with_limit_keys! {
-    /// The operator's rules for one plugin: `[plugin.<name>]` in the host config.
-    #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
-    #[serde(deny_unknown_fields)]
-    pub struct PluginRules {
-        /// Subject patterns this plugin may publish to, whatever its manifest
-        /// grants; replaces the host-wide `publish_allow` for this plugin.
-        pub publish_allow: Option<Vec<String>>,
-    }
-}
+pub use crate::config::PluginRules;
 
 /// A limit value outside its allowed range; names the key.
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -463,28 +454,17 @@ impl SandboxPolicy {
         })
     }
 
-    /// Validate every value and allow-list pattern; errors name the key.
+    /// Validate every `[plugin.<name>]` table; errors name the plugin and key
+    /// (the host-wide values are checked with the other settings).
     pub fn validate(&self) -> Result<(), LimitError> {
-        let check_patterns = |key: &'static str, list: &Option<Vec<String>>| {
-            for pattern in list.iter().flatten() {
-                subject::validate_pattern(pattern).map_err(|e| LimitError {
-                    key,
-                    message: e.to_string(),
-                })?;
-            }
-            Ok(())
-        };
-        check_patterns("publish_allow", &self.publish_allow)?;
         for (name, rules) in &self.rules {
             rules.limit_overrides().validate().map_err(|e| LimitError {
                 key: "plugin.<name>",
                 message: format!("[plugin.{name}] {e}"),
             })?;
-            check_patterns("plugin.<name>.publish_allow", &rules.publish_allow).map_err(|e| {
-                LimitError {
-                    key: e.key,
-                    message: format!("[plugin.{name}] publish_allow: {}", e.message),
-                }
+            rules.check().map_err(|(key, message)| LimitError {
+                key: "plugin.<name>",
+                message: format!("[plugin.{name}] {key}: {message}"),
             })?;
         }
         Ok(())
@@ -496,15 +476,10 @@ impl SandboxPolicy {
 /// host-wide `publish_allow` is a host setting, rendered with those).
 pub fn render_into(t: &mut toml::Table, policy: &SandboxPolicy) {
     t.extend(policy.defaults.as_overrides().rendered());
-    let list = |l: &[String]| {
-        toml::Value::Array(l.iter().map(|p| toml::Value::String(p.clone())).collect())
-    };
     let mut plugins = toml::Table::new();
     for (name, rules) in &policy.rules {
         let mut r = rules.limit_overrides().rendered();
-        if let Some(allow) = &rules.publish_allow {
-            r.insert("publish_allow".into(), list(allow));
-        }
+        rules.render_into(&mut r);
         plugins.insert(name.clone(), toml::Value::Table(r));
     }
     if !plugins.is_empty() {

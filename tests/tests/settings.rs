@@ -452,3 +452,60 @@ fn every_setting_takes_flag_over_env_over_file_over_default_and_names_itself_whe
         }
     }
 }
+
+/// Every key a `[plugin.<name>]` table takes (each per-plugin limit, each
+/// per-plugin setting) comes from the same declaration: it shows in that
+/// plugin's table, and a bad value there is refused naming the plugin and key.
+#[test]
+fn every_per_plugin_key_is_taken_by_a_plugin_table_and_checked_there() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = cases(dir.path());
+    let per_plugin: Vec<&Setting> = sluice::config::flags::all()
+        .filter(|s| s.kind == sluice::config::Kind::Limit || s.has("per_plugin"))
+        .collect();
+    assert!(per_plugin.iter().any(|s| s.key == "publish_allow"));
+    for s in per_plugin {
+        let c = cases.iter().find(|c| c.key == s.key).unwrap();
+        let conf = dir.path().join("plugin.toml");
+        let run = |value: &str| {
+            std::fs::write(
+                &conf,
+                format!("[plugin.billing]\n{} = {}\n", s.key, c.toml.write(value)),
+            )
+            .unwrap();
+            let out = sluice()
+                .args(["config", "check"])
+                .arg(&conf)
+                .output()
+                .unwrap();
+            (
+                out.status.success(),
+                String::from_utf8_lossy(&out.stdout).into_owned(),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            )
+        };
+        let (ok, stdout, stderr) = run(&c.values[2]);
+        assert!(ok, "{}: {stderr}", s.key);
+        let table = stdout
+            .split("[plugin.billing]")
+            .nth(1)
+            .unwrap_or_else(|| panic!("{}: no [plugin.billing] in:\n{stdout}", s.key));
+        let table = table.split("\n[").next().unwrap_or_default();
+        assert!(
+            line(table, s.key).contains(&c.values[2]),
+            "{}: {table}",
+            s.key
+        );
+        let (bad, says) = c
+            .bad
+            .as_ref()
+            .expect("every per-plugin key has a bad value");
+        let (ok, _, stderr) = run(bad);
+        assert!(!ok, "{}: `{bad}` accepted in [plugin.billing]", s.key);
+        assert!(
+            stderr.contains("plugin.billing") && stderr.contains(s.key) && stderr.contains(says),
+            "{}: {stderr}",
+            s.key
+        );
+    }
+}

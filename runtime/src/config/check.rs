@@ -152,13 +152,7 @@ pub fn dedup_store(text: String) -> Result<DedupStoreKind, String> {
 
 /// A KV bucket name.
 pub fn dedup_bucket(name: String) -> Result<String, String> {
-    if is_name(&name) {
-        Ok(name)
-    } else {
-        Err(format!(
-            "`{name}` is not a valid bucket name (letters, digits, `-`, `_`)"
-        ))
-    }
+    valid_name(name, "bucket")
 }
 
 /// At least a second.
@@ -172,13 +166,7 @@ pub fn dedup_ttl(ttl: Duration) -> Result<Duration, String> {
 
 /// A stream name.
 pub fn dlq_stream(name: String) -> Result<String, String> {
-    if is_name(&name) {
-        Ok(name)
-    } else {
-        Err(format!(
-            "`{name}` is not a valid stream name (letters, digits, `-`, `_`)"
-        ))
-    }
+    valid_name(name, "stream")
 }
 
 /// A folder, `off`, or (unset) the user's cache folder.
@@ -213,9 +201,17 @@ fn default_cache_dir() -> Option<PathBuf> {
     Some(base.join("sluice").join("compiled"))
 }
 
-fn is_name(name: &str) -> bool {
-    !name.is_empty()
+/// `name` if it is a valid NATS `what` (bucket, stream) name.
+fn valid_name(name: String, what: &str) -> Result<String, String> {
+    let ok = !name.is_empty()
         && name
             .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if ok {
+        Ok(name)
+    } else {
+        Err(format!(
+            "`{name}` is not a valid {what} name (letters, digits, `-`, `_`)"
+        ))
+    }
 }

@@ -7,7 +7,10 @@
 //! - [`Values`](super::Values): every setting merged (flag > env > file >
 //!   default) and checked, the check's error naming the key;
 //! - the [`Setting`](super::Setting) descriptors: flag, env var, help,
-//!   default, for clap and the generated docs.
+//!   default, for clap and the generated docs;
+//! - [`PluginRules`](super::PluginRules), `[plugin.<name>]`: the per-plugin
+//!   limits and the settings of the `per_plugin` section, which one plugin's
+//!   table may replace (checked the same way).
 //!
 //! One entry reads
 //!
@@ -22,11 +25,75 @@
 //! raw value into the resolved one or says what is wrong: it takes `RawType`
 //! when there is a default and `Option<RawType>` otherwise. Markers:
 //! `secret` (masked, env value hidden), `hide_env` (env value hidden in
-//! `--help`), `dlq` (also a flag of `sluice dlq`).
+//! `--help`), `dlq` (also a flag of `sluice dlq`); entries of the
+//! `per_plugin` section get `per_plugin`.
 
 /// Generates the setting structs, merge and descriptors from the table.
 macro_rules! declare_settings {
     (
+        file_tables { $($tables:tt)* }
+        per_plugin {
+            $(
+                $(#[doc = $pdoc:literal])+
+                $pkey:ident : $pty:ty $( as $pvalue_name:literal )? $( = $pdefault:expr )?
+                    $( , unset $punset:literal )?
+                    => $pres:ty = $pcheck:path $( , $pmarker:ident )* ;
+            )*
+        }
+        host { $($host:tt)* }
+    ) => {
+        $crate::config::declare::declare_settings! {
+            @host
+            file_tables { $($tables)* }
+            $(
+                $(#[doc = $pdoc])+
+                $pkey : $pty $( as $pvalue_name )? $( = $pdefault )? $( , unset $punset )?
+                    => $pres = $pcheck $( , $pmarker )* , per_plugin ;
+            )*
+            $($host)*
+        }
+
+        $crate::limits::with_limit_keys! {
+            /// The operator's rules for one plugin, `[plugin.<name>]` in the host
+            /// config: its limits (its ceiling) and the per-plugin settings, each
+            /// replacing the host-wide value for this plugin.
+            #[derive(Debug, Clone, Default, PartialEq, serde::Deserialize)]
+            #[serde(deny_unknown_fields)]
+            pub struct PluginRules {
+                $(
+                    $(#[doc = $pdoc])+
+                    #[serde(default, deserialize_with = "crate::config::value::optional")]
+                    pub $pkey: Option<$pty>,
+                )*
+            }
+        }
+
+        impl PluginRules {
+            /// Check each per-plugin setting given here as the host-wide one is
+            /// checked: `(key, message)` of the first bad one.
+            pub fn check(&self) -> Result<(), (&'static str, String)> {
+                $(
+                    if let Some(raw) = self.$pkey.clone() {
+                        let raw = Some(raw);
+                        $( let raw = raw.unwrap_or_else(|| $pdefault); )?
+                        let _: $pres = $pcheck(raw).map_err(|message| (stringify!($pkey), message))?;
+                    }
+                )*
+                Ok(())
+            }
+
+            /// Put the per-plugin settings given here into a config file table.
+            pub(crate) fn render_into(&self, t: &mut toml::Table) {
+                $(
+                    if let Some(value) = $crate::config::value::Show::show(&self.$pkey) {
+                        t.insert(stringify!($pkey).into(), value);
+                    }
+                )*
+            }
+        }
+    };
+    (
+        @host
         file_tables {
             $( $(#[$fmeta:meta])* pub $field:ident : $fty:ty, )*
         }

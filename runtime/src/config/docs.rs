@@ -68,6 +68,9 @@ fn meaning(s: &Setting) -> String {
     if s.secret {
         text.push_str(" Secret: masked in `config check` and logs.");
     }
+    if s.has("per_plugin") {
+        text.push_str(" Also a key of `[plugin.<name>]`, which replaces it for that plugin.");
+    }
     if let (Kind::Limit, Some((min, max))) = (s.kind, &s.range) {
         text.push_str(&format!(
             " Per-plugin limit ({min} to {max}): the host-wide default and every plugin's ceiling; `[plugin.<name>]` may raise or lower it, a manifest only lower it."

@@ -40,7 +40,7 @@ use crate::manifest::RetryOverrides;
 pub use crate::nats::{DEFAULT_CONNECT_TIMEOUT, NatsAuth, NatsSettings, NatsTls, redact_url};
 pub use render::{render, render_with_origins};
 pub use setting::{Kind, Origin, Origins, Setting};
-pub use table::{FileConfig, Overrides, Values};
+pub use table::{FileConfig, Overrides, PluginRules, Values};
 pub use value::{MASK, Secret};
 
 /// Default time in-flight events get to finish at shutdown.
