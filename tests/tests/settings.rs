@@ -360,6 +360,15 @@ fn every_setting_takes_flag_over_env_over_file_over_default_and_names_itself_whe
         declared, walked,
         "every declared setting needs a case here (and only those)"
     );
+    let docs = sluice().args(["config", "docs"]).output().unwrap();
+    let docs = String::from_utf8_lossy(&docs.stdout);
+    for s in sluice::config::flags::all() {
+        assert!(
+            docs.contains(&format!("| `{}` | `--{} ", s.key, s.flag)),
+            "`sluice config docs` lists {}:\n{docs}",
+            s.key
+        );
+    }
     for s in sluice::config::flags::all() {
         let c = cases.iter().find(|c| c.key == s.key).unwrap();
         let shown = |i: usize| {
