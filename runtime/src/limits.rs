@@ -11,19 +11,23 @@
 //! 3. the manifest, which may only *lower* a limit: a value above the ceiling
 //!    is capped (and the capping is logged), never honoured.
 //!
-//! The same key names are used in all three places; [`with_limit_keys!`]
-//! declares them once.
+//! The same key names are used in all three places; [`limit_table!`]
+//! declares each limit once, and everything else is generated from it.
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::LazyLock;
+#[cfg(test)]
 use std::time::Duration;
 
 use serde::Deserialize;
 use thiserror::Error;
 
+use crate::config::value::{SettingValue, Show, text};
+use crate::config::{Kind, Origin, Origins, Setting};
 use crate::engine::invoke::InvokeLimits;
 use crate::host::PublishLimits;
-use crate::subject::{self, PublishGrants};
+use crate::subject::PublishGrants;
 
 /// A size in bytes, written as an integer or with a 1024-based unit
 /// (`"512KiB"`, `"4MiB"`, `"1GiB"`; `KB`/`MB`/`GB` mean the same, as in nats-server).
@@ -98,60 +102,86 @@ impl<'de> Deserialize<'de> for ByteSize {
     }
 }
 
-/// Declares a serde struct carrying every per-plugin limit key (all optional)
-/// besides its own fields, plus `limit_overrides()` to extract them. Used for
-/// the manifest, the host config, and the operator's `[plugin.<name>]` rules,
-/// so the three always accept the same keys.
-macro_rules! with_limit_keys {
-    (
-        $(#[$meta:meta])*
-        $vis:vis struct $name:ident {
-            $( $(#[$fmeta:meta])* $fvis:vis $field:ident : $fty:ty, )*
+/// THE table of per-plugin limits. Each entry is the whole declaration of
+/// one limit: key, type, default (host-wide, and every plugin's ceiling),
+/// allowed range and help. From it come the limit keys of the host config,
+/// of `[plugin.<name>]` and of the manifest ([`with_limit_keys!`]), the
+/// flags and `SLUICE_*` variables, [`Limits`] and its defaults, the range
+/// checks, the layering (overlay, lower, max), `config check` and the docs.
+///
+/// It hands the entries to a callback macro: `limit_table!([callback] { prefix })`
+/// expands to `callback! { { prefix } entries }`.
+macro_rules! limit_table {
+    ([$($callback:tt)+] { $($prefix:tt)* }) => {
+        $($callback)+! {
+            { $($prefix)* }
+            /// Time limit per event (instantiate + handle), wall clock, e.g. 5s or 250ms.
+            timeout: std::time::Duration = std::time::Duration::from_secs(5),
+                range(std::time::Duration::from_nanos(1), std::time::Duration::from_secs(3600));
+            /// Events of one plugin handled at once.
+            max_concurrency: u32 = 32, range(1, 100_000);
+            /// Linear memory per plugin instance, in MiB.
+            max_memory_mb: u32 = 64, range(1, 4096);
+            /// Table elements per plugin instance.
+            max_table_elements: u32 = 20_000, range(1, 10_000_000);
+            /// Core WebAssembly instances per plugin instance.
+            max_core_instances: u32 = 16, range(1, 1000);
+            /// Largest event payload handed to a plugin, e.g. 4MiB.
+            max_payload: $crate::limits::ByteSize = $crate::limits::ByteSize::mib(4),
+                range($crate::limits::ByteSize(1), $crate::limits::ByteSize(1 << 30));
+            /// Messages one event may publish.
+            max_publishes: u32 = 100, range(0, 1_000_000);
+            /// Bytes one event may publish (payloads, subjects, headers).
+            max_publish_bytes: $crate::limits::ByteSize = $crate::limits::ByteSize::mib(4),
+                range($crate::limits::ByteSize(0), $crate::limits::ByteSize(1 << 30));
+            /// Log records plus stdout/stderr lines logged per event.
+            max_log_lines: u32 = 100, range(0, 1_000_000);
+            /// Log lines per second per plugin, across its events.
+            max_log_rate: u32 = 100, range(0, 1_000_000);
         }
+    };
+}
+pub(crate) use limit_table;
+
+/// Callback of [`limit_table!`]: the struct given as prefix, with every
+/// limit key added as an optional serde field, and `limit_overrides()`.
+macro_rules! limit_fields {
+    (
+        {
+            $(#[$meta:meta])*
+            $vis:vis struct $name:ident {
+                $( $(#[$fmeta:meta])* $fvis:vis $field:ident : $fty:ty, )*
+            }
+        }
+        $( $(#[doc = $doc:literal])+ $key:ident : $ty:ty = $default:expr, range($min:expr, $max:expr); )*
     ) => {
         $(#[$meta])*
         $vis struct $name {
             $( $(#[$fmeta])* $fvis $field : $fty, )*
-            /// Time limit per event (instantiate + handle).
-            #[serde(default, with = "humantime_serde")]
-            pub timeout: Option<std::time::Duration>,
-            /// Most events of the plugin handled at once.
-            pub max_concurrency: Option<u32>,
-            /// Linear memory cap per instance, in MiB.
-            pub max_memory_mb: Option<u32>,
-            /// Table size cap per instance, in elements.
-            pub max_table_elements: Option<u32>,
-            /// Core WebAssembly instances one plugin instance may create.
-            pub max_core_instances: Option<u32>,
-            /// Largest event payload handed to the plugin.
-            pub max_payload: Option<$crate::limits::ByteSize>,
-            /// Most messages one event may publish.
-            pub max_publishes: Option<u32>,
-            /// Most payload bytes one event may publish, summed.
-            pub max_publish_bytes: Option<$crate::limits::ByteSize>,
-            /// Most log records plus stdout/stderr lines logged per event.
-            pub max_log_lines: Option<u32>,
-            /// Most log lines per second per plugin, across all its events.
-            pub max_log_rate: Option<u32>,
+            $(
+                $(#[doc = $doc])+
+                #[serde(default, deserialize_with = "crate::config::value::optional")]
+                pub $key: Option<$ty>,
+            )*
         }
 
         impl $name {
             /// The limit keys set in this table.
             pub fn limit_overrides(&self) -> $crate::limits::LimitOverrides {
-                $crate::limits::LimitOverrides {
-                    timeout: self.timeout,
-                    max_concurrency: self.max_concurrency,
-                    max_memory_mb: self.max_memory_mb,
-                    max_table_elements: self.max_table_elements,
-                    max_core_instances: self.max_core_instances,
-                    max_payload: self.max_payload,
-                    max_publishes: self.max_publishes,
-                    max_publish_bytes: self.max_publish_bytes,
-                    max_log_lines: self.max_log_lines,
-                    max_log_rate: self.max_log_rate,
-                }
+                $crate::limits::LimitOverrides { $( $key: self.$key, )* }
             }
         }
+    };
+}
+pub(crate) use limit_fields;
+
+/// Declares a serde struct carrying every per-plugin limit key (all optional)
+/// besides its own fields, plus `limit_overrides()` to extract them. Used for
+/// the manifest, the host config, and the operator's `[plugin.<name>]` rules,
+/// so the three always accept the keys of [`limit_table!`].
+macro_rules! with_limit_keys {
+    ($($item:tt)*) => {
+        $crate::limits::limit_table!([$crate::limits::limit_fields] { $($item)* });
     };
 }
 pub(crate) use with_limit_keys;
@@ -163,16 +193,7 @@ with_limit_keys! {
     pub struct LimitOverrides {}
 }
 
-with_limit_keys! {
-    /// The operator's rules for one plugin: `[plugin.<name>]` in the host config.
-    #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
-    #[serde(deny_unknown_fields)]
-    pub struct PluginRules {
-        /// Subject patterns this plugin may publish to, whatever its manifest
-        /// grants; replaces the host-wide `publish_allow` for this plugin.
-        pub publish_allow: Option<Vec<String>>,
-    }
-}
+pub use crate::config::PluginRules;
 
 /// A limit value outside its allowed range; names the key.
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -184,95 +205,147 @@ pub struct LimitError {
     pub message: String,
 }
 
-impl LimitOverrides {
-    /// Check every set value against its allowed range.
-    pub fn validate(&self) -> Result<(), LimitError> {
-        fn range<T: PartialOrd + fmt::Display + Copy>(
-            key: &'static str,
-            value: Option<T>,
-            min: T,
-            max: T,
-        ) -> Result<(), LimitError> {
-            match value {
-                Some(v) if v < min || v > max => Err(LimitError {
-                    key,
-                    message: format!("{v} is out of range; use {min} to {max}"),
-                }),
-                _ => Ok(()),
+/// `value` (if set) within `min..=max`, else an error naming `key`.
+fn check_range<T: PartialOrd + Show>(
+    key: &'static str,
+    value: Option<T>,
+    min: T,
+    max: T,
+) -> Result<(), LimitError> {
+    match value {
+        Some(v) if v < min || v > max => Err(LimitError {
+            key,
+            message: format!(
+                "{} is out of range; use {} to {}",
+                text(&v),
+                text(&min),
+                text(&max)
+            ),
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// Callback of [`limit_table!`]: [`Limits`], its defaults, the range checks,
+/// the layering, rendering, the clap side and the descriptors.
+macro_rules! limit_core {
+    (
+        {}
+        $( $(#[doc = $doc:literal])+ $key:ident : $ty:ty = $default:expr, range($min:expr, $max:expr); )*
+    ) => {
+        /// The resolved limits of one plugin (or the host-wide defaults).
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub struct Limits {
+            $( $(#[doc = $doc])+ pub $key: $ty, )*
+        }
+
+        impl Default for Limits {
+            fn default() -> Self {
+                Limits { $( $key: $default, )* }
             }
         }
-        if let Some(t) = self.timeout
-            && (t.is_zero() || t > Duration::from_secs(3600))
-        {
-            return Err(LimitError {
-                key: "timeout",
-                message: "must be greater than zero and at most 1h, e.g. \"5s\"".into(),
-            });
+
+        impl LimitOverrides {
+            /// Check every set value against its allowed range.
+            pub fn validate(&self) -> Result<(), LimitError> {
+                $( check_range(stringify!($key), self.$key, $min, $max)?; )*
+                Ok(())
+            }
+
+            /// The keys set here, as config-file values.
+            fn rendered(&self) -> toml::Table {
+                let mut t = toml::Table::new();
+                $(
+                    if let Some(value) = Show::show(&self.$key) {
+                        t.insert(stringify!($key).into(), value);
+                    }
+                )*
+                t
+            }
+
+            /// The limit flags clap parsed (from flags and env).
+            pub(crate) fn from_matches(
+                m: &clap::ArgMatches,
+                origins: &mut BTreeMap<&'static str, Origin>,
+            ) -> LimitOverrides {
+                LimitOverrides {
+                    $( $key: crate::config::flags::take::<$ty>(m, stringify!($key), origins), )*
+                }
+            }
+
+            /// Record where each host-wide limit came from: `flags` (as
+            /// clap said) over `file` over the default.
+            pub(crate) fn note_origins(
+                flags: &LimitOverrides,
+                file: &LimitOverrides,
+                clap_said: &BTreeMap<&'static str, Origin>,
+                origins: &mut Origins,
+            ) {
+                $( origins.note(stringify!($key), flags.$key.is_some(), file.$key.is_some(), clap_said); )*
+            }
         }
-        range("max_concurrency", self.max_concurrency, 1, 100_000)?;
-        range("max_memory_mb", self.max_memory_mb, 1, 4096)?;
-        range("max_table_elements", self.max_table_elements, 1, 10_000_000)?;
-        range("max_core_instances", self.max_core_instances, 1, 1000)?;
-        range(
-            "max_payload",
-            self.max_payload,
-            ByteSize(1),
-            ByteSize(1 << 30),
-        )?;
-        range("max_publishes", self.max_publishes, 0, 1_000_000)?;
-        range(
-            "max_publish_bytes",
-            self.max_publish_bytes,
-            ByteSize(0),
-            ByteSize(1 << 30),
-        )?;
-        range("max_log_lines", self.max_log_lines, 0, 1_000_000)?;
-        range("max_log_rate", self.max_log_rate, 0, 1_000_000)?;
-        Ok(())
-    }
+
+        impl Limits {
+            /// These limits with every key set in `o` replaced (operator rules and
+            /// host config: may raise or lower).
+            pub fn overlay(mut self, o: &LimitOverrides) -> Limits {
+                $( if let Some(v) = o.$key { self.$key = v; } )*
+                self
+            }
+
+            /// These limits lowered by `o` (a manifest: may only lower). Values
+            /// above the ceiling are capped and reported.
+            pub fn lower(mut self, o: &LimitOverrides) -> (Limits, Vec<Capped>) {
+                let mut capped = Vec::new();
+                $(
+                    if let Some(v) = o.$key {
+                        if v > self.$key {
+                            capped.push(Capped {
+                                key: stringify!($key),
+                                asked: text(&v),
+                                granted: text(&self.$key),
+                            });
+                        } else {
+                            self.$key = v;
+                        }
+                    }
+                )*
+                (self, capped)
+            }
+
+            /// The larger of each limit (to size the shared engine for every plugin).
+            pub fn max(mut self, other: &Limits) -> Limits {
+                $( self.$key = self.$key.max(other.$key); )*
+                self
+            }
+
+            /// Every limit, as an override with every key set.
+            fn as_overrides(&self) -> LimitOverrides {
+                LimitOverrides { $( $key: Some(self.$key), )* }
+            }
+        }
+
+        /// The descriptors of the per-plugin limits, in declaration order.
+        pub static LIMITS: LazyLock<Vec<Setting>> = LazyLock::new(|| {
+            vec![$(
+                Setting {
+                    default: Some(text(&{ let v: $ty = $default; v })),
+                    range: Some((text(&{ let v: $ty = $min; v }), text(&{ let v: $ty = $max; v }))),
+                    ..Setting::new(
+                        stringify!($key),
+                        &[$($doc),+],
+                        Kind::Limit,
+                        &[],
+                        <$ty as SettingValue>::arg,
+                        <$ty as SettingValue>::VALUE_NAME,
+                    )
+                }
+            ),*]
+        });
+    };
 }
 
-/// The resolved limits of one plugin (or the host-wide defaults).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Limits {
-    /// Time limit per event (instantiate + handle), wall clock.
-    pub timeout: Duration,
-    /// Most events handled at once.
-    pub max_concurrency: u32,
-    /// Linear memory cap per instance, in MiB.
-    pub max_memory_mb: u32,
-    /// Table size cap per instance, in elements.
-    pub max_table_elements: u32,
-    /// Core WebAssembly instances per plugin instance.
-    pub max_core_instances: u32,
-    /// Largest payload handed to the plugin.
-    pub max_payload: ByteSize,
-    /// Most publishes per event.
-    pub max_publishes: u32,
-    /// Most published payload bytes per event.
-    pub max_publish_bytes: ByteSize,
-    /// Most log records plus output lines per event.
-    pub max_log_lines: u32,
-    /// Most log lines per second for the plugin as a whole.
-    pub max_log_rate: u32,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Limits {
-            timeout: Duration::from_secs(5),
-            max_concurrency: 32,
-            max_memory_mb: 64,
-            max_table_elements: 20_000,
-            max_core_instances: 16,
-            max_payload: ByteSize::mib(4),
-            max_publishes: 100,
-            max_publish_bytes: ByteSize::mib(4),
-            max_log_lines: 100,
-            max_log_rate: 100,
-        }
-    }
-}
+limit_table!([limit_core] {});
 
 /// A manifest value above the plugin's ceiling, which was capped.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -295,94 +368,7 @@ impl fmt::Display for Capped {
     }
 }
 
-/// Renders a limit value the way it is written in a config file.
-trait Show {
-    fn show(&self) -> String;
-}
-
-impl Show for u32 {
-    fn show(&self) -> String {
-        self.to_string()
-    }
-}
-
-impl Show for ByteSize {
-    fn show(&self) -> String {
-        self.to_string()
-    }
-}
-
-impl Show for Duration {
-    fn show(&self) -> String {
-        humantime::format_duration(*self).to_string()
-    }
-}
-
-/// Applies one key of a [`LimitOverrides`] to a [`Limits`] field, by a rule.
-macro_rules! each_limit {
-    ($apply:ident, $limits:expr, $o:expr) => {{
-        $apply!($limits, $o, timeout);
-        $apply!($limits, $o, max_concurrency);
-        $apply!($limits, $o, max_memory_mb);
-        $apply!($limits, $o, max_table_elements);
-        $apply!($limits, $o, max_core_instances);
-        $apply!($limits, $o, max_payload);
-        $apply!($limits, $o, max_publishes);
-        $apply!($limits, $o, max_publish_bytes);
-        $apply!($limits, $o, max_log_lines);
-        $apply!($limits, $o, max_log_rate);
-    }};
-}
-
 impl Limits {
-    /// These limits with every key set in `o` replaced (operator rules and
-    /// host config: may raise or lower).
-    pub fn overlay(mut self, o: &LimitOverrides) -> Limits {
-        macro_rules! replace {
-            ($l:expr, $o:expr, $k:ident) => {
-                if let Some(v) = $o.$k {
-                    $l.$k = v;
-                }
-            };
-        }
-        each_limit!(replace, self, o);
-        self
-    }
-
-    /// These limits lowered by `o` (a manifest: may only lower). Values
-    /// above the ceiling are capped and reported.
-    pub fn lower(mut self, o: &LimitOverrides) -> (Limits, Vec<Capped>) {
-        let mut capped = Vec::new();
-        macro_rules! lower {
-            ($l:expr, $o:expr, $k:ident) => {
-                if let Some(v) = $o.$k {
-                    if v > $l.$k {
-                        capped.push(Capped {
-                            key: stringify!($k),
-                            asked: v.show(),
-                            granted: $l.$k.show(),
-                        });
-                    } else {
-                        $l.$k = v;
-                    }
-                }
-            };
-        }
-        each_limit!(lower, self, o);
-        (self, capped)
-    }
-
-    /// The larger of each limit (to size the shared engine for every plugin).
-    pub fn max(mut self, other: &Limits) -> Limits {
-        macro_rules! larger {
-            ($l:expr, $o:expr, $k:ident) => {
-                $l.$k = $l.$k.max($o.$k);
-            };
-        }
-        each_limit!(larger, self, other);
-        self
-    }
-
     /// Linear memory cap in bytes.
     pub fn max_memory_bytes(&self) -> usize {
         (self.max_memory_mb as usize) << 20
@@ -468,103 +454,32 @@ impl SandboxPolicy {
         })
     }
 
-    /// Validate every value and allow-list pattern; errors name the key.
+    /// Validate every `[plugin.<name>]` table; errors name the plugin and key
+    /// (the host-wide values are checked with the other settings).
     pub fn validate(&self) -> Result<(), LimitError> {
-        let check_patterns = |key: &'static str, list: &Option<Vec<String>>| {
-            for pattern in list.iter().flatten() {
-                subject::validate_pattern(pattern).map_err(|e| LimitError {
-                    key,
-                    message: e.to_string(),
-                })?;
-            }
-            Ok(())
-        };
-        check_patterns("publish_allow", &self.publish_allow)?;
         for (name, rules) in &self.rules {
             rules.limit_overrides().validate().map_err(|e| LimitError {
                 key: "plugin.<name>",
                 message: format!("[plugin.{name}] {e}"),
             })?;
-            check_patterns("plugin.<name>.publish_allow", &rules.publish_allow).map_err(|e| {
-                LimitError {
-                    key: e.key,
-                    message: format!("[plugin.{name}] publish_allow: {}", e.message),
-                }
+            rules.check().map_err(|(key, message)| LimitError {
+                key: "plugin.<name>",
+                message: format!("[plugin.{name}] {key}: {message}"),
             })?;
         }
         Ok(())
     }
 }
 
-impl LimitOverrides {
-    /// The keys set here, as config-file values.
-    fn rendered(&self) -> toml::Table {
-        let mut t = toml::Table::new();
-        macro_rules! put {
-            ($t:expr, $o:expr, $k:ident) => {
-                if let Some(v) = $o.$k {
-                    $t.insert(stringify!($k).into(), v.rendered());
-                }
-            };
-        }
-        each_limit!(put, t, self);
-        t
-    }
-}
-
-/// A limit value as a TOML value, written the way an operator would.
-trait Rendered {
-    fn rendered(&self) -> toml::Value;
-}
-
-impl Rendered for u32 {
-    fn rendered(&self) -> toml::Value {
-        toml::Value::Integer(i64::from(*self))
-    }
-}
-
-impl Rendered for ByteSize {
-    fn rendered(&self) -> toml::Value {
-        toml::Value::String(self.show())
-    }
-}
-
-impl Rendered for Duration {
-    fn rendered(&self) -> toml::Value {
-        toml::Value::String(self.show())
-    }
-}
-
-impl Limits {
-    /// Every limit, as an override with every key set.
-    fn as_overrides(&self) -> LimitOverrides {
-        let mut o = LimitOverrides::default();
-        macro_rules! set {
-            ($o:expr, $l:expr, $k:ident) => {
-                $o.$k = Some($l.$k);
-            };
-        }
-        each_limit!(set, o, self);
-        o
-    }
-}
-
 /// Put the effective sandbox policy into a rendered config file (`sluice
-/// config check`): every host limit, the allow-list and each `[plugin.<name>]`.
+/// config check`): every host limit and each `[plugin.<name>]` (the
+/// host-wide `publish_allow` is a host setting, rendered with those).
 pub fn render_into(t: &mut toml::Table, policy: &SandboxPolicy) {
     t.extend(policy.defaults.as_overrides().rendered());
-    let list = |l: &[String]| {
-        toml::Value::Array(l.iter().map(|p| toml::Value::String(p.clone())).collect())
-    };
-    if let Some(allow) = &policy.publish_allow {
-        t.insert("publish_allow".into(), list(allow));
-    }
     let mut plugins = toml::Table::new();
     for (name, rules) in &policy.rules {
         let mut r = rules.limit_overrides().rendered();
-        if let Some(allow) = &rules.publish_allow {
-            r.insert("publish_allow".into(), list(allow));
-        }
+        rules.render_into(&mut r);
         plugins.insert(name.clone(), toml::Value::Table(r));
     }
     if !plugins.is_empty() {

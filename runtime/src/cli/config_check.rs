@@ -1,6 +1,8 @@
 //! `sluice config check FILE`: validate a config file together with the
 //! SLUICE_* environment and flags, exactly as `sluice run` would, and print
-//! the effective configuration (every key, secrets masked) as TOML.
+//! the effective configuration (every key, secrets masked, each setting
+//! followed by where its value came from) as TOML. `sluice config docs`
+//! prints the settings reference table generated from the declarations.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -26,6 +28,8 @@ enum ConfigCommand {
         #[command(flatten)]
         settings: SettingsArgs,
     },
+    /// Print the settings reference (markdown), generated from the settings declarations.
+    Docs,
 }
 
 pub fn config(args: ConfigArgs) -> anyhow::Result<ExitCode> {
@@ -33,10 +37,14 @@ pub fn config(args: ConfigArgs) -> anyhow::Result<ExitCode> {
         ConfigCommand::Check { file, settings } => {
             let settings = super::settings(Some(&file), &settings.overrides())?;
             println!(
-                "# {}: valid. Effective configuration (flag > env > file > default; secrets masked):",
+                "# {}: valid. Effective configuration (flag > env > file > default; secrets masked; `# origin` says which one gave each value):",
                 file.display()
             );
-            print!("{}", config::render(&settings));
+            print!("{}", config::render_with_origins(&settings));
+            Ok(ExitCode::SUCCESS)
+        }
+        ConfigCommand::Docs => {
+            print!("{}", config::docs::reference());
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -8,7 +8,6 @@ use anyhow::{Context, bail};
 use base64::Engine as _;
 use clap::{Args, Subcommand};
 
-use crate::config::Overrides;
 use crate::dlq::{self, Entry, Filter};
 
 /// Arguments of `sluice dlq`.
@@ -19,14 +18,8 @@ pub struct DlqArgs {
     /// TOML config file (for the NATS connection keys and dlq_stream).
     #[arg(long, env = "SLUICE_CONFIG", global = true)]
     config: Option<PathBuf>,
-    /// NATS server URL(s) [default: nats://127.0.0.1:4222].
-    #[arg(long, env = "SLUICE_NATS_URL", global = true)]
-    nats_url: Option<String>,
-    /// DLQ stream name [default: SLUICE_DLQ].
-    #[arg(long, env = "SLUICE_DLQ_STREAM", global = true)]
-    dlq_stream: Option<String>,
     #[command(flatten)]
-    nats: super::NatsArgs,
+    settings: super::DlqSettingsArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -101,13 +94,7 @@ impl Select {
 }
 
 pub async fn dlq(args: DlqArgs) -> anyhow::Result<ExitCode> {
-    let mut overrides = Overrides {
-        nats_url: args.nats_url.clone(),
-        dlq_stream: args.dlq_stream.clone(),
-        ..Overrides::default()
-    };
-    args.nats.apply(&mut overrides);
-    let settings = super::settings(args.config.as_deref(), &overrides)?;
+    let settings = super::settings(args.config.as_deref(), &args.settings.overrides())?;
     let client = crate::nats::connect_once(&settings.nats).await?;
     let js = async_nats::jetstream::new(client.clone());
     let stream = settings.dlq_stream.as_str();

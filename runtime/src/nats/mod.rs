@@ -1,6 +1,8 @@
 //! The NATS side: connecting (and saying so while the server is unreachable),
-//! and converting messages to and from plugin events.
+//! authentication and TLS ([`auth`]), and converting messages to and from
+//! plugin events.
 
+pub mod auth;
 pub mod convert;
 pub mod jetstream;
 
@@ -11,8 +13,9 @@ use async_nats::{Client, ConnectErrorKind, ConnectOptions, Event, ServerAddr};
 use thiserror::Error;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{NatsAuth, NatsSettings};
 use crate::telemetry::Metrics;
+
+pub use auth::{DEFAULT_CONNECT_TIMEOUT, NatsAuth, NatsSettings, NatsTls, redact_url};
 
 /// Why the host could not connect.
 #[derive(Debug, Error)]
@@ -149,7 +152,7 @@ fn server_addrs(settings: &NatsSettings) -> Result<Vec<ServerAddr>, ConnectError
         .iter()
         .map(|url| {
             url.parse::<ServerAddr>().map_err(|e| ConnectError::BadUrl {
-                url: crate::config::redact_url(url),
+                url: redact_url(url),
                 reason: e.to_string(),
             })
         })
