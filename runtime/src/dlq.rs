@@ -5,6 +5,13 @@
 //! (pinned in `Sluice-Idempotency-Key`) and deletes the DLQ entry only after
 //! the republish is acknowledged (by the stream capturing the subject; for a
 //! subject no stream captures, after the server confirmed receipt).
+//!
+//! Which of the two applies is asked of the server, and only a definite "no
+//! stream captures this subject" answer means core NATS: any other failure of
+//! that lookup (a timeout during a leader election, JetStream unavailable, a
+//! lost reply) keeps the entry and fails the replay, because publishing on
+//! core NATS while a stream does capture the subject would bypass the stream
+//! and the entry would be deleted for an event nobody stored.
 
 use std::time::{Duration, SystemTime};
 
@@ -63,6 +70,19 @@ pub enum DlqAdminError {
     /// Reading entries failed.
     #[error("reading the DLQ failed: {0}")]
     Read(String),
+    /// Whether a stream captures the entry's subject could not be found out;
+    /// the entry is kept (replaying on a guess could lose it).
+    #[error(
+        "replaying DLQ entry {seq} to `{subject}`: cannot tell whether a stream captures the subject ({message}); the entry is kept. Check that JetStream is available (`nats stream ls`) and replay again"
+    )]
+    StreamLookup {
+        /// DLQ sequence.
+        seq: u64,
+        /// Target subject.
+        subject: String,
+        /// Why.
+        message: String,
+    },
     /// A replay publish was not acknowledged; the entry is kept.
     #[error("replaying DLQ entry {seq} to `{subject}` failed: {message}; the entry is kept")]
     Replay {
@@ -178,7 +198,14 @@ pub async fn replay_one(
         subject: subject.clone(),
         message,
     };
-    if js.stream_by_subject(subject.clone()).await.is_ok() {
+    if captured_by_stream(js, &subject)
+        .await
+        .map_err(|message| DlqAdminError::StreamLookup {
+            seq: entry.seq,
+            subject: subject.clone(),
+            message,
+        })?
+    {
         let ack = js
             .publish_with_headers(subject.clone(), headers, payload)
             .await
@@ -197,6 +224,17 @@ pub async fn replay_one(
         .await
         .map_err(|e| fail(format!("republished, but deleting the entry failed: {e}")))?;
     Ok(())
+}
+
+/// Whether a stream captures `subject`: `Ok(false)` only on the server's
+/// definite answer that none does; every other failure is an `Err`.
+async fn captured_by_stream(js: &jetstream::Context, subject: &str) -> Result<bool, String> {
+    use async_nats::jetstream::context::GetStreamByNameErrorKind as Kind;
+    match js.stream_by_subject(subject).await {
+        Ok(_) => Ok(true),
+        Err(e) if e.kind() == Kind::NotFound => Ok(false),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 /// Delete the entries matching `filter` (all of a plugin's, or all); returns how many.

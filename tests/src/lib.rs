@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use sluice::config::{self, FileConfig, Overrides};
 use sluice::service::{self, HostHandle};
 
+pub mod fault_proxy;
 pub mod neighbours;
 
 /// The repository root.
@@ -394,6 +395,30 @@ pub async fn next_message(
         .await
         .unwrap_or_else(|_| panic!("no message within {timeout:?}: {what}"))
         .expect("subscription open")
+}
+
+/// Wait until the server has processed everything `client` sent so far,
+/// its subscriptions included (`flush` only empties the client's own
+/// buffer): a probe published on the same connection comes back.
+pub async fn synced(client: &async_nats::Client) {
+    let subject = format!("probe.{}", client.new_inbox());
+    let mut probe = client.subscribe(subject.clone()).await.expect("subscribe");
+    client
+        .publish(subject, bytes::Bytes::from_static(b"probe"))
+        .await
+        .expect("publish");
+    next_message(&mut probe, Duration::from_secs(30), "the probe comes back").await;
+}
+
+/// Subscribe `client` to `subject`; the subscription is in place on the
+/// server when this returns, so nothing published afterwards is missed.
+pub async fn subscribed(client: &async_nats::Client, subject: &str) -> async_nats::Subscriber {
+    let sub = client
+        .subscribe(subject.to_string())
+        .await
+        .expect("subscribe");
+    synced(client).await;
+    sub
 }
 
 /// Create a JetStream stream capturing `subjects` (duplicate window 10 min).

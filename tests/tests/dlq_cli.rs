@@ -147,3 +147,84 @@ async fn an_operator_lists_replays_and_purges_dead_letters() {
     );
     host.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the triggers to derive keys with delivery::key::derive_key_for (the lead's trigger/core.rs and trigger/jetstream.rs)"]
+async fn a_replay_runs_again_only_for_the_plugin_that_dead_lettered_it() {
+    // Issue 12, failure 5: the pinned key is for the dead-lettering plugin only.
+    const WAIT: Duration = Duration::from_secs(30);
+    let nats = NatsServer::start();
+    let dir = PluginDir::new();
+    // Two core plugins on one subject with different keys: `billing` keys on
+    // a header and rejects the event, `audit` keys on Nats-Msg-Id and counts it.
+    dir.add(
+        "billing",
+        "reject",
+        "subjects = [\"pay.*\"]\npublish = [\"pay.*.ok\"]\n[idempotency]\nkey = \"header:x-order\"",
+    )
+    .add(
+        "audit",
+        "counter",
+        "subjects = [\"pay.*\"]\npublish = [\"counted.>\"]\n[idempotency]\ndedup = true",
+    );
+    let host = start_host(&nats.url(), dir.path()).await;
+    let client = nats.client().await;
+    let mut counted = sluice_e2e::subscribed(&client, "counted.>").await;
+    let mut h = HeaderMap::new();
+    h.insert("Nats-Msg-Id", "pay-1");
+    h.insert("x-order", "o-1");
+    client
+        .publish_with_headers("pay.x", h, Bytes::from_static(b"not json"))
+        .await
+        .unwrap();
+    let first = next_message(&mut counted, WAIT, "audit counts the event").await;
+    eventually(WAIT, "billing dead-lettered the event", || {
+        host.stats("billing").is_some_and(|s| s.dead_lettered == 1)
+    })
+    .await;
+    let first_id = first
+        .headers
+        .unwrap()
+        .get("Nats-Msg-Id")
+        .unwrap()
+        .to_string();
+
+    let js = async_nats::jetstream::new(client.clone());
+    let entries = sluice::dlq::list(
+        &js,
+        sluice::delivery::dead_letter::DEFAULT_DLQ_STREAM,
+        &Default::default(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(entries.len(), 1);
+    assert_eq!(entries[0].letter.key, "o-1");
+    sluice::dlq::replay_one(
+        &client,
+        &js,
+        sluice::delivery::dead_letter::DEFAULT_DLQ_STREAM,
+        &entries[0],
+    )
+    .await
+    .unwrap();
+
+    // billing runs it again (its key pinned); audit receives it but finds
+    // its own original key completed and skips it.
+    eventually(WAIT, "billing ran the replay", || {
+        host.stats("billing").is_some_and(|s| s.dead_lettered == 2)
+    })
+    .await;
+    eventually(WAIT, "audit skipped the replay", || {
+        host.stats("audit").is_some_and(|s| s.dedup_hits == 1)
+    })
+    .await;
+    let audit = host.stats("audit").unwrap();
+    assert_eq!(audit.succeeded, 1, "audit ran only once: {audit:?}");
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), counted.next())
+            .await
+            .is_err(),
+        "audit published nothing new (first id {first_id})"
+    );
+    host.shutdown().await.unwrap();
+}

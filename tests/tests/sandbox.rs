@@ -535,3 +535,70 @@ async fn a_full_instance_pool_makes_events_wait_instead_of_failing() {
     assert!(peak <= 2, "never more live instances than slots: {peak}");
     host.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plugin_forged_msg_ids_and_sluice_headers_are_replaced_by_the_host() {
+    // Issue 12, failure 10: the host owns Nats-Msg-Id and every Sluice-* header.
+    const WAIT: Duration = Duration::from_secs(30);
+    let nats = NatsServer::start();
+    let client = nats.client().await;
+    let js = async_nats::jetstream::new(client.clone());
+    sluice_e2e::create_stream(&js, "FORGED", &["forged.>"]).await;
+    let dir = PluginDir::new();
+    dir.add(
+        "hostile",
+        "hostile",
+        "subjects = [\"hostile.*\"]\npublish = [\"forged.>\"]",
+    )
+    // Downstream: a JetStream consumer of what hostile published, with dedup on.
+    .add(
+        "downstream",
+        "counter",
+        "subjects = [\"forged.>\"]\npublish = [\"counted.>\"]\nmode = \"jetstream\"\n[jetstream]\nstream = \"FORGED\"\n[outbox]\nconfirm = false",
+    );
+    let host = sluice_e2e::start_host(&nats.url(), dir.path()).await;
+    client
+        .publish("hostile.forge-headers", "3".into())
+        .await
+        .unwrap();
+    client.flush().await.unwrap();
+
+    eventually(WAIT, "the three forged publishes stored", || {
+        host.stats("hostile").is_some_and(|s| s.succeeded == 1)
+    })
+    .await;
+    sluice_e2e::eventually_async!(
+        WAIT,
+        "three forged messages stored (one shared forged id would deduplicate them to one)",
+        sluice_e2e::stream_messages(&js, "FORGED").await == 3
+    );
+    let stored = sluice_e2e::read_stream(&js, "FORGED").await;
+    let mut ids = Vec::new();
+    for m in &stored {
+        let h = m.headers.as_ref().expect("headers");
+        let id = h.get("Nats-Msg-Id").expect("an id").as_str().to_string();
+        assert!(id.starts_with("sluice-"), "host-derived id, got {id}");
+        assert_eq!(h.get_all("Nats-Msg-Id").count(), 1);
+        assert!(h.get("Sluice-Idempotency-Key").is_none(), "{h:?}");
+        assert_eq!(h.get("Sluice-Plugin").unwrap().as_str(), "hostile");
+        assert_eq!(h.get_all("Sluice-Plugin").count(), 1);
+        assert_eq!(
+            h.get("x-forged-by").unwrap().as_str(),
+            "hostile",
+            "other headers kept"
+        );
+        ids.push(id);
+    }
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 3, "distinct ids");
+
+    // Downstream handles all three fanned-out messages (none skipped as a
+    // duplicate of a forged key).
+    eventually(WAIT, "downstream handled every forged message", || {
+        host.stats("downstream").is_some_and(|s| s.succeeded == 3)
+    })
+    .await;
+    assert_eq!(host.stats("downstream").unwrap().dedup_hits, 0);
+    host.shutdown().await.unwrap();
+}

@@ -20,6 +20,7 @@
 //! | `publish-flood` | publishes 1000 messages, ignoring refusals, returns ok | `publish-limit` |
 //! | `log-flood` | logs a million records (or the number in the payload), returns ok | ok or `deadline-exceeded`; the host drops and counts |
 //! | `print-flood` | prints a million lines to stdout and stderr (or the number in the payload) | ok or `deadline-exceeded`; the host drops and counts |
+//! | `forge-headers` | publishes the number in the payload (default 3) of messages to `forged.<i>`, each with the same `Nats-Msg-Id`, a `Sluice-Idempotency-Key` and a `Sluice-Plugin` of its choosing | the host drops those headers and sets its own: distinct host-derived ids, no pinned key downstream |
 //! | `work` | spins for the number of milliseconds in the payload (default 10), returns ok | ok (a slow but honest plugin) |
 //!
 //! When an escape *works* (a file read, an env var, a socket, a refused
@@ -91,6 +92,21 @@ fn handle(event: Event) -> HandlerResult {
             for i in 0..count(&event, 1_000_000) {
                 println!("stdout flood line {i}");
                 eprintln!("stderr flood line {i}");
+            }
+            Ok(())
+        }
+        "forge-headers" => {
+            for i in 0..count(&event, 3) {
+                sluice_sdk::publish_with_headers(
+                    &format!("forged.{i}"),
+                    i.to_string(),
+                    &[
+                        ("Nats-Msg-Id", "forged-id"),
+                        ("Sluice-Idempotency-Key", "forged-key"),
+                        ("Sluice-Plugin", "someone-else"),
+                        ("x-forged-by", "hostile"),
+                    ],
+                )?;
             }
             Ok(())
         }

@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::Args;
 
-use crate::delivery::key::{KeyInput, derive_key};
+use crate::delivery::key::{KeyInput, derive_key_for};
 use crate::engine::bindings::v0_1::sluice::plugin::types;
 use crate::engine::invoke::{InvocationRequest, InvokeLimits};
 use crate::engine::{EngineSettings, WasmEngine, component, invoke as engine_invoke};
@@ -98,18 +98,26 @@ pub async fn invoke(args: InvokeArgs) -> anyhow::Result<ExitCode> {
             .find(|h| h.name == name)
             .map(|h| h.value.clone())
     };
-    let key = derive_key(&KeyInput {
-        subject: &args.subject,
-        reply: None,
-        payload: &payload,
-        header: &lookup,
-        position: None,
-        source: manifest.as_ref().and_then(|m| m.idempotency.key.as_ref()),
-        hash_headers: manifest
-            .as_ref()
-            .map(|m| m.idempotency.hash_headers.as_slice())
-            .unwrap_or(&[]),
-    })
+    let plugin = args
+        .file
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or("plugin");
+    let key = derive_key_for(
+        plugin,
+        &KeyInput {
+            subject: &args.subject,
+            reply: None,
+            payload: &payload,
+            header: &lookup,
+            position: None,
+            source: manifest.as_ref().and_then(|m| m.idempotency.key.as_ref()),
+            hash_headers: manifest
+                .as_ref()
+                .map(|m| m.idempotency.hash_headers.as_slice())
+                .unwrap_or(&[]),
+        },
+    )
     .value;
     let event = types::Event {
         subject: args.subject.clone(),

@@ -15,7 +15,7 @@ use bytes::Bytes;
 use thiserror::Error;
 
 use super::dedup::epoch_ms;
-use super::key::{MSG_ID_HEADER, REPLAY_KEY_HEADER};
+use super::key::{MSG_ID_HEADER, REPLAY_KEY_HEADER, REPLAY_PLUGIN_HEADER};
 
 /// Subject prefix of every DLQ entry (`sluice.dlq.<plugin>`); never publishable by plugins.
 pub const DLQ_SUBJECT_PREFIX: &str = "sluice.dlq";
@@ -60,6 +60,19 @@ pub fn replay_count(headers: Option<&HeaderMap>) -> u32 {
         .and_then(|h| h.get(header::REPLAY))
         .and_then(|v| v.as_str().parse().ok())
         .unwrap_or(0)
+}
+
+/// The `Sluice-Replay` count of a message as `plugin` should see it: a
+/// replay addressed to another plugin (`Sluice-Replay-Plugin`) is, for this
+/// one, the original event again, with the original's count (one less), so
+/// its completed record is not reopened (see `key::derive_key_for`).
+pub fn replay_count_for(plugin: &str, headers: Option<&HeaderMap>) -> u32 {
+    let count = replay_count(headers);
+    let target = headers.and_then(|h| h.get(REPLAY_PLUGIN_HEADER));
+    match target {
+        Some(target) if target.as_str() != plugin => count.saturating_sub(1),
+        _ => count,
+    }
 }
 
 /// The subject of a plugin's DLQ entries.
@@ -230,7 +243,9 @@ impl DeadLetter {
     }
 
     /// The message that replays this entry: original subject, payload and
-    /// headers, the original key pinned in `Sluice-Idempotency-Key`, and a
+    /// headers, the original key pinned in `Sluice-Idempotency-Key` for the
+    /// plugin named in `Sluice-Replay-Plugin` (with the original
+    /// `Nats-Msg-Id` and stream position for the subject's other plugins), and a
     /// fresh `Nats-Msg-Id` so the source stream's duplicate window does not
     /// drop it.
     pub fn replay_message(&self) -> (String, HeaderMap, Bytes) {
@@ -242,6 +257,21 @@ impl DeadLetter {
         }
         let replay = self.replay + 1;
         h.insert(REPLAY_KEY_HEADER, self.key.as_str());
+        // The pin is for this plugin only; every other consumer of the
+        // subject derives its key from the original event (see
+        // `key::derive_key_for`), which these headers describe.
+        h.insert(REPLAY_PLUGIN_HEADER, self.plugin.as_str());
+        if let Some((_, id)) = self
+            .headers
+            .iter()
+            .find(|(name, _)| name.eq_ignore_ascii_case(MSG_ID_HEADER))
+        {
+            h.insert(header::ORIGINAL_MSG_ID, id.as_str());
+        }
+        if let (Some(stream), Some(seq)) = (&self.stream, self.sequence) {
+            h.insert(header::STREAM, stream.as_str());
+            h.insert(header::SEQUENCE, seq.to_string().as_str());
+        }
         h.insert(header::REPLAY, replay.to_string().as_str());
         h.insert(
             MSG_ID_HEADER,
@@ -352,6 +382,21 @@ mod tests {
     }
 
     #[test]
+    fn a_replay_counts_as_one_only_for_the_plugin_it_is_addressed_to() {
+        let (_, headers, _) = letter().replay_message();
+        assert_eq!(replay_count_for("enrich", Some(&headers)), 1);
+        assert_eq!(replay_count_for("audit", Some(&headers)), 0);
+        let mut old = HeaderMap::new();
+        old.insert(header::REPLAY, "2");
+        assert_eq!(
+            replay_count_for("audit", Some(&old)),
+            2,
+            "no target: as before"
+        );
+        assert_eq!(replay_count_for("audit", None), 0);
+    }
+
+    #[test]
     fn replay_pins_the_key_and_renews_the_msg_id() {
         let (subject, headers, payload) = letter().replay_message();
         assert_eq!(subject, "orders.created");
@@ -359,6 +404,17 @@ mod tests {
         assert_eq!(headers.get(REPLAY_KEY_HEADER).unwrap().as_str(), "m-1");
         assert_eq!(headers.get(header::REPLAY).unwrap().as_str(), "1");
         assert_eq!(headers.get(MSG_ID_HEADER).unwrap().as_str(), "m-1:replay:1");
+        // The pin names its plugin; the others see where the original was.
+        assert_eq!(
+            headers.get(REPLAY_PLUGIN_HEADER).unwrap().as_str(),
+            "enrich"
+        );
+        assert_eq!(
+            headers.get(header::ORIGINAL_MSG_ID).unwrap().as_str(),
+            "m-1"
+        );
+        assert_eq!(headers.get(header::STREAM).unwrap().as_str(), "ORDERS");
+        assert_eq!(headers.get(header::SEQUENCE).unwrap().as_str(), "42");
         let tags: Vec<&str> = headers.get_all("x-tag").map(|v| v.as_str()).collect();
         assert_eq!(tags, ["a", "b"]);
     }

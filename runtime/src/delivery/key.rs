@@ -31,6 +31,9 @@ pub const MSG_ID_HEADER: &str = "Nats-Msg-Id";
 /// Header set by `sluice dlq replay`: the original event's key, which wins
 /// over every other source so a replayed event keeps its identity.
 pub const REPLAY_KEY_HEADER: &str = "Sluice-Idempotency-Key";
+/// Header set by `sluice dlq replay` beside [`REPLAY_KEY_HEADER`]: the plugin
+/// that dead-lettered the event, the only one the pinned key is meant for.
+pub const REPLAY_PLUGIN_HEADER: &str = "Sluice-Replay-Plugin";
 
 /// Where a JetStream message sits.
 #[derive(Debug, Clone, Copy)]
@@ -80,11 +83,64 @@ impl Key {
     }
 }
 
-/// Derive the idempotency key (see the module docs for the order).
+/// Derive the idempotency key (see the module docs for the order) without
+/// knowing which plugin asks: a key pinned by a replay wins for everyone.
+/// Kept for callers that have no plugin at hand; see [`derive_key_for`].
 pub fn derive_key(input: &KeyInput<'_>) -> Key {
     if let Some(key) = (input.header)(REPLAY_KEY_HEADER).filter(|k| !k.is_empty()) {
         return Key::shared(key);
     }
+    derive_unpinned(input)
+}
+
+/// Derive `plugin`'s idempotency key: as [`derive_key`], except that a key
+/// pinned by `sluice dlq replay` is honoured only by the plugin named in
+/// [`REPLAY_PLUGIN_HEADER`] (or by every plugin when a replay names none,
+/// as replays made before that header did).
+///
+/// A replay addressed to another plugin is, for this one, the original event
+/// again: its key is derived from the original's `Nats-Msg-Id` and stream
+/// sequence (carried by the replay in `Sluice-Original-Msg-Id` and
+/// `Sluice-Sequence`, with `Sluice-Stream`) instead of the replay's own, so
+/// this plugin finds the key it already completed and skips the replay
+/// rather than running it again with a new key and new outbox ids. When the
+/// original key cannot be rebuilt (a core event without `Nats-Msg-Id` or a
+/// manifest key: its key was unique to that message; or the dead-lettering
+/// plugin read the subject on core NATS and this one from a stream), this
+/// plugin gets a new key and runs the replay again.
+pub fn derive_key_for(plugin: &str, input: &KeyInput<'_>) -> Key {
+    use super::dead_letter::header::{ORIGINAL_MSG_ID, SEQUENCE, STREAM};
+    let Some(pinned) = (input.header)(REPLAY_KEY_HEADER).filter(|k| !k.is_empty()) else {
+        return derive_unpinned(input);
+    };
+    match (input.header)(REPLAY_PLUGIN_HEADER) {
+        Some(target) if target != plugin => {
+            let original = |name: &str| {
+                if name.eq_ignore_ascii_case(MSG_ID_HEADER) {
+                    (input.header)(ORIGINAL_MSG_ID)
+                } else {
+                    (input.header)(name)
+                }
+            };
+            let original_seq = (input.header)(SEQUENCE).and_then(|s| s.parse().ok());
+            let original_stream = (input.header)(STREAM);
+            let position = match (input.position, original_seq) {
+                (Some(p), Some(sequence)) if original_stream.as_deref() == Some(p.stream) => {
+                    Some(StreamPosition { sequence, ..p })
+                }
+                (position, _) => position,
+            };
+            derive_unpinned(&KeyInput {
+                header: &original,
+                position,
+                ..*input
+            })
+        }
+        _ => Key::shared(pinned),
+    }
+}
+
+fn derive_unpinned(input: &KeyInput<'_>) -> Key {
     match input.source {
         Some(KeySource::Header(name)) => {
             if let Some(value) = (input.header)(name).filter(|v| !v.is_empty()) {
@@ -345,6 +401,80 @@ mod tests {
         let b = h(&[("x-tenant", "b")], &["x-tenant"]);
         assert_ne!(a, b);
         assert_eq!(h(&[("x-tenant", "b")], &[]), h(&[("x-tenant", "a")], &[]));
+    }
+
+    #[test]
+    fn a_replay_pins_the_key_only_for_the_plugin_that_dead_lettered_it() {
+        let headers = [
+            ("Sluice-Idempotency-Key", "order-7"),
+            ("Sluice-Replay-Plugin", "billing"),
+            ("Nats-Msg-Id", "order-7:replay:1"),
+            ("Sluice-Original-Msg-Id", "m-1"),
+            ("Sluice-Stream", "ORDERS"),
+            ("Sluice-Sequence", "3"),
+        ];
+        let lookup = |name: &str| {
+            headers
+                .iter()
+                .find(|(n, _)| n.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.to_string())
+        };
+        let input = |position| KeyInput {
+            subject: "s",
+            reply: None,
+            payload: b"p",
+            header: &lookup,
+            position,
+            source: None,
+            hash_headers: &[],
+        };
+        assert_eq!(v(derive_key_for("billing", &input(None))), "order-7");
+        // Another plugin sees the original event: its original id, not the replay's.
+        assert_eq!(v(derive_key_for("audit", &input(None))), "m-1");
+        let without_id = |name: &str| {
+            (!name.eq_ignore_ascii_case("Sluice-Original-Msg-Id")
+                && !name.eq_ignore_ascii_case(MSG_ID_HEADER))
+            .then(|| lookup(name))
+            .flatten()
+        };
+        let at = |stream| {
+            Some(StreamPosition {
+                stream,
+                created_ms: 5,
+                sequence: 9,
+            })
+        };
+        let js = KeyInput {
+            header: &without_id,
+            ..input(at("ORDERS"))
+        };
+        assert_eq!(
+            v(derive_key_for("audit", &js)),
+            "ORDERS@5:3",
+            "the original sequence"
+        );
+        assert_eq!(v(derive_key_for("billing", &js)), "order-7");
+        let elsewhere = KeyInput {
+            header: &without_id,
+            ..input(at("OTHER"))
+        };
+        assert_eq!(
+            v(derive_key_for("audit", &elsewhere)),
+            "OTHER@5:9",
+            "another stream's sequence is not the original's"
+        );
+        // A replay naming no plugin (made before the header existed) pins for all.
+        let old = |name: &str| {
+            (name != REPLAY_PLUGIN_HEADER)
+                .then(|| lookup(name))
+                .flatten()
+        };
+        let old_replay = KeyInput {
+            header: &old,
+            ..input(None)
+        };
+        assert_eq!(v(derive_key_for("audit", &old_replay)), "order-7");
+        assert_eq!(v(derive_key(&input(None))), "order-7");
     }
 
     #[test]

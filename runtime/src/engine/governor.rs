@@ -30,6 +30,12 @@
 //! Deadlines are wall-clock, so a throttled runaway plugin still ends with
 //! `deadline-exceeded` on time.
 //!
+//! Each ticket also measures how long *its* invocation was held back (waiting
+//! for a lane, idling after one): [`CpuTicket::throttled`]. A deadline
+//! missed mostly while throttled is the host's CPU contention, not the
+//! plugin's dependency failing, and is reported as such
+//! (`InvocationReport::cpu_starved`) so the circuit breaker can leave it out.
+//!
 //! What it does not do: weigh plugins against each other otherwise (long
 //! invocations share the lanes first come, first served), or tell a plugin
 //! blocked in a WASI call (no CPU, but it holds its lane) from a busy one.
@@ -172,6 +178,7 @@ impl CpuGovernor {
             foreground,
             went_long: false,
             lane: Arc::default(),
+            throttled: Arc::default(),
         }
     }
 
@@ -239,6 +246,8 @@ pub struct CpuTicket {
     foreground: bool,
     went_long: bool,
     lane: Arc<Mutex<Lane>>,
+    /// Nanoseconds this invocation waited on the governor.
+    throttled: Arc<AtomicU64>,
 }
 
 /// Wait for a lane until `deadline`; store it in `lane`, marked fresh.
@@ -273,12 +282,21 @@ impl CpuTicket {
         if self.foreground {
             return true;
         }
-        take_lane(
+        let started = Instant::now();
+        let admitted = take_lane(
             self.governor.lanes.clone(),
             self.lane.clone(),
             self.deadline,
         )
-        .await
+        .await;
+        add_nanos(&self.throttled, started.elapsed());
+        admitted
+    }
+
+    /// How long this invocation has waited on the governor so far (for a
+    /// lane, or idling after one while interactive work flowed).
+    pub fn throttled(&self) -> Duration {
+        Duration::from_nanos(self.throttled.load(Ordering::Relaxed))
     }
 
     /// The epoch callback: interrupt at the deadline, otherwise decide
@@ -322,7 +340,9 @@ impl CpuTicket {
         let lanes = self.governor.lanes.clone();
         let lane = self.lane.clone();
         let until = self.deadline;
+        let throttled = self.throttled.clone();
         let turn: Pin<Box<dyn Future<Output = ()> + Send>> = Box::pin(async move {
+            let _waiting = Waiting::since(throttled);
             if let Some(release) = release {
                 release.await;
             }
@@ -362,6 +382,32 @@ impl CpuTicket {
             self.governor.foreground.fetch_sub(1, Ordering::Relaxed);
             self.governor.touch(now);
         }
+    }
+}
+
+fn add_nanos(counter: &AtomicU64, d: Duration) {
+    counter.fetch_add(d.as_nanos() as u64, Ordering::Relaxed);
+}
+
+/// Adds the time until it is dropped to a ticket's throttled time (a turn
+/// may end early: the invocation is interrupted or dropped mid-wait).
+struct Waiting {
+    since: Instant,
+    into: Arc<AtomicU64>,
+}
+
+impl Waiting {
+    fn since(into: Arc<AtomicU64>) -> Self {
+        Waiting {
+            since: Instant::now(),
+            into,
+        }
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        add_nanos(&self.into, self.since.elapsed());
     }
 }
 
@@ -543,6 +589,16 @@ mod tests {
         let idled = wait(long.on_tick()).await;
         assert!(idled >= Duration::from_millis(10), "paused {idled:?}");
         assert!(governor.stats().throttled >= Duration::from_millis(10));
+        assert!(
+            long.throttled() >= Duration::from_millis(10),
+            "the pause is this invocation's throttled time: {:?}",
+            long.throttled()
+        );
+        assert_eq!(
+            _busy.throttled(),
+            Duration::ZERO,
+            "not the interactive one's"
+        );
     }
 
     #[tokio::test]
@@ -569,6 +625,11 @@ mod tests {
         let _holder = governor.lanes.clone().acquire_owned().await.unwrap();
         let mut ticket = governor.enter("p", Instant::now() + Duration::from_millis(3));
         assert!(!ticket.admit().await, "admission gives up at the deadline");
+        assert!(
+            ticket.throttled() >= Duration::from_millis(3),
+            "all its time was spent waiting for a lane: {:?}",
+            ticket.throttled()
+        );
         assert!(matches!(ticket.on_tick(), UpdateDeadline::Interrupt));
     }
 }

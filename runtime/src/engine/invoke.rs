@@ -241,6 +241,23 @@ pub struct InvocationReport {
     pub instantiate_time: Duration,
     /// Total time.
     pub elapsed: Duration,
+    /// Time the CPU governor held this attempt back (waiting for a
+    /// background lane, idling after one): the host's contention, not the
+    /// plugin's.
+    pub throttled: Duration,
+}
+
+impl InvocationReport {
+    /// Whether the attempt missed its deadline mostly because the CPU
+    /// governor held it back (throttled for at least a quarter of its time).
+    /// Such a failure says the host was busy, not that the plugin's
+    /// dependency is failing: it is still retried like any deadline, but
+    /// should not count as a circuit-breaker failure.
+    pub fn cpu_starved(&self) -> bool {
+        matches!(&self.outcome, Err(f) if f.class == FailureClass::DeadlineExceeded)
+            && self.throttled * 4 >= self.elapsed
+            && !self.throttled.is_zero()
+    }
 }
 
 /// One event to run.
@@ -321,7 +338,14 @@ pub async fn invoke_reusing(
                 limits.timeout
             ),
         );
-        return (refused_before_start(started, failure), warm);
+        let throttled = ticket.throttled();
+        return (
+            InvocationReport {
+                throttled,
+                ..refused_before_start(started, failure)
+            },
+            warm,
+        );
     }
     let lane = ticket.lane_handle();
     let ticket = Arc::new(std::sync::Mutex::new(ticket));
@@ -416,6 +440,7 @@ pub async fn invoke_reusing(
         ticket.lock().expect("cpu ticket lock").mark_heavy();
     }
     disarm(&mut store);
+    let throttled = ticket.lock().expect("cpu ticket lock").throttled();
     drop(ticket);
 
     let (result, consumer) = match result {
@@ -456,6 +481,7 @@ pub async fn invoke_reusing(
         log_dropped: state.log_gate.dropped(),
         instantiate_time,
         elapsed: started.elapsed(),
+        throttled,
     };
     let warm = match consumer {
         Some(consumer) if keep_warm => Some(WarmInstance {
@@ -478,6 +504,7 @@ fn refused_before_start(started: Instant, failure: Failure) -> InvocationReport 
         log_dropped: 0,
         instantiate_time: Duration::ZERO,
         elapsed: started.elapsed(),
+        throttled: Duration::ZERO,
     }
 }
 
@@ -631,5 +658,25 @@ mod tests {
             f.message.len()
         );
         assert!(f.message.ends_with("more bytes)"));
+    }
+
+    #[test]
+    fn a_deadline_missed_while_throttled_is_cpu_starvation() {
+        let report = |class, elapsed_ms, throttled_ms| InvocationReport {
+            throttled: Duration::from_millis(throttled_ms),
+            elapsed: Duration::from_millis(elapsed_ms),
+            ..refused_before_start(Instant::now(), Failure::new(class, "x"))
+        };
+        assert!(report(FailureClass::DeadlineExceeded, 1000, 250).cpu_starved());
+        assert!(report(FailureClass::DeadlineExceeded, 1000, 1000).cpu_starved());
+        assert!(
+            !report(FailureClass::DeadlineExceeded, 1000, 100).cpu_starved(),
+            "mostly its own time: a slow dependency or a runaway loop"
+        );
+        assert!(!report(FailureClass::DeadlineExceeded, 0, 0).cpu_starved());
+        assert!(
+            !report(FailureClass::Retryable, 1000, 1000).cpu_starved(),
+            "only deadlines"
+        );
     }
 }

@@ -54,9 +54,29 @@ pub const PLUGIN_HEADER: &str = "Sluice-Plugin";
 /// Header naming the plugin version that published a message (set by the host).
 pub const VERSION_HEADER: &str = "Sluice-Plugin-Version";
 
-/// Headers for the `index`-th outbox message of plugin `tag` handling `key`:
-/// the plugin's headers, a deterministic `Nats-Msg-Id` unless it set one, and
-/// the plugin name and version (which the plugin cannot forge).
+/// Whether the host owns header `name` on outgoing messages: `Nats-Msg-Id`
+/// (the outbox ids that make retries safe) and every `Sluice-*` header (the
+/// host's own context: plugin name and version, the replay pin). A plugin
+/// cannot set these; see [`outgoing_headers`].
+pub fn host_owned_header(name: &str) -> bool {
+    name.eq_ignore_ascii_case(MSG_ID_HEADER)
+        || name
+            .get(..SLUICE_PREFIX.len())
+            .is_some_and(|p| p.eq_ignore_ascii_case(SLUICE_PREFIX))
+}
+
+const SLUICE_PREFIX: &str = "Sluice-";
+
+/// Headers for the `index`-th outbox message of plugin `tag` handling `key`.
+///
+/// The host owns `Nats-Msg-Id` and every `Sluice-*` header: whatever the
+/// plugin set under those names is dropped (not refused, so a plugin that
+/// forwards its event's headers keeps working), and the host sets its own.
+/// `Nats-Msg-Id` is always derived from the event's key, the plugin and the
+/// publish index, so a retried event publishes the same ids and no plugin
+/// can choose an id: none can make its retries publish twice, collapse its
+/// messages into one, or pre-empt another plugin's message in a shared
+/// stream.
 pub fn outgoing_headers(
     message: &OutboundMessage,
     key: &str,
@@ -65,21 +85,97 @@ pub fn outgoing_headers(
 ) -> HeaderMap {
     let plugin: &str = &tag.name;
     let mut headers = HeaderMap::new();
-    let mut has_id = false;
     for (name, value) in &message.headers {
-        if name.eq_ignore_ascii_case(PLUGIN_HEADER) || name.eq_ignore_ascii_case(VERSION_HEADER) {
+        if host_owned_header(name) {
             continue;
         }
-        has_id |= name.eq_ignore_ascii_case(MSG_ID_HEADER);
         // Names and values were validated when the plugin published.
         if let (Ok(name), Ok(value)) = (name.parse::<HeaderName>(), value.parse::<HeaderValue>()) {
             headers.append(name, value);
         }
     }
-    if !has_id {
-        headers.insert(MSG_ID_HEADER, outgoing_msg_id(key, plugin, index).as_str());
-    }
+    headers.insert(MSG_ID_HEADER, outgoing_msg_id(key, plugin, index).as_str());
     headers.insert(PLUGIN_HEADER, plugin);
     headers.insert(VERSION_HEADER, &*tag.version);
     headers
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    fn headers_of(plugin_headers: &[(&str, &str)], index: usize) -> HeaderMap {
+        let message = OutboundMessage {
+            subject: "out.a".into(),
+            payload: Bytes::new(),
+            headers: plugin_headers
+                .iter()
+                .map(|(n, v)| (n.to_string(), v.to_string()))
+                .collect(),
+        };
+        let tag = PluginTag {
+            name: "forger".into(),
+            version: "v1".into(),
+        };
+        outgoing_headers(&message, "event-key", &tag, index)
+    }
+
+    #[test]
+    fn the_host_owns_msg_id_and_every_sluice_header() {
+        let h = headers_of(
+            &[
+                ("nats-msg-id", "chosen-by-plugin"),
+                ("Sluice-Idempotency-Key", "k"),
+                ("sluice-replay-plugin", "other"),
+                ("SLUICE-PLUGIN", "someone-else"),
+                ("x-kept", "yes"),
+            ],
+            0,
+        );
+        let id = h.get(MSG_ID_HEADER).unwrap().as_str();
+        assert_eq!(id, outgoing_msg_id("event-key", "forger", 0));
+        assert_eq!(h.get_all(MSG_ID_HEADER).count(), 1);
+        assert!(h.get("Sluice-Idempotency-Key").is_none());
+        assert!(h.get("sluice-replay-plugin").is_none());
+        assert_eq!(h.get(PLUGIN_HEADER).unwrap().as_str(), "forger");
+        assert_eq!(h.get_all(PLUGIN_HEADER).count(), 1);
+        assert_eq!(h.get(VERSION_HEADER).unwrap().as_str(), "v1");
+        assert_eq!(h.get("x-kept").unwrap().as_str(), "yes");
+    }
+
+    #[test]
+    fn the_same_forged_id_on_two_publishes_still_gives_two_ids() {
+        let forged = [("Nats-Msg-Id", "same")];
+        assert_ne!(
+            headers_of(&forged, 0).get(MSG_ID_HEADER),
+            headers_of(&forged, 1).get(MSG_ID_HEADER)
+        );
+        assert_eq!(
+            headers_of(&forged, 3).get(MSG_ID_HEADER).unwrap().as_str(),
+            outgoing_msg_id("event-key", "forger", 3)
+        );
+    }
+
+    #[test]
+    fn host_owned_names_are_matched_without_case() {
+        for name in [
+            "Nats-Msg-Id",
+            "NATS-MSG-ID",
+            "Sluice-X",
+            "sluice-",
+            "SLUICE-Plugin",
+        ] {
+            assert!(host_owned_header(name), "{name}");
+        }
+        for name in [
+            "Sluice",
+            "X-Sluice-A",
+            "Nats-Expected-Stream",
+            "traceparent",
+            "é",
+        ] {
+            assert!(!host_owned_header(name), "{name}");
+        }
+    }
 }

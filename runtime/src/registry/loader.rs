@@ -72,6 +72,13 @@ pub enum LoadErrorKind {
     /// The component is bad.
     #[error(transparent)]
     Component(ComponentError),
+    /// Compiling the component panicked (a compiler bug reached by this
+    /// file). Only this plugin fails to load; the host and every other
+    /// plugin carry on.
+    #[error(
+        "the WebAssembly compiler panicked on this file ({0}); it is not loaded. Rebuild the component, or report the file as a compiler bug"
+    )]
+    CompilerPanic(String),
 }
 
 /// The plugin folder cannot be listed.
@@ -112,6 +119,27 @@ pub fn plugin_name(path: &Path) -> Option<String> {
     .then(|| name.to_string())
 }
 
+/// Run `compile` on the blocking pool; a panic in it (a compiler bug on a
+/// crafted file) becomes [`LoadErrorKind::CompilerPanic`] instead of taking
+/// the supervisor, and with it the host, down.
+async fn off_thread<T: Send + 'static>(
+    compile: impl FnOnce() -> Result<T, ComponentError> + Send + 'static,
+) -> Result<T, LoadErrorKind> {
+    match tokio::task::spawn_blocking(compile).await {
+        Ok(result) => result.map_err(LoadErrorKind::Component),
+        Err(e) if e.is_panic() => {
+            let payload = e.into_panic();
+            let message = payload
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "no message".into());
+            Err(LoadErrorKind::CompilerPanic(message))
+        }
+        Err(e) => Err(LoadErrorKind::CompilerPanic(e.to_string())),
+    }
+}
+
 /// Load one plugin: read the manifest, compile off the async threads (through
 /// the compile cache), check the world, and smoke-instantiate once.
 pub async fn load_plugin(
@@ -144,12 +172,9 @@ pub async fn load_plugin(
         let engine = engine.clone();
         let linker = linker.clone();
         let cache = cache.cloned();
-        tokio::task::spawn_blocking(move || {
-            component::compile_cached(&engine, &linker, &bytes, cache.as_ref())
-        })
-        .await
-        .expect("compile task panicked")
-        .map_err(|e| fail(LoadErrorKind::Component(e)))?
+        off_thread(move || component::compile_cached(&engine, &linker, &bytes, cache.as_ref()))
+            .await
+            .map_err(fail)?
     };
     invoke::smoke(engine, &compiled)
         .await
@@ -161,4 +186,42 @@ pub async fn load_plugin(
         compiled: Arc::new(compiled),
         fingerprint,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // No input is known that panics wasmtime's compiler, so the panic is
+    // injected through the closure `load_plugin` hands to `off_thread`.
+    #[tokio::test]
+    async fn a_compiler_panic_is_a_load_error_not_a_crash() {
+        let result = off_thread(|| -> Result<(), ComponentError> {
+            panic!("cranelift: unreachable code reached in crafted.wasm")
+        })
+        .await;
+        match result {
+            Err(LoadErrorKind::CompilerPanic(message)) => {
+                assert!(message.contains("crafted.wasm"), "{message}")
+            }
+            other => panic!("expected a compiler-panic load error, got {other:?}"),
+        }
+        let error = LoadError {
+            name: "crafted".into(),
+            path: "plugins/crafted.wasm".into(),
+            kind: off_thread(|| -> Result<(), ComponentError> {
+                panic!("{}", String::from("boom"))
+            })
+            .await
+            .unwrap_err(),
+        };
+        let text = error.to_string();
+        assert!(
+            text.contains("plugins/crafted.wasm")
+                && text.contains("compiler panicked")
+                && text.contains("boom"),
+            "{text}"
+        );
+        assert_eq!(off_thread(|| Ok::<_, ComponentError>(7)).await.unwrap(), 7);
+    }
 }

@@ -1,0 +1,249 @@
+//! The harness's fault proxy (tests/src/fault_proxy.rs) against a real
+//! nats-server, and `dlq replay` when looking up the subject's stream fails
+//! (issue 12, failure 11), made with it.
+
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use futures::StreamExt;
+use sluice::delivery::dead_letter::{self, DEFAULT_DLQ_STREAM, DeadLetter};
+use sluice_e2e::fault_proxy::FaultProxy;
+use sluice_e2e::{
+    NatsServer, create_stream, eventually, next_message, stream_messages, subscribed,
+};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// A client through `proxy` whose requests give up after `timeout`.
+async fn client_through(proxy: &FaultProxy, timeout: Duration) -> async_nats::Client {
+    async_nats::ConnectOptions::new()
+        .request_timeout(Some(timeout))
+        .connect(proxy.url())
+        .await
+        .expect("client connects through the proxy")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fault_proxy_passes_pauses_drops_and_cuts_on_command() {
+    let nats = NatsServer::start();
+    let proxy = FaultProxy::start(&nats.url()).await;
+    let client = client_through(&proxy, Duration::from_secs(2)).await;
+    let direct = nats.client().await;
+    let mut service = subscribed(&direct, "svc").await;
+    let mut services = subscribed(&direct, "svc.>").await;
+    let responder = tokio::spawn(async move {
+        loop {
+            let m = tokio::select! {
+                Some(m) = service.next() => m,
+                Some(m) = services.next() => m,
+                else => return,
+            };
+            if let Some(reply) = m.reply {
+                direct.publish(reply, m.payload).await.unwrap();
+            }
+        }
+    });
+
+    // Pass: a request goes through and is answered.
+    let answer = client.request("svc", "one".into()).await.unwrap();
+    assert_eq!(answer.payload, "one");
+    assert_eq!(proxy.connections(), 1);
+
+    // Pause: the request is held, so it times out; resume and it works again.
+    proxy.pause();
+    assert!(client.request("svc", "held".into()).await.is_err());
+    proxy.pass();
+    let answer = client.request("svc", "two".into()).await.unwrap();
+    assert_eq!(answer.payload, "two");
+
+    // Delay: answered, but no sooner than twice the delay (there and back).
+    proxy.delay(Duration::from_millis(100));
+    let started = std::time::Instant::now();
+    let answer = client.request("svc", "slow".into()).await.unwrap();
+    assert_eq!(answer.payload, "slow");
+    assert!(started.elapsed() >= Duration::from_millis(200));
+    proxy.pass();
+
+    // Drop replies: the request lands (a direct subscriber sees it), its
+    // answer is lost whole, and once the mode ends the same connection
+    // carries on.
+    let watcher = nats.client().await;
+    let mut landed = subscribed(&watcher, "svc").await;
+    proxy.drop_replies();
+    assert!(client.request("svc", "lost".into()).await.is_err());
+    let seen = next_message(&mut landed, WAIT, "the request landed").await;
+    assert_eq!(seen.payload, "lost");
+    assert!(proxy.dropped_bytes() > 0);
+    let before = proxy.accepted();
+    proxy.pass();
+    let answer = client.request("svc", "three".into()).await.unwrap();
+    assert_eq!(answer.payload, "three");
+    assert_eq!(proxy.accepted(), before, "no reconnect was needed");
+
+    // Per-subject rules: only matching requests (or their replies) are hit.
+    let mut writes = subscribed(&watcher, "svc.write").await;
+    let mut down = subscribed(&watcher, "svc.down").await;
+    proxy.lose_replies_to("svc.write");
+    proxy.lose_requests_to("svc.down");
+    proxy.delay_replies_to("svc.slow", Duration::from_millis(300));
+    assert!(client.request("svc.write", "w".into()).await.is_err());
+    let seen = next_message(&mut writes, WAIT, "the write landed").await;
+    assert_eq!(seen.payload, "w");
+    assert_eq!(proxy.replies_lost(), 1);
+    let answer = client.request("svc.read", "r".into()).await.unwrap();
+    assert_eq!(answer.payload, "r", "other requests are untouched");
+    let started = std::time::Instant::now();
+    let answer = client.request("svc.slow", "s".into()).await.unwrap();
+    assert_eq!(answer.payload, "s");
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    assert!(client.request("svc.down", "d".into()).await.is_err());
+    assert_eq!(proxy.requests_lost(), 1);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), down.next())
+            .await
+            .is_err(),
+        "the lost request never reached the server"
+    );
+    proxy.clear_rules();
+    let answer = client.request("svc.write", "w2".into()).await.unwrap();
+    assert_eq!(answer.payload, "w2");
+
+    // Cut and refuse: the client notices and cannot get back in; allow
+    // connections again and it reconnects by itself.
+    let before = proxy.accepted();
+    proxy.refuse(true);
+    proxy.cut();
+    eventually(WAIT, "the client notices the cut", || {
+        client.connection_state() != async_nats::connection::State::Connected
+    })
+    .await;
+    assert_eq!(proxy.connections(), 0);
+    assert!(client.request("svc", "down".into()).await.is_err());
+    assert_eq!(
+        proxy.accepted(),
+        before,
+        "refused connections are not forwarded"
+    );
+    proxy.refuse(false);
+    eventually(WAIT, "the client reconnects", || {
+        client.connection_state() == async_nats::connection::State::Connected
+    })
+    .await;
+    let answer = client.request("svc", "four".into()).await.unwrap();
+    assert_eq!(answer.payload, "four");
+    responder.abort();
+}
+
+/// A dead letter of plugin `plugin` for an event on `subject`.
+fn letter(plugin: &str, subject: &str, payload: &'static [u8]) -> DeadLetter {
+    DeadLetter {
+        plugin: plugin.into(),
+        version: "v1".into(),
+        subject: subject.into(),
+        headers: vec![],
+        payload: Bytes::from_static(payload),
+        stream: None,
+        sequence: None,
+        attempts: 1,
+        error_class: "permanent".into(),
+        error: "test".into(),
+        key: "k-1".into(),
+        first_failure: SystemTime::now(),
+        last_failure: SystemTime::now(),
+        trace_id: "t".into(),
+        replay: 0,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_whose_stream_lookup_fails_keeps_the_entry_and_publishes_nothing() {
+    let nats = NatsServer::start();
+    let direct = nats.client().await;
+    let direct_js = async_nats::jetstream::new(direct.clone());
+    dead_letter::ensure_stream(&direct_js, DEFAULT_DLQ_STREAM)
+        .await
+        .unwrap();
+    create_stream(&direct_js, "ORDERS", &["orders.>"]).await;
+    dead_letter::publish(&direct_js, &letter("billing", "orders.created", b"o-1"))
+        .await
+        .unwrap();
+    let mut on_core = subscribed(&direct, "orders.created").await;
+
+    // The operator's CLI talks through the proxy.
+    let proxy = FaultProxy::start(&nats.url()).await;
+    let client = client_through(&proxy, Duration::from_secs(2)).await;
+    let js = async_nats::jetstream::context::ContextBuilder::new()
+        .timeout(Duration::from_secs(2))
+        .build(client.clone());
+    let filter = sluice::dlq::Filter::default();
+    let entries = sluice::dlq::list(&js, DEFAULT_DLQ_STREAM, &filter)
+        .await
+        .unwrap();
+    assert_eq!(entries.len(), 1);
+
+    // Only the lookup's reply is lost (as in a leader election); everything
+    // else, the entry's deletion included, works. The replay must fail and
+    // keep the entry, not guess "no stream", publish on core and delete it.
+    proxy.lose_replies_to("$JS.API.STREAM.NAMES");
+    let result = tokio::time::timeout(
+        WAIT,
+        sluice::dlq::replay_one(&client, &js, DEFAULT_DLQ_STREAM, &entries[0]),
+    )
+    .await
+    .expect("the replay fails in bounded time");
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), on_core.next())
+            .await
+            .is_err(),
+        "nothing was published on core NATS (bypassing the stream)"
+    );
+    let error = result
+        .expect_err("a failed lookup fails the replay")
+        .to_string();
+    assert!(
+        error.contains("entry is kept")
+            && error.contains("orders.created")
+            && error.contains("cannot tell whether a stream captures"),
+        "{error}"
+    );
+    assert_eq!(proxy.replies_lost(), 1);
+    proxy.clear_rules();
+    assert_eq!(
+        stream_messages(&direct_js, DEFAULT_DLQ_STREAM).await,
+        1,
+        "the entry is kept"
+    );
+    assert_eq!(stream_messages(&direct_js, "ORDERS").await, 0);
+
+    // With the broker answering again, the same entry replays into the stream.
+    let client = nats.client().await;
+    let js = async_nats::jetstream::new(client.clone());
+    sluice::dlq::replay_one(&client, &js, DEFAULT_DLQ_STREAM, &entries[0])
+        .await
+        .unwrap();
+    assert_eq!(stream_messages(&direct_js, "ORDERS").await, 1);
+    assert_eq!(stream_messages(&direct_js, DEFAULT_DLQ_STREAM).await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subject_no_stream_captures_is_still_replayed_on_core() {
+    let nats = NatsServer::start();
+    let client = nats.client().await;
+    let js = async_nats::jetstream::new(client.clone());
+    dead_letter::ensure_stream(&js, DEFAULT_DLQ_STREAM)
+        .await
+        .unwrap();
+    dead_letter::publish(&js, &letter("jobs", "jobs.a", b"j-1"))
+        .await
+        .unwrap();
+    let mut on_core = subscribed(&client, "jobs.a").await;
+    let entries = sluice::dlq::list(&js, DEFAULT_DLQ_STREAM, &Default::default())
+        .await
+        .unwrap();
+    sluice::dlq::replay_one(&client, &js, DEFAULT_DLQ_STREAM, &entries[0])
+        .await
+        .unwrap();
+    let replayed = next_message(&mut on_core, WAIT, "the replay on core").await;
+    assert_eq!(replayed.payload, "j-1");
+    assert_eq!(stream_messages(&js, DEFAULT_DLQ_STREAM).await, 0);
+}
