@@ -149,7 +149,6 @@ async fn an_operator_lists_replays_and_purges_dead_letters() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the triggers to derive keys with delivery::key::derive_key_for (the lead's trigger/core.rs and trigger/jetstream.rs)"]
 async fn a_replay_runs_again_only_for_the_plugin_that_dead_lettered_it() {
     // Issue 12, failure 5: the pinned key is for the dead-lettering plugin only.
     const WAIT: Duration = Duration::from_secs(30);

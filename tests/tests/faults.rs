@@ -11,6 +11,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use sluice::dlq::{self, Filter};
 use sluice::engine::invoke::FailureClass;
+use sluice_e2e::fault_proxy::FaultProxy;
 use sluice_e2e::{
     NatsServer, PluginDir, consumer_backlog, create_stream, eventually, eventually_async, http_get,
     read_stream, start_host_configured, stream_messages,
@@ -700,5 +701,96 @@ async fn buffered_core_events_survive_removal_and_a_resubscribing_reload() {
         .await
         .unwrap();
     assert!(letters.is_empty(), "{letters:?}");
+    host.shutdown().await.unwrap();
+}
+
+/// Failure 9: a KV write that lands but whose reply is lost (the ambiguous
+/// write). The re-read finds the lease with this claim's own holder token
+/// and takes it as ours; before, it answered "busy" and a core event was
+/// skipped for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ambiguous_kv_claim_is_recognised_as_our_own_lease() {
+    let nats = NatsServer::start();
+    let proxy = FaultProxy::start(&nats.url()).await;
+    let client = nats.client().await;
+    let dir = PluginDir::new();
+    dir.add(
+        "mirror",
+        "mirror",
+        "subjects = [\"amb.>\"]\npublish = [\"mirror.>\"]",
+    );
+    // The host talks to NATS through the proxy; the test does not.
+    let host = start_host_configured(&proxy.url(), dir.path(), "").await;
+    let mut out = client.subscribe("mirror.amb.x").await.unwrap();
+    client.flush().await.unwrap();
+    proxy.lose_replies_to("$KV.sluice-dedup.");
+    let mut headers = HeaderMap::new();
+    headers.insert("Nats-Msg-Id", "amb-1");
+    client
+        .publish_with_headers("amb.x", headers.clone(), Bytes::from("once"))
+        .await
+        .unwrap();
+    eventually(WAIT, "the claim's reply was lost", || {
+        proxy.replies_lost() >= 1
+    })
+    .await;
+    proxy.clear_rules();
+    let handled = tokio::time::timeout(WAIT, out.next())
+        .await
+        .expect("the event is handled, not skipped as busy")
+        .unwrap();
+    assert_eq!(&handled.payload[..], b"once");
+    // The completion was recorded: the same id again is a duplicate.
+    client
+        .publish_with_headers("amb.x", headers, Bytes::from("again"))
+        .await
+        .unwrap();
+    eventually(WAIT, "the duplicate is skipped", || {
+        host.stats("mirror").unwrap().dedup_hits == 1
+    })
+    .await;
+    assert_eq!(host.stats("mirror").unwrap().succeeded, 1);
+    host.shutdown().await.unwrap();
+}
+
+/// A slow KV store (every dedup write answered late; the proxy keeps TCP
+/// order, so everything behind such a reply waits too) delays events but
+/// loses and duplicates none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_kv_store_delays_events_but_loses_and_duplicates_none() {
+    let nats = NatsServer::start();
+    let proxy = FaultProxy::start(&nats.url()).await;
+    let js = async_nats::jetstream::new(nats.client().await);
+    create_stream(&js, "SLOWKVOUT", &["skv.*.done"]).await;
+    let dir = PluginDir::new();
+    dir.add(
+        "flaky",
+        "flaky",
+        "subjects = [\"skv.*\"]\npublish = [\"skv.*.done\"]\nmode = \"jetstream\"\ntimeout = \"1s\"\nmax_concurrency = 4\n\
+         [jetstream]\nstream = \"SKV\"\ncreate_stream = true",
+    );
+    let host = start_host_configured(&proxy.url(), dir.path(), "").await;
+    proxy.delay_replies_to("$KV.sluice-dedup.", Duration::from_millis(300));
+    for i in 0..10 {
+        js_publish(&js, &format!("skv.e{i}"), &[], &format!("e{i}")).await;
+    }
+    eventually(WAIT, "all ten handled", || {
+        host.stats("flaky").unwrap().succeeded == 10
+    })
+    .await;
+    eventually_async!(
+        WAIT,
+        "all acked",
+        consumer_backlog(&js, "SKV", "sluice-flaky").await == (0, 0)
+    );
+    let stats = host.stats("flaky").unwrap();
+    assert_eq!(stats.succeeded, 10, "each event ran to success once: {stats:?}");
+    let out: BTreeSet<Vec<u8>> = read_stream(&js, "SLOWKVOUT")
+        .await
+        .iter()
+        .map(|m| m.payload.to_vec())
+        .collect();
+    assert_eq!(out.len(), 10);
+    proxy.clear_rules();
     host.shutdown().await.unwrap();
 }

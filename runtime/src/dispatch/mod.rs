@@ -242,10 +242,14 @@ impl Route {
         self.breaker.lock().expect("breaker lock").cancel_probe();
     }
 
-    /// Tell the breaker how an attempt admitted as `admission` ended.
-    pub fn record_outcome(&self, failure: Option<&Failure>, admission: Admission) {
+    /// Tell the breaker how an attempt admitted as `admission` ended;
+    /// `starved`: it missed its deadline mostly because the CPU governor held
+    /// it back (the host's contention, not the plugin's dependency), which
+    /// counts as neither success nor failure.
+    pub fn record_outcome(&self, failure: Option<&Failure>, admission: Admission, starved: bool) {
         let outcome = match failure {
             None => BreakerOutcome::Success,
+            Some(_) if starved => BreakerOutcome::Neutral,
             Some(f)
                 if matches!(
                     f.class,
@@ -388,10 +392,11 @@ impl Dispatcher {
         bump(&route.stats.log_dropped, report.log_dropped.into());
         self.metrics
             .sandbox_refusals(name, report.refused_publishes, report.log_dropped);
+        let starved = report.cpu_starved();
         if let Err(failure) = report.outcome {
             bump(&route.stats.failed_attempts, 1);
             route.stats.failures.bump(failure.class);
-            route.record_outcome(Some(&failure), admission);
+            route.record_outcome(Some(&failure), admission, starved);
             self.metrics
                 .event_handled(name, failure.class.as_str(), started.elapsed());
             return Err(failure);
@@ -407,11 +412,11 @@ impl Dispatcher {
         .await
         .inspect_err(|failure| {
             bump(&route.stats.failed_attempts, 1);
-            route.record_outcome(Some(failure), admission);
+            route.record_outcome(Some(failure), admission, false);
             self.metrics
                 .event_handled(name, "outbox", started.elapsed());
         })?;
-        route.record_outcome(None, admission);
+        route.record_outcome(None, admission, false);
         bump(&route.stats.succeeded, 1);
         route.plugin_metrics.handled_ok(started.elapsed());
         tracing::debug!(elapsed = ?report.elapsed, "handled");

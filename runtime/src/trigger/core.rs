@@ -26,8 +26,8 @@ use tracing::Instrument;
 
 use super::{Ledger, StopSignals, TriggerContext, deliver_dead_letter};
 use crate::delivery::breaker::Admission;
-use crate::delivery::dead_letter::replay_count;
-use crate::delivery::key::{Key, KeyInput, derive_key};
+use crate::delivery::dead_letter::replay_count_for;
+use crate::delivery::key::{Key, KeyInput, derive_key_for};
 use crate::delivery::settle::{self, Claimed, Decision, Gate, History, Mode, Outcome};
 use crate::dispatch::{InFlight, Route, bump, count_dropped, dead_letter_for, trace_id};
 use crate::engine::invoke::{Failure, FailureClass};
@@ -217,15 +217,18 @@ async fn handle(
     let Key {
         value: key,
         per_message,
-    } = derive_key(&KeyInput {
-        subject: &message.subject,
-        reply: message.reply.as_deref(),
-        payload: &message.payload,
-        header: &lookup,
-        position: None,
-        source: route.key_source.as_ref(),
-        hash_headers: &route.hash_headers,
-    });
+    } = derive_key_for(
+        &route.tag.name,
+        &KeyInput {
+            subject: &message.subject,
+            reply: message.reply.as_deref(),
+            payload: &message.payload,
+            header: &lookup,
+            position: None,
+            source: route.key_source.as_ref(),
+            hash_headers: &route.hash_headers,
+        },
+    );
     let trace = trace_id(message.headers.as_ref());
     let span = tracing::info_span!(
         "event", otel.kind = "consumer", plugin = %route.tag.name, version = %route.tag.version,
@@ -246,7 +249,7 @@ async fn handle(
                 _ if claimed_once => Some(Claimed::Ours(history)),
                 _ => {
                     claimed_once = true;
-                    Some(ledger.claim(lease_for, replay_count(message.headers.as_ref()), history).await)
+                    Some(ledger.claim(lease_for, replay_count_for(&route.tag.name, message.headers.as_ref()), history).await)
                 }
             };
             let gate = Gate {

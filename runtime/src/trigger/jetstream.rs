@@ -36,7 +36,7 @@ use tracing::Instrument;
 use super::{Ledger, StopSignals, TriggerContext, deliver_dead_letter};
 use crate::delivery::breaker::Admission;
 use crate::delivery::dedup::epoch_ms;
-use crate::delivery::key::{KeyInput, StreamPosition, derive_key};
+use crate::delivery::key::{KeyInput, StreamPosition, derive_key_for};
 use crate::delivery::settle::{self, Decision, Gate, History, Mode, Outcome};
 use crate::dispatch::{InFlight, Route, bump, dead_letter_for, trace_id};
 use crate::engine::bindings::v0_1::sluice::plugin::types;
@@ -355,19 +355,22 @@ async fn handle(
             .and_then(|h| h.get(name))
             .map(|v| v.as_str().to_string())
     };
-    let key = derive_key(&KeyInput {
-        subject: &message.subject,
-        reply: None,
-        payload: &message.payload,
-        header: &lookup,
-        position: Some(StreamPosition {
-            stream: &stream,
-            created_ms: stream_created_ms,
-            sequence,
-        }),
-        source: route.key_source.as_ref(),
-        hash_headers: &route.hash_headers,
-    })
+    let key = derive_key_for(
+        &route.tag.name,
+        &KeyInput {
+            subject: &message.subject,
+            reply: None,
+            payload: &message.payload,
+            header: &lookup,
+            position: Some(StreamPosition {
+                stream: &stream,
+                created_ms: stream_created_ms,
+                sequence,
+            }),
+            source: route.key_source.as_ref(),
+            hash_headers: &route.hash_headers,
+        },
+    )
     .value;
     let trace = trace_id(message.headers.as_ref());
     let span = tracing::info_span!(
@@ -380,7 +383,7 @@ async fn handle(
             attempts: u32::try_from(delivered.saturating_sub(1)).unwrap_or(u32::MAX),
             first_failure: (delivered > 1).then_some(published),
         };
-        let replay = crate::delivery::dead_letter::replay_count(message.headers.as_ref());
+        let replay = crate::delivery::dead_letter::replay_count_for(&route.tag.name, message.headers.as_ref());
         let mut ledger = Ledger::new(ctx, route, &key, true);
         let admission = route.admit();
         let claimed = match admission {
