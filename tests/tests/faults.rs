@@ -784,7 +784,10 @@ async fn a_slow_kv_store_delays_events_but_loses_and_duplicates_none() {
         consumer_backlog(&js, "SKV", "sluice-flaky").await == (0, 0)
     );
     let stats = host.stats("flaky").unwrap();
-    assert_eq!(stats.succeeded, 10, "each event ran to success once: {stats:?}");
+    assert_eq!(
+        stats.succeeded, 10,
+        "each event ran to success once: {stats:?}"
+    );
     let out: BTreeSet<Vec<u8>> = read_stream(&js, "SLOWKVOUT")
         .await
         .iter()

@@ -187,12 +187,27 @@ pub trait DedupStore: Send + Sync {
     /// Write `record` whatever the current revision (completion of an
     /// attempt whose lease was taken over: the handler did succeed).
     async fn force(&self, lease: &Lease, record: Record) -> Result<(), DedupError>;
+    /// Create the record of a key nobody can have claimed (the first
+    /// delivery of a JetStream message, keyed by its own stream position):
+    /// the claim's round trip is skipped and the record is written once, when
+    /// the event settles. Fails if a record exists.
+    async fn create(&self, scope: &str, key: &str, record: Record) -> Result<Lease, DedupError>;
     /// The store's name, for logs and status.
     fn name(&self) -> &'static str;
 }
 
 /// What happens to a lease's record, written through [`DedupStore::write`].
 impl Lease {
+    /// A stand-in for a key never claimed (see [`DedupStore::create`]): its
+    /// records are built like a claimed one's, then created.
+    pub fn unclaimed(slot: String, replay: u32) -> Lease {
+        Lease {
+            slot,
+            revision: 0,
+            record: Record::open(History::default(), replay),
+        }
+    }
+
     /// The record after a renewal until `now + lease`.
     pub fn renewed(&self, now: SystemTime, lease: Duration) -> Record {
         Record {
@@ -410,6 +425,27 @@ impl DedupStore for MemoryStore {
         Ok(())
     }
 
+    async fn create(&self, scope: &str, key: &str, record: Record) -> Result<Lease, DedupError> {
+        let now = SystemTime::now();
+        let slot = slot(scope, key);
+        let mut entries = self.entries.lock().expect("dedup lock");
+        if entries
+            .get(&slot)
+            .is_some_and(|(_, _, expires)| *expires > now)
+        {
+            return Err(DedupError {
+                store: "memory",
+                message: format!("a record for `{slot}` exists"),
+            });
+        }
+        entries.insert(slot.clone(), (record.clone(), 1, now + self.ttl));
+        Ok(Lease {
+            slot,
+            revision: 1,
+            record,
+        })
+    }
+
     async fn force(&self, lease: &Lease, record: Record) -> Result<(), DedupError> {
         let mut entries = self.entries.lock().expect("dedup lock");
         let revision = entries
@@ -508,6 +544,27 @@ mod tests {
         // Replayed once: a fresh history.
         let replayed = acquire(&store, request("p", "h4", 1)).await;
         assert_eq!(replayed.claimed(), Claimed::Ours(History::default()));
+    }
+
+    #[tokio::test]
+    async fn an_unclaimed_first_delivery_creates_its_record_once_when_it_settles() {
+        let store = MemoryStore::new(Duration::from_secs(60));
+        let stand_in = Lease::unclaimed(String::new(), 0);
+        let h = History {
+            attempts: 1,
+            first_failure: Some(from_epoch_ms(9)),
+        };
+        let mut lease = store.create("p", "k", stand_in.released(h)).await.unwrap();
+        assert!(
+            store.create("p", "k", stand_in.completed()).await.is_err(),
+            "only once"
+        );
+        // The next delivery claims it with the history the first one left.
+        let again = acquire(&store, request("p", "h1", 0)).await;
+        assert_eq!(again.claimed(), Claimed::Ours(h));
+        // The first delivery's own lease was taken over: its writes fail.
+        let record = lease.completed();
+        assert!(store.write(&mut lease, record).await.is_err());
     }
 
     #[test]

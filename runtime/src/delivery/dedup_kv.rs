@@ -144,6 +144,20 @@ impl DedupStore for KvStore {
         Ok(())
     }
 
+    async fn create(&self, scope: &str, key: &str, record: Record) -> Result<Lease, DedupError> {
+        let slot = slot(scope, key);
+        let revision = self
+            .kv
+            .create(slot.as_str(), encode(&record)?)
+            .await
+            .map_err(err)?;
+        Ok(Lease {
+            slot,
+            revision,
+            record,
+        })
+    }
+
     async fn force(&self, lease: &Lease, record: Record) -> Result<(), DedupError> {
         self.kv
             .put(lease.slot.as_str(), encode(&record)?)
@@ -182,6 +196,9 @@ impl DedupStore for Deferred {
     }
     async fn force(&self, lease: &Lease, record: Record) -> Result<(), DedupError> {
         self.get()?.force(lease, record).await
+    }
+    async fn create(&self, scope: &str, key: &str, record: Record) -> Result<Lease, DedupError> {
+        self.get()?.create(scope, key, record).await
     }
     fn name(&self) -> &'static str {
         self.name

@@ -46,6 +46,13 @@ pub struct StreamPosition<'a> {
     pub sequence: u64,
 }
 
+impl StreamPosition<'_> {
+    /// The key of the message at this position (when nothing else names it).
+    pub fn key(&self) -> String {
+        format!("{}@{}:{}", self.stream, self.created_ms, self.sequence)
+    }
+}
+
 /// What the key is derived from, for one event.
 pub struct KeyInput<'a> {
     /// The event's subject.
@@ -169,7 +176,7 @@ fn derive_unpinned(input: &KeyInput<'_>) -> Key {
         return Key::shared(id);
     }
     if let Some(p) = input.position {
-        return Key::shared(format!("{}@{}:{}", p.stream, p.created_ms, p.sequence));
+        return Key::shared(p.key());
     }
     Key {
         value: format!("msg-{:032x}", rand::random::<u128>()),

@@ -386,8 +386,17 @@ async fn handle(
         let replay = crate::delivery::dead_letter::replay_count_for(&route.tag.name, message.headers.as_ref());
         let mut ledger = Ledger::new(ctx, route, &key, true);
         let admission = route.admit();
+        // The first delivery of a message keyed by its own position cannot be
+        // held by anyone else: its claim's round trip is skipped.
+        let own_position = StreamPosition {
+            stream: &stream,
+            created_ms: stream_created_ms,
+            sequence,
+        };
+        let first_delivery = delivered == 1 && key == own_position.key();
         let claimed = match admission {
             Admission::Rejected { .. } => None,
+            _ if first_delivery => Some(ledger.assume_unclaimed(replay)),
             // The lease starts now, when the attempt is about to start.
             _ => Some(ledger.claim(lease_for, replay, untracked).await),
         };

@@ -22,7 +22,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::delivery::dead_letter::DeadLetter;
-use crate::delivery::dedup::{Claim, ClaimRequest, DedupStore, Lease, Record, holder_token};
+use crate::delivery::dedup::{
+    Claim, ClaimRequest, DedupError, DedupStore, Lease, Record, holder_token,
+};
 use crate::delivery::settle::{Claimed, History, Stopping};
 use crate::dispatch::{Dispatcher, Route, bump};
 use crate::telemetry::Metrics;
@@ -102,6 +104,9 @@ pub struct Ledger<'a> {
     route: &'a Route,
     key: &'a str,
     lease: Option<Lease>,
+    /// The claim was skipped (a first delivery nobody else can hold): the
+    /// record is created when the event settles, with this replay count.
+    unclaimed: Option<u32>,
 }
 
 impl<'a> Ledger<'a> {
@@ -113,7 +118,21 @@ impl<'a> Ledger<'a> {
             route,
             key,
             lease: None,
+            unclaimed: None,
         }
+    }
+
+    /// Skip the claim for a key no other delivery can hold: the first
+    /// delivery of a JetStream message keyed by its own stream position (a
+    /// second copy exists only once ack_wait lapsed, which the in-progress
+    /// acks prevent while this host lives). Its record is created once, when
+    /// the event settles: one store round trip per event instead of two.
+    pub fn assume_unclaimed(&mut self, replay: u32) -> Claimed {
+        if self.store.is_some() {
+            bump(&self.route.stats.dedup_misses, 1);
+            self.unclaimed = Some(replay);
+        }
+        Claimed::Ours(History::default())
     }
 
     /// Whether a store keeps this event's record.
@@ -177,13 +196,19 @@ impl<'a> Ledger<'a> {
     /// The attempt succeeded: record completion (even over a lease taken
     /// over meanwhile: the handler did succeed).
     pub async fn completed(&mut self) {
-        let (Some(store), Some(lease)) = (self.store, self.lease.as_mut()) else {
-            return;
-        };
-        let record = lease.completed();
-        let written = match store.write(lease, record.clone()).await {
-            Ok(()) => Ok(()),
-            Err(_) => store.force(lease, record).await,
+        let Some(store) = self.store else { return };
+        let written = match self.lease.as_mut() {
+            Some(lease) => {
+                let record = lease.completed();
+                match store.write(lease, record.clone()).await {
+                    Ok(()) => Ok(()),
+                    Err(_) => store.force(lease, record).await,
+                }
+            }
+            None => match self.create(|l| l.completed()).await {
+                Some(result) => result,
+                None => return,
+            },
         };
         if let Err(e) = written {
             tracing::warn!(
@@ -193,9 +218,33 @@ impl<'a> Ledger<'a> {
         }
     }
 
+    /// Create the record of an unclaimed key (`None`: not unclaimed).
+    async fn create(
+        &mut self,
+        record: impl FnOnce(&Lease) -> Record,
+    ) -> Option<Result<(), DedupError>> {
+        let (store, replay) = (self.store?, self.unclaimed?);
+        let stand_in = Lease::unclaimed(String::new(), replay);
+        let record = record(&stand_in);
+        Some(
+            match store.create(&self.route.tag.name, self.key, record).await {
+                Ok(lease) => {
+                    self.lease = Some(lease);
+                    self.unclaimed = None;
+                    Ok(())
+                }
+                Err(e) => Err(e),
+            },
+        )
+    }
+
     /// The lease ends with `history`: a failed attempt to retry, or nothing
-    /// ran (the history is then the one claimed).
+    /// ran (the history is then the one claimed; an unclaimed key then needs
+    /// no record at all).
     pub async fn released(&mut self, history: History) {
+        if self.lease.is_none() && history.attempts == 0 {
+            return;
+        }
         self.write(
             |l| l.released(history),
             "release the lease (it expires on its own)",
@@ -225,11 +274,18 @@ impl<'a> Ledger<'a> {
     }
 
     async fn write(&mut self, record: impl FnOnce(&Lease) -> Record, what: &str) {
-        let (Some(store), Some(lease)) = (self.store, self.lease.as_mut()) else {
-            return;
+        let Some(store) = self.store else { return };
+        let written = match self.lease.as_mut() {
+            Some(lease) => {
+                let record = record(lease);
+                store.write(lease, record).await
+            }
+            None => match self.create(record).await {
+                Some(result) => result,
+                None => return,
+            },
         };
-        let record = record(lease);
-        if let Err(e) = store.write(lease, record).await {
+        if let Err(e) = written {
             tracing::warn!(plugin = %self.route.tag.name, key = self.key, "cannot {what}: {e}");
         }
     }
