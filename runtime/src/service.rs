@@ -49,7 +49,7 @@ use crate::registry::{
 };
 use crate::telemetry::Metrics;
 use crate::telemetry::admin::{self, AdminError, ControlFn, StatusFn};
-use crate::telemetry::health::Health;
+use crate::telemetry::health::{Health, keep_trying};
 use crate::trigger::{self, TriggerContext};
 
 /// Why the host cannot start at all (a single bad plugin is not one of these).
@@ -348,29 +348,16 @@ fn ensure_dlq_in_background(
     health: Health,
     stop: CancellationToken,
 ) {
-    let condition = format!("DLQ stream `{stream}`");
-    tokio::spawn(async move {
-        let mut backoff = Duration::from_millis(200);
-        loop {
-            match dead_letter::ensure_stream(&js, &stream).await {
-                Ok(_) => {
-                    health.clear(&condition);
-                    return;
-                }
-                Err(e) => {
-                    tracing::error!(
-                        "{e}; dead letters wait (JetStream events stay in their streams, core events are held in the host) until it is fixed; retrying in {backoff:?}"
-                    );
-                    health.set(&condition, &e.to_string());
-                }
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(backoff) => {}
-                _ = stop.cancelled() => return,
-            }
-            backoff = (backoff * 2).min(Duration::from_secs(10));
-        }
-    });
+    keep_trying(
+        health,
+        format!("DLQ stream `{stream}`"),
+        "dead letters wait (JetStream events stay in their streams, core events are held in the host) until it is fixed",
+        stop,
+        move || {
+            let (js, stream) = (js.clone(), stream.clone());
+            async move { dead_letter::ensure_stream(&js, &stream).await.map(drop) }
+        },
+    );
 }
 
 #[allow(clippy::too_many_arguments)]

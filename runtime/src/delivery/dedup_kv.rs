@@ -20,7 +20,7 @@ use bytes::Bytes;
 use super::dedup::{
     Claim, ClaimRequest, DedupError, DedupStore, Lease, Record, is_own_lease, next_claim, slot,
 };
-use crate::telemetry::health::Health;
+use crate::telemetry::health::{Health, keep_trying};
 
 /// Dedup records in the KV bucket.
 pub struct KvStore {
@@ -220,32 +220,21 @@ pub fn open_in_background(
         inner: OnceLock::new(),
         name: "nats-kv",
     });
-    let condition = format!("dedup store (KV bucket `{bucket}`)");
-    health.set(&condition, "opening");
     let slot = deferred.clone();
-    tokio::spawn(async move {
-        let mut backoff = Duration::from_millis(200);
-        loop {
-            match KvStore::open(&js, &bucket, ttl, replicas).await {
-                Ok(store) => {
-                    let _ = slot.inner.set(Arc::new(store));
-                    health.clear(&condition);
-                    tracing::info!(bucket, "dedup store open");
-                    return;
-                }
-                Err(e) => {
-                    tracing::error!(
-                        "{e}; JetStream events wait in their streams until it opens (retrying in {backoff:?})"
-                    );
-                    health.set(&condition, &e.to_string());
-                }
+    keep_trying(
+        health,
+        format!("dedup store (KV bucket `{bucket}`)"),
+        "JetStream events wait in their streams until it opens",
+        stop,
+        move || {
+            let (js, bucket, slot) = (js.clone(), bucket.clone(), slot.clone());
+            async move {
+                let store = KvStore::open(&js, &bucket, ttl, replicas).await?;
+                let _ = slot.inner.set(Arc::new(store));
+                tracing::info!(bucket, "dedup store open");
+                Ok::<(), DedupError>(())
             }
-            tokio::select! {
-                _ = tokio::time::sleep(backoff) => {}
-                _ = stop.cancelled() => return,
-            }
-            backoff = (backoff * 2).min(Duration::from_secs(10));
-        }
-    });
+        },
+    );
     deferred
 }

@@ -39,6 +39,44 @@ impl Health {
     }
 }
 
+/// Run `attempt` until it succeeds or `stop`, with backoff from 200 ms to
+/// 10 s, raising `condition` (with the error and `consequence`, also logged)
+/// while it fails and clearing it once it succeeds. For what the host needs
+/// but can serve without for a while (the dedup bucket, the DLQ stream).
+pub fn keep_trying<F, Fut, E>(
+    health: Health,
+    condition: String,
+    consequence: &'static str,
+    stop: tokio_util::sync::CancellationToken,
+    mut attempt: F,
+) where
+    F: FnMut() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<(), E>> + Send,
+    E: std::fmt::Display,
+{
+    health.set(&condition, "setting up");
+    tokio::spawn(async move {
+        let mut backoff = std::time::Duration::from_millis(200);
+        loop {
+            match attempt().await {
+                Ok(()) => {
+                    health.clear(&condition);
+                    return;
+                }
+                Err(e) => {
+                    tracing::error!("{e}; {consequence} (retrying in {backoff:?})");
+                    health.set(&condition, &e.to_string());
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(backoff) => {}
+                _ = stop.cancelled() => return,
+            }
+            backoff = (backoff * 2).min(std::time::Duration::from_secs(10));
+        }
+    });
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -29,7 +29,7 @@ use crate::delivery::breaker::Admission;
 use crate::delivery::dead_letter::replay_count_for;
 use crate::delivery::key::{Key, KeyInput, derive_key_for};
 use crate::delivery::settle::{self, Claimed, Decision, Gate, History, Mode, Outcome};
-use crate::dispatch::{InFlight, Route, bump, count_dropped, dead_letter_for, trace_id};
+use crate::dispatch::{Route, bump, count_dropped, dead_letter_for, trace_id};
 use crate::engine::invoke::{Failure, FailureClass};
 use crate::nats::convert;
 
@@ -189,13 +189,9 @@ fn spawn_event(
     permit: Option<OwnedSemaphorePermit>,
     signals: &StopSignals,
 ) {
-    bump(&route.stats.received, 1);
-    route.plugin_metrics.event_received();
-    let in_flight = InFlight::new(route.clone());
-    let (ctx2, signals) = (ctx.clone(), signals.clone());
-    ctx.tasks.spawn(async move {
-        let _in_flight = in_flight;
-        handle(&ctx2, &route, &message, permit, &signals).await;
+    let (ctx2, signals, route2) = (ctx.clone(), signals.clone(), route.clone());
+    super::spawn_event(ctx, &route, async move {
+        handle(&ctx2, &route2, &message, permit, &signals).await;
     });
 }
 

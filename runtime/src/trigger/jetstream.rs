@@ -38,7 +38,7 @@ use crate::delivery::breaker::Admission;
 use crate::delivery::dedup::epoch_ms;
 use crate::delivery::key::{KeyInput, StreamPosition, derive_key_for};
 use crate::delivery::settle::{self, Decision, Gate, History, Mode, Outcome};
-use crate::dispatch::{InFlight, Route, bump, dead_letter_for, trace_id};
+use crate::dispatch::{Route, bump, dead_letter_for, trace_id};
 use crate::engine::bindings::v0_1::sluice::plugin::types;
 use crate::engine::invoke::Failure;
 use crate::manifest::Manifest;
@@ -297,12 +297,9 @@ fn spawn_event(
     permit: OwnedSemaphorePermit,
     signals: &StopSignals,
 ) {
-    bump(&route.stats.received, 1);
-    route.plugin_metrics.event_received();
-    let in_flight = InFlight::new(route.clone());
-    let (ctx2, signals) = (ctx.clone(), signals.clone());
-    ctx.tasks.spawn(async move {
-        let _in_flight = in_flight;
+    let (ctx2, signals, route2) = (ctx.clone(), signals.clone(), route.clone());
+    super::spawn_event(ctx, &route, async move {
+        let route = route2;
         let Waiting {
             message,
             stream_created_ms,

@@ -53,6 +53,21 @@ pub struct TriggerContext {
     pub grace: Duration,
 }
 
+/// Start one event of `route` in its own task, counted as received and in
+/// flight (a retired version drains until its last event ends).
+pub(crate) fn spawn_event<F>(ctx: &TriggerContext, route: &Arc<Route>, handle: F)
+where
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    bump(&route.stats.received, 1);
+    route.plugin_metrics.event_received();
+    let in_flight = crate::dispatch::InFlight::new(route.clone());
+    ctx.tasks.spawn(async move {
+        let _in_flight = in_flight;
+        handle.await;
+    });
+}
+
 /// When a subscription stops (host shutdown, plugin removed or
 /// resubscribed) and when its grace is over.
 #[derive(Clone)]
