@@ -194,6 +194,11 @@ pub trait DedupStore: Send + Sync {
     async fn create(&self, scope: &str, key: &str, record: Record) -> Result<Lease, DedupError>;
     /// The store's name, for logs and status.
     fn name(&self) -> &'static str;
+    /// Whether the store is open (a store still being set up answers every
+    /// call with an error).
+    fn is_open(&self) -> bool {
+        true
+    }
 }
 
 /// What happens to a lease's record, written through [`DedupStore::write`].

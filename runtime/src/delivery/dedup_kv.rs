@@ -203,6 +203,9 @@ impl DedupStore for Deferred {
     fn name(&self) -> &'static str {
         self.name
     }
+    fn is_open(&self) -> bool {
+        self.inner.get().is_some()
+    }
 }
 
 /// Open the KV store, retrying with backoff until it opens or `stop`: the

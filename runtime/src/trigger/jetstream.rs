@@ -393,7 +393,7 @@ async fn handle(
         let first_delivery = delivered == 1 && key == own_position.key();
         let claimed = match admission {
             Admission::Rejected { .. } => None,
-            _ if first_delivery => Some(ledger.assume_unclaimed(replay)),
+            _ if first_delivery && ledger.may_skip_claim() => Some(ledger.assume_unclaimed(replay)),
             // The lease starts now, when the attempt is about to start.
             _ => Some(ledger.claim(lease_for, replay, untracked).await),
         };

@@ -137,6 +137,12 @@ impl<'a> Ledger<'a> {
         }
     }
 
+    /// Whether the claim may be skipped: a store keeps the record and is
+    /// open (while it is not, events wait for it like any other).
+    pub fn may_skip_claim(&self) -> bool {
+        self.store.is_some_and(|s| s.is_open())
+    }
+
     /// Skip the claim for a key no other delivery can hold: the first
     /// delivery of a JetStream message keyed by its own stream position (a
     /// second copy exists only once ack_wait lapsed, which the in-progress
