@@ -205,3 +205,72 @@ pub async fn measure(
 fn per_call_us(d: Duration, n: usize) -> f64 {
     d.as_secs_f64() * 1e6 / n.max(1) as f64
 }
+
+/// What one component costs the host, measured in-process: compile time
+/// (cold, and loaded from the compile cache) and the host memory one live
+/// instance holds.
+#[derive(Debug, Clone, Copy)]
+pub struct ComponentCost {
+    /// Compile + check + pre-link, nothing cached, ms.
+    pub compile_cold_ms: f64,
+    /// The same through a warm compile cache, ms.
+    pub compile_cached_ms: f64,
+    /// Growth of the process's VmRSS per live instance (each instantiated
+    /// and called once, all held at once), MiB.
+    pub rss_per_instance_mb: f64,
+}
+
+/// Measure [`ComponentCost`] of `wasm`, holding `live` instances at once.
+pub async fn component_cost(wasm: &[u8], live: usize) -> anyhow::Result<ComponentCost> {
+    use sluice::engine::cache::CompileCache;
+    let engine = WasmEngine::new(EngineSettings::default())?;
+    let linker = sluice::host::linker(engine.engine())?;
+    let dir = tempfile::tempdir()?;
+    let cache = CompileCache::new(dir.path());
+    let t = Instant::now();
+    component::compile_cached(&engine, &linker, wasm, Some(&cache))?;
+    let compile_cold_ms = t.elapsed().as_secs_f64() * 1e3;
+    let t = Instant::now();
+    component::compile_cached(&engine, &linker, wasm, Some(&cache))?;
+    let compile_cached_ms = t.elapsed().as_secs_f64() * 1e3;
+
+    let floor = Floor::new(wasm, &[])?;
+    floor.bare_call().await?; // pool and image set up before the baseline
+    let before = self_rss_mb().unwrap_or(f64::NAN);
+    let mut held = Vec::with_capacity(live);
+    for _ in 0..live {
+        held.push(floor.bare_instance().await?);
+    }
+    let after = self_rss_mb().unwrap_or(f64::NAN);
+    drop(held);
+    Ok(ComponentCost {
+        compile_cold_ms,
+        compile_cached_ms,
+        rss_per_instance_mb: (after - before) / live.max(1) as f64,
+    })
+}
+
+impl Floor {
+    /// A fresh bare instance that has handled one event, kept alive.
+    async fn bare_instance(&self) -> anyhow::Result<Store<BareState>> {
+        let state = BareState {
+            wasi: WasiCtx::builder().build(),
+            table: ResourceTable::new(),
+        };
+        let mut store = Store::new(self.engine.engine(), state);
+        store.set_epoch_deadline(1 << 40);
+        let consumer = self.bare.instantiate_async(&mut store).await?;
+        consumer
+            .sluice_plugin_handler()
+            .call_handle(&mut store, &self.event)
+            .await?
+            .map_err(|e| anyhow::anyhow!("handler failed: {e:?}"))?;
+        Ok(store)
+    }
+}
+
+/// This process's resident set size, MiB.
+fn self_rss_mb() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    crate::report::kb_field(&status, "VmRSS:").map(|kb| kb as f64 / 1024.0)
+}

@@ -1,8 +1,9 @@
 // JSON the way the Rust SDK (serde_json) writes it, so a JS plugin and a Rust
 // one publish the same bytes for the same value: compact, object keys sorted
 // by code point (serde_json's Value map is ordered), no ASCII escaping,
-// non-finite numbers as null, floats in ryu's shortest form (`1e-7`,
-// `1.5e20`).
+// non-finite numbers as null, floats in the shortest round-trip digits, in
+// fixed notation for decimal exponents -5 to 15 (`6.0`, `0.00001`), else
+// `1e-7`, `1.5e+20` (as serde_json's formatter, the zmij crate, writes them).
 //
 // JS numbers do not say whether `3` was written `3` or `3.0`: integral numbers
 // are written as integers unless wrapped with `float(x)`. BigInts are integers.
@@ -34,8 +35,11 @@ export function formatFloat(x) {
   if (k >= 0 && kk <= 16) out = digits + "0".repeat(k) + ".0";
   else if (kk > 0 && kk <= 16) out = digits.slice(0, kk) + "." + digits.slice(kk);
   else if (kk > -5 && kk <= 0) out = "0." + "0".repeat(-kk) + digits;
-  else if (n === 1) out = `${digits}e${kk - 1}`;
-  else out = `${digits[0]}.${digits.slice(1)}e${kk - 1}`;
+  else {
+    const e = kk - 1;
+    const exp = `e${e < 0 ? "-" : "+"}${Math.abs(e)}`;
+    out = n === 1 ? digits + exp : `${digits[0]}.${digits.slice(1)}${exp}`;
+  }
   return sign + out;
 }
 

@@ -1,9 +1,14 @@
 """The component's entry module (componentize-py's app): exports the
 contract's ``handler`` interface by calling ``handle(event)`` from the
 plugin's ``handler.py`` and turning the SDK's exceptions into the contract's
-error variants. Any other exception propagates: componentize-py prints its
-traceback to stderr and traps, which the host records as a trap.
+error variants. Any other exception prints its traceback to stderr and
+aborts (a trap): the host records a trap with the last stderr lines, which end
+with the exception's type and message, in the dead letter.
 """
+
+import os
+import sys
+import traceback
 
 import handler as _plugin
 from componentize_py_types import Err
@@ -27,3 +32,7 @@ class Handler(exports.Handler):
             ) from None
         except Permanent as e:
             raise Err(types.HandlerError_Permanent(e.message)) from None
+        except BaseException:
+            traceback.print_exc()
+            sys.stderr.flush()
+            os.abort()

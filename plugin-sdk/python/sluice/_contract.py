@@ -3,7 +3,18 @@
 componentize-py generates ``wit_world`` from ``wit/`` at build time; the rest
 of the SDK goes through this module, so a newer contract version (new imports,
 new event fields) is added here and in the modules that expose it.
+
+Everything is imported at module level on purpose: componentize-py snapshots
+the interpreter after importing the plugin, and at run time the host grants
+no filesystem, so a module first imported inside a handler cannot be found.
+Outside a component (unit tests of the pure helpers) the bindings are absent.
 """
+
+try:
+    from componentize_py_types import Err
+    from wit_world.imports import logging, publisher, types
+except ImportError:  # not inside componentize-py
+    Err = logging = publisher = types = None
 
 CONTRACT_VERSION = "0.1.0"
 
@@ -12,11 +23,7 @@ LEVELS = ("trace", "debug", "info", "warn", "error")
 
 
 def bindings():
-    """The generated modules ``(types, logging, publisher)``.
-
-    Imported lazily so the SDK can also be imported (and unit-tested) on a
-    normal Python outside a component.
-    """
-    from wit_world.imports import logging, publisher, types
-
+    """The generated modules ``(types, logging, publisher)``."""
+    if types is None:
+        raise RuntimeError("the sluice contract bindings exist only inside a component built by build.sh")
     return types, logging, publisher

@@ -2,7 +2,7 @@
 
 from typing import Any, Iterable, Mapping, Optional, Tuple, Union
 
-from ._contract import LEVELS, bindings
+from ._contract import LEVELS, Err, bindings
 from ._errors import Permanent, PublishRefused
 from ._json import dumps
 
@@ -27,8 +27,6 @@ def publish(subject: str, payload: "bytes | str", headers: Headers = None) -> No
         payload = payload.encode("utf-8")
     pairs = headers.items() if isinstance(headers, Mapping) else (headers or ())
     wit_headers = [types.Header(str(n), str(v)) for n, v in pairs]
-    from componentize_py_types import Err
-
     try:
         publisher.publish(subject, bytes(payload), wit_headers)
     except Err as e:

@@ -3,8 +3,9 @@
 So a Python plugin and a Rust one publish the same bytes for the same value:
 compact separators, object keys sorted (serde_json's ``Value`` map is
 ordered), no ASCII escaping, non-finite floats as ``null``, integers as
-integers and floats in the shortest form that round-trips, written like the
-``ryu`` crate does (``6.0``, ``1e-7``, ``1.5e20``). Parsing accepts UTF-8 only
+integers and floats in the shortest form that round-trips, written as
+serde_json's formatter (the ``zmij`` crate) writes them: fixed notation for
+decimal exponents -5 to 15 (``6.0``, ``0.00001``), else ``1e-7``, ``1.5e+20``. Parsing accepts UTF-8 only
 and refuses ``NaN``/``Infinity``, as serde_json does.
 """
 
@@ -28,7 +29,7 @@ def loads(data: "bytes | str") -> Any:
 
 
 def format_float(x: float) -> str:
-    """``x`` as serde_json writes an ``f64`` (ryu's shortest round-trip form)."""
+    """``x`` as serde_json writes an ``f64`` (the shortest round-trip digits)."""
     if not math.isfinite(x):
         return "null"
     if x == 0.0:
@@ -52,9 +53,9 @@ def format_float(x: float) -> str:
     elif -5 < kk <= 0:
         out = "0." + "0" * (-kk) + digits
     elif n == 1:
-        out = f"{digits}e{kk - 1}"
+        out = f"{digits}e{kk - 1:+d}"
     else:
-        out = f"{digits[0]}.{digits[1:]}e{kk - 1}"
+        out = f"{digits[0]}.{digits[1:]}e{kk - 1:+d}"
     return sign + out
 
 
