@@ -25,13 +25,46 @@ use sluice::engine::{EngineSettings, WasmEngine};
 use sluice::host::{LogBudget, PluginTag};
 use sluice::subject::PublishGrants;
 use wasmtime::Store;
-use wasmtime::component::{Component, Linker, ResourceTable};
+use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 /// The smallest store a WASI component can run in.
 pub struct BareState {
     wasi: WasiCtx,
     table: ResourceTable,
+}
+
+impl BareState {
+    /// An empty WASI context and resource table.
+    pub fn new() -> BareState {
+        BareState {
+            wasi: WasiCtx::builder().build(),
+            table: ResourceTable::new(),
+        }
+    }
+}
+
+impl Default for BareState {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl v0_1::sluice::plugin::types::Host for BareState {}
+
+impl v0_1::sluice::plugin::logging::Host for BareState {
+    fn log(&mut self, _: types::Level, _: String, _: Vec<types::Field>) {}
+}
+
+impl v0_1::sluice::plugin::publisher::Host for BareState {
+    fn publish(
+        &mut self,
+        _: String,
+        _: Vec<u8>,
+        _: Vec<types::Header>,
+    ) -> Result<(), types::PublishError> {
+        Ok(())
+    }
 }
 
 impl WasiView for BareState {
@@ -82,9 +115,11 @@ impl Floor {
         let component = Component::new(engine.engine(), wasm)?;
         let mut bare_linker: Linker<BareState> = Linker::new(engine.engine());
         wasmtime_wasi::p2::add_to_linker_async(&mut bare_linker)?;
-        // The sluice imports (log, publish) trap if called; the floor is
-        // measured with a plugin that calls neither.
-        bare_linker.define_unknown_imports_as_traps(&component)?;
+        // The sluice imports do nothing (the floor is measured with plugins
+        // that call neither). Not `define_unknown_imports_as_traps`: it would
+        // shadow WASI imports of newer 0.2.x versions (componentize-py's
+        // `@0.2.9`) that the linker otherwise matches by semver.
+        v0_1::Consumer::add_to_linker::<BareState, HasSelf<BareState>>(&mut bare_linker, |s| s)?;
         let bare = v0_1::ConsumerPre::new(bare_linker.instantiate_pre(&component)?)
             .map_err(|e| anyhow::anyhow!("the component is not a sluice consumer: {e:#}"))?;
         Ok(Floor {
@@ -106,11 +141,7 @@ impl Floor {
 
     /// Bare wasmtime: fresh store, instantiate, call `handle`.
     pub async fn bare_call(&self) -> anyhow::Result<()> {
-        let state = BareState {
-            wasi: WasiCtx::builder().build(),
-            table: ResourceTable::new(),
-        };
-        let mut store = Store::new(self.engine.engine(), state);
+        let mut store = Store::new(self.engine.engine(), BareState::new());
         store.set_epoch_deadline(1 << 40);
         let consumer = self.bare.instantiate_async(&mut store).await?;
         consumer
@@ -253,11 +284,7 @@ pub async fn component_cost(wasm: &[u8], live: usize) -> anyhow::Result<Componen
 impl Floor {
     /// A fresh bare instance that has handled one event, kept alive.
     async fn bare_instance(&self) -> anyhow::Result<Store<BareState>> {
-        let state = BareState {
-            wasi: WasiCtx::builder().build(),
-            table: ResourceTable::new(),
-        };
-        let mut store = Store::new(self.engine.engine(), state);
+        let mut store = Store::new(self.engine.engine(), BareState::new());
         store.set_epoch_deadline(1 << 40);
         let consumer = self.bare.instantiate_async(&mut store).await?;
         consumer

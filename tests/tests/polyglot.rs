@@ -284,7 +284,7 @@ async fn a_python_plugin_swapped_under_load_loses_no_event() {
                     .await
                     .unwrap();
                 id += 1;
-                if id % 20 == 0 {
+                if id.is_multiple_of(20) {
                     tokio::time::sleep(Duration::from_millis(10)).await;
                 }
             }
