@@ -141,6 +141,11 @@ impl Floor {
 
     /// Bare wasmtime: fresh store, instantiate, call `handle`.
     pub async fn bare_call(&self) -> anyhow::Result<()> {
+        self.bare_instance().await.map(drop)
+    }
+
+    /// A fresh bare instance that has handled one event, kept alive.
+    async fn bare_instance(&self) -> anyhow::Result<Store<BareState>> {
         let mut store = Store::new(self.engine.engine(), BareState::new());
         store.set_epoch_deadline(1 << 40);
         let consumer = self.bare.instantiate_async(&mut store).await?;
@@ -148,7 +153,8 @@ impl Floor {
             .sluice_plugin_handler()
             .call_handle(&mut store, &self.event)
             .await?
-            .map_err(|e| anyhow::anyhow!("handler failed: {e:?}"))
+            .map_err(|e| anyhow::anyhow!("handler failed: {e:?}"))?;
+        Ok(store)
     }
 
     /// sluice's per-event invocation (fresh instance).
@@ -279,21 +285,6 @@ pub async fn component_cost(wasm: &[u8], live: usize) -> anyhow::Result<Componen
         compile_cached_ms,
         rss_per_instance_mb: (after - before) / live.max(1) as f64,
     })
-}
-
-impl Floor {
-    /// A fresh bare instance that has handled one event, kept alive.
-    async fn bare_instance(&self) -> anyhow::Result<Store<BareState>> {
-        let mut store = Store::new(self.engine.engine(), BareState::new());
-        store.set_epoch_deadline(1 << 40);
-        let consumer = self.bare.instantiate_async(&mut store).await?;
-        consumer
-            .sluice_plugin_handler()
-            .call_handle(&mut store, &self.event)
-            .await?
-            .map_err(|e| anyhow::anyhow!("handler failed: {e:?}"))?;
-        Ok(store)
-    }
 }
 
 /// This process's resident set size, MiB.
