@@ -54,6 +54,8 @@ export type Headers = Record<string, string> | [string, string][];
 
 /** Queue a message; sent only if the handler returns. Throws PublishRefused. */
 export function publish(subject: string, payload: Uint8Array | string, headers?: Headers): void;
+/** Answer the request `event` carries (its reply subject); Permanent if it is not a request. */
+export function reply(event: Event, payload: Uint8Array | string): void;
 /** Publish `value` as JSON (the Rust SDK's bytes) with Content-Type application/json. */
 export function publishJson(subject: string, value: unknown, headers?: Headers): void;
 

@@ -138,6 +138,17 @@ export function publish(subject, payload, headers = undefined) {
 }
 
 /**
+ * Answer the request `event` carries: queue `payload` for its reply subject,
+ * sent (like every publish) only if the handler returns. No grant is needed.
+ * Throws Permanent if the event is not a request.
+ */
+export function reply(event, payload) {
+  const to = event.delivery.replyTo;
+  if (!to) throw new Permanent("cannot reply: the event is not a request (it has no reply subject)");
+  publish(to, payload);
+}
+
+/**
  * Encode `value` as JSON (the bytes the Rust SDK writes: sorted keys, compact)
  * and publish it with `Content-Type: application/json`. Wrap a number in
  * `float(x)` to write it as a float (`6.0`) when it is integral.

@@ -27,7 +27,7 @@ from ._contract import LEVELS
 from ._errors import Permanent, PublishRefused, Retryable
 from ._event import Delivery, Event, Header
 from ._json import dumps as json_dumps
-from ._host import debug, error, info, log, publish, publish_json, trace, warn
+from ._host import debug, error, info, log, publish, publish_json, reply, trace, warn
 
 __all__ = [
     "Delivery",
@@ -44,6 +44,7 @@ __all__ = [
     "log",
     "publish",
     "publish_json",
+    "reply",
     "trace",
     "warn",
 ]

@@ -34,6 +34,16 @@ def publish(subject: str, payload: "bytes | str", headers: Headers = None) -> No
         raise PublishRefused(_ERROR_KINDS.get(type(refused).__name__, "refused"), refused.value) from None
 
 
+def reply(event: Any, payload: "bytes | str") -> None:
+    """Answer the request ``event`` carries: queue ``payload`` for its reply
+    subject, sent (like every publish) only if the handler returns. No grant
+    is needed. Raises :class:`Permanent` if the event is not a request."""
+    to = event.delivery.reply_to
+    if not to:
+        raise Permanent("cannot reply: the event is not a request (it has no reply subject)")
+    publish(to, payload)
+
+
 def publish_json(subject: str, value: Any, headers: Headers = None) -> None:
     """Encode ``value`` as JSON (the bytes the Rust SDK writes) and publish it
     with ``Content-Type: application/json``."""
