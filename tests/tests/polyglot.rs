@@ -183,15 +183,16 @@ async fn python_and_js_errors_reach_the_dlq_with_their_class_and_message() {
         }
     }
     let dead_lettered = || {
-        ["flaky-py", "flaky-js"]
-            .iter()
-            .all(|p| host.stats(p).unwrap().dead_lettered == 3)
+        ["flaky-py", "flaky-js"].iter().all(|p| {
+            let stats = host.stats(p).unwrap();
+            stats.dead_lettered == 3 && stats.succeeded == 1
+        })
     };
     let deadline = Instant::now() + WAIT;
     while !dead_lettered() {
         assert!(
             Instant::now() < deadline,
-            "three dead letters per language expected; stats: {:?} {:?}",
+            "three dead letters and one success per language expected; stats: {:?} {:?}",
             host.stats("flaky-py"),
             host.stats("flaky-js")
         );
