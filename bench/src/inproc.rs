@@ -25,13 +25,46 @@ use sluice::engine::{EngineSettings, WasmEngine};
 use sluice::host::{LogBudget, PluginTag};
 use sluice::subject::PublishGrants;
 use wasmtime::Store;
-use wasmtime::component::{Component, Linker, ResourceTable};
+use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 /// The smallest store a WASI component can run in.
 pub struct BareState {
     wasi: WasiCtx,
     table: ResourceTable,
+}
+
+impl BareState {
+    /// An empty WASI context and resource table.
+    pub fn new() -> BareState {
+        BareState {
+            wasi: WasiCtx::builder().build(),
+            table: ResourceTable::new(),
+        }
+    }
+}
+
+impl Default for BareState {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl v0_1::sluice::plugin::types::Host for BareState {}
+
+impl v0_1::sluice::plugin::logging::Host for BareState {
+    fn log(&mut self, _: types::Level, _: String, _: Vec<types::Field>) {}
+}
+
+impl v0_1::sluice::plugin::publisher::Host for BareState {
+    fn publish(
+        &mut self,
+        _: String,
+        _: Vec<u8>,
+        _: Vec<types::Header>,
+    ) -> Result<(), types::PublishError> {
+        Ok(())
+    }
 }
 
 impl WasiView for BareState {
@@ -82,9 +115,11 @@ impl Floor {
         let component = Component::new(engine.engine(), wasm)?;
         let mut bare_linker: Linker<BareState> = Linker::new(engine.engine());
         wasmtime_wasi::p2::add_to_linker_async(&mut bare_linker)?;
-        // The sluice imports (log, publish) trap if called; the floor is
-        // measured with a plugin that calls neither.
-        bare_linker.define_unknown_imports_as_traps(&component)?;
+        // The sluice imports do nothing (the floor is measured with plugins
+        // that call neither). Not `define_unknown_imports_as_traps`: it would
+        // shadow WASI imports of newer 0.2.x versions (componentize-py's
+        // `@0.2.9`) that the linker otherwise matches by semver.
+        v0_1::Consumer::add_to_linker::<BareState, HasSelf<BareState>>(&mut bare_linker, |s| s)?;
         let bare = v0_1::ConsumerPre::new(bare_linker.instantiate_pre(&component)?)
             .map_err(|e| anyhow::anyhow!("the component is not a sluice consumer: {e:#}"))?;
         Ok(Floor {
@@ -106,18 +141,20 @@ impl Floor {
 
     /// Bare wasmtime: fresh store, instantiate, call `handle`.
     pub async fn bare_call(&self) -> anyhow::Result<()> {
-        let state = BareState {
-            wasi: WasiCtx::builder().build(),
-            table: ResourceTable::new(),
-        };
-        let mut store = Store::new(self.engine.engine(), state);
+        self.bare_instance().await.map(drop)
+    }
+
+    /// A fresh bare instance that has handled one event, kept alive.
+    async fn bare_instance(&self) -> anyhow::Result<Store<BareState>> {
+        let mut store = Store::new(self.engine.engine(), BareState::new());
         store.set_epoch_deadline(1 << 40);
         let consumer = self.bare.instantiate_async(&mut store).await?;
         consumer
             .sluice_plugin_handler()
             .call_handle(&mut store, &self.event)
             .await?
-            .map_err(|e| anyhow::anyhow!("handler failed: {e:?}"))
+            .map_err(|e| anyhow::anyhow!("handler failed: {e:?}"))?;
+        Ok(store)
     }
 
     /// sluice's per-event invocation (fresh instance).
@@ -204,4 +241,54 @@ pub async fn measure(
 
 fn per_call_us(d: Duration, n: usize) -> f64 {
     d.as_secs_f64() * 1e6 / n.max(1) as f64
+}
+
+/// What one component costs the host, measured in-process: compile time
+/// (cold, and loaded from the compile cache) and the host memory one live
+/// instance holds.
+#[derive(Debug, Clone, Copy)]
+pub struct ComponentCost {
+    /// Compile + check + pre-link, nothing cached, ms.
+    pub compile_cold_ms: f64,
+    /// The same through a warm compile cache, ms.
+    pub compile_cached_ms: f64,
+    /// Growth of the process's VmRSS per live instance (each instantiated
+    /// and called once, all held at once), MiB.
+    pub rss_per_instance_mb: f64,
+}
+
+/// Measure [`ComponentCost`] of `wasm`, holding `live` instances at once.
+pub async fn component_cost(wasm: &[u8], live: usize) -> anyhow::Result<ComponentCost> {
+    use sluice::engine::cache::CompileCache;
+    let engine = WasmEngine::new(EngineSettings::default())?;
+    let linker = sluice::host::linker(engine.engine())?;
+    let dir = tempfile::tempdir()?;
+    let cache = CompileCache::new(dir.path());
+    let t = Instant::now();
+    component::compile_cached(&engine, &linker, wasm, Some(&cache))?;
+    let compile_cold_ms = t.elapsed().as_secs_f64() * 1e3;
+    let t = Instant::now();
+    component::compile_cached(&engine, &linker, wasm, Some(&cache))?;
+    let compile_cached_ms = t.elapsed().as_secs_f64() * 1e3;
+
+    let floor = Floor::new(wasm, &[])?;
+    floor.bare_call().await?; // pool and image set up before the baseline
+    let before = self_rss_mb().unwrap_or(f64::NAN);
+    let mut held = Vec::with_capacity(live);
+    for _ in 0..live {
+        held.push(floor.bare_instance().await?);
+    }
+    let after = self_rss_mb().unwrap_or(f64::NAN);
+    drop(held);
+    Ok(ComponentCost {
+        compile_cold_ms,
+        compile_cached_ms,
+        rss_per_instance_mb: (after - before) / live.max(1) as f64,
+    })
+}
+
+/// This process's resident set size, MiB.
+fn self_rss_mb() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    crate::report::kb_field(&status, "VmRSS:").map(|kb| kb as f64 / 1024.0)
 }

@@ -32,6 +32,7 @@ pub const ALL: &[&str] = &[
     "reload-2mb",
     "cold-start",
     "neighbours",
+    "polyglot",
 ];
 
 /// Run parameters.
@@ -83,6 +84,7 @@ pub async fn run(name: &str, opts: &Options) -> ScenarioResult {
         "reload-2mb" => reload(opts, &mut result, "bigtable").await,
         "cold-start" => cold_start(opts, &mut result).await,
         "neighbours" => neighbours(opts, &mut result).await,
+        "polyglot" => polyglot(opts, &mut result).await,
         other => Err(anyhow::anyhow!("unknown scenario `{other}`")),
     };
     if let Err(e) = outcome {
@@ -123,6 +125,9 @@ pub fn describe(name: &str) -> &'static str {
         }
         "neighbours" => {
             "in-process host: a healthy noop plugin's throughput alone vs beside plugins/hostile, for each misbehaviour"
+        }
+        "polyglot" => {
+            "the no-op plugin in Rust, Python (componentize-py) and JavaScript (componentize-js): in-process µs per fresh and warm call, compile time cold and cached, MiB per live instance; then JetStream no-op throughput and host RSS, fresh and reuse"
         }
         _ => "",
     }
@@ -469,15 +474,28 @@ async fn js_sluice(
     publish: &[&str],
     variant: &Variant,
 ) -> anyhow::Result<Row> {
+    let wasm = sluice_e2e::plugin_wasm(plugin_crate);
+    js_sluice_wasm(nats, js, opts, &wasm, publish, variant).await
+}
+
+/// [`js_sluice`] for the component at `wasm`.
+async fn js_sluice_wasm(
+    nats: &NatsServer,
+    js: &async_nats::jetstream::Context,
+    opts: &Options,
+    wasm: &Path,
+    publish: &[&str],
+    variant: &Variant,
+) -> anyhow::Result<Row> {
     purge(js, "BENCH").await?;
     load::preload_stream(js, &["bench.orders".into()], opts.events).await?;
     let dir = PluginDir::new();
     let extra: Vec<&str> = variant.extra.iter().map(String::as_str).collect();
     // A fresh durable per variant, so each starts at the stream's first message.
     let name = format!("bench{}", sluice_e2e::free_port());
-    dir.add(
+    dir.add_file(
         &name,
-        plugin_crate,
+        wasm,
         &manifest(
             &["bench.orders".into()],
             publish,
@@ -522,6 +540,79 @@ async fn js_throughput(
     }
     result.notes.push(format!(
         "{} events preloaded into a file-backed stream, then consumed; dedup off; events/s from the first to the last handled event",
+        opts.events
+    ));
+    Ok(())
+}
+
+// ---------------------------------------------------------------- languages
+
+/// The no-op plugin in each guest language: (label, component path).
+fn noop_per_language() -> Vec<(&'static str, PathBuf)> {
+    use sluice_e2e::polyglot::polyglot_wasm;
+    vec![
+        ("Rust", sluice_e2e::plugin_wasm("noop")),
+        ("Python", polyglot_wasm("noop-py")),
+        ("JavaScript", polyglot_wasm("noop-js")),
+    ]
+}
+
+async fn polyglot(opts: &Options, result: &mut ScenarioResult) -> anyhow::Result<()> {
+    const LIVE: usize = 32;
+    let (rounds, per_round) = opts.floor_calls;
+    let plugins = noop_per_language();
+    for (lang, path) in &plugins {
+        let wasm = std::fs::read(path)?;
+        let cost = crate::inproc::component_cost(&wasm, LIVE).await?;
+        let floor = crate::inproc::Floor::new(&wasm, &[])?;
+        let (_, fresh, warm) = crate::inproc::measure(&floor, rounds, per_round).await?;
+        drop(floor);
+        let mut row = Row::new(format!(
+            "{lang} noop, in-process: engine::invoke, fresh instance ({:.1} MB component)",
+            wasm.len() as f64 / 1e6
+        ));
+        row.millis = Some(fresh / 1000.0);
+        row.events_per_s = Some(1e6 / fresh);
+        row.extra.insert("us_per_call".into(), fresh);
+        row.extra
+            .insert("compile_cold_ms".into(), cost.compile_cold_ms);
+        row.extra
+            .insert("compile_cached_ms".into(), cost.compile_cached_ms);
+        row.extra
+            .insert("rss_mb_per_live_instance".into(), cost.rss_per_instance_mb);
+        result.rows.push(row);
+        let mut row = Row::new(format!(
+            "{lang} noop, in-process: engine::invoke_reusing, warm instance"
+        ));
+        row.millis = Some(warm / 1000.0);
+        row.events_per_s = Some(1e6 / warm);
+        row.extra.insert("us_per_call".into(), warm);
+        result.rows.push(row);
+        let mut row = Row::new(format!(
+            "{lang} noop: compile, cold / from the compile cache"
+        ));
+        row.millis = Some(cost.compile_cold_ms);
+        row.extra
+            .insert("compile_cached_ms".into(), cost.compile_cached_ms);
+        result.rows.push(row);
+        let mut row = Row::new(format!(
+            "{lang} noop: host memory per live instance ({LIVE} held at once), MiB in the RSS column"
+        ));
+        row.rss_mb = Some(cost.rss_per_instance_mb);
+        result.rows.push(row);
+    }
+    let nats = NatsServer::start();
+    let js = async_nats::jetstream::new(nats.client().await);
+    js_setup(&js).await;
+    for (lang, path) in &plugins {
+        for v in variants(opts, &format!("{lang} noop"), false) {
+            result
+                .rows
+                .push(js_sluice_wasm(&nats, &js, opts, path, &[], &v).await?);
+        }
+    }
+    result.notes.push(format!(
+        "in-process rows: single task, median of {rounds} rounds × {per_round} calls, default engine settings; memory: VmRSS growth with {LIVE} instances alive ÷ {LIVE}; JetStream rows as in js-noop ({} events, dedup off)",
         opts.events
     ));
     Ok(())

@@ -14,6 +14,7 @@ use sluice::service::{self, HostHandle};
 
 pub mod fault_proxy;
 pub mod neighbours;
+pub mod polyglot;
 
 /// The repository root.
 pub fn repo_root() -> PathBuf {
@@ -250,6 +251,13 @@ impl PluginDir {
         self.write(&format!("{name}.toml"), manifest.as_bytes())
     }
 
+    /// Install the component at `wasm` as `name` with `manifest` text (for
+    /// plugins built elsewhere, e.g. [`polyglot::polyglot_wasm`]).
+    pub fn add_file(&self, name: &str, wasm: &Path, manifest: &str) -> &Self {
+        std::fs::copy(wasm, self.path().join(format!("{name}.wasm"))).expect("copy plugin");
+        self.write(&format!("{name}.toml"), manifest.as_bytes())
+    }
+
     /// Write any file into the folder.
     pub fn write(&self, file: &str, bytes: &[u8]) -> &Self {
         std::fs::write(self.path().join(file), bytes).expect("write plugin file");
@@ -300,18 +308,39 @@ pub async fn start_host_with(overrides: Overrides) -> HostHandle {
     start_host_from(overrides, FileConfig::default()).await
 }
 
+/// Like [`start_host`], waiting up to 5 minutes for the host to be ready:
+/// for interpreter plugins (10 to 20 MB components), whose first compile
+/// takes tens of seconds on a busy machine (later starts load it from the
+/// compile cache).
+pub async fn start_host_patient(nats_url: &str, plugins: &Path) -> HostHandle {
+    let overrides = Overrides {
+        nats_url: Some(nats_url.to_string()),
+        plugins: Some(plugins.to_path_buf()),
+        ..Overrides::default()
+    };
+    start_host_within(overrides, FileConfig::default(), Duration::from_secs(300)).await
+}
+
 /// Start a host from flag-level `overrides` over a config `file` (64
 /// instances unless either sets it), and wait until it is subscribed.
-async fn start_host_from(mut overrides: Overrides, file: FileConfig) -> HostHandle {
+async fn start_host_from(overrides: Overrides, file: FileConfig) -> HostHandle {
+    start_host_within(overrides, file, Duration::from_secs(30)).await
+}
+
+async fn start_host_within(
+    mut overrides: Overrides,
+    file: FileConfig,
+    ready_within: Duration,
+) -> HostHandle {
     if file.max_instances.is_none() {
         overrides.max_instances = overrides.max_instances.or(Some(64));
     }
     let settings = config::resolve(&overrides, file).expect("valid test settings");
     sluice::telemetry::init(settings.log_format, "warn,sluice=info");
     let mut host = service::start(settings).await.expect("host starts");
-    tokio::time::timeout(Duration::from_secs(30), host.ready())
+    tokio::time::timeout(ready_within, host.ready())
         .await
-        .expect("host ready within 30s");
+        .unwrap_or_else(|_| panic!("host not ready within {ready_within:?}"));
     host
 }
 

@@ -8,6 +8,7 @@ mod config_check;
 mod dev;
 mod dlq;
 mod invoke;
+mod new;
 mod remote;
 mod run;
 
@@ -44,6 +45,8 @@ enum Command {
     Plugins(remote::PluginsArgs),
     /// Force a plugin's circuit breaker open or closed, or back to auto.
     Breaker(remote::BreakerArgs),
+    /// Scaffold a plugin folder in Rust, Python or JavaScript.
+    New(new::NewArgs),
 }
 
 /// Flags of `sluice run`.
@@ -153,6 +156,7 @@ pub fn main() -> ExitCode {
             Command::Dlq(args) => dlq::dlq(args).await,
             Command::Plugins(args) => remote::plugins(args).await,
             Command::Breaker(args) => remote::breaker(args).await,
+            Command::New(args) => new::new(args),
         }
     });
     match result {
