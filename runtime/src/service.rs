@@ -442,9 +442,9 @@ async fn serve(
             due.insert(name.clone(), retry);
         }
     }
-    // The server has processed every SUB once a flush round-trip completes.
-    if let Err(e) = client.flush().await {
-        tracing::warn!("NATS flush after subscribing failed: {e}");
+    // The server has processed every SUB once a round trip completes.
+    if let Err(e) = nats::sync::synced(&client, Duration::from_secs(5)).await {
+        tracing::warn!("after subscribing: {e}");
     }
     let _ = ready.send(true);
     tracing::info!(folder = %supervisor.settings.plugins.display(), "sluice is serving; watching the plugin folder for deploys");

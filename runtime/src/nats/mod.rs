@@ -5,6 +5,7 @@
 pub mod auth;
 pub mod convert;
 pub mod jetstream;
+pub mod sync;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;

@@ -33,6 +33,8 @@ use crate::dispatch::{Route, bump, count_dropped, dead_letter_for, trace_id};
 use crate::engine::invoke::{Failure, FailureClass};
 use crate::nats::convert;
 
+/// How long to wait for the server to confirm the subscriptions.
+const SYNC_WAIT: Duration = Duration::from_secs(5);
 /// How long closing a subscription may take when stopping (NATS may be down).
 const UNSUBSCRIBE_WAIT: Duration = Duration::from_secs(1);
 
@@ -85,8 +87,8 @@ pub async fn start(
         })?);
     }
     // Once the server has the SUBs, publishers can count on them.
-    if let Err(e) = setup.client.flush().await {
-        tracing::warn!(plugin = %setup.plugin, "NATS flush after subscribing failed: {e}");
+    if let Err(e) = crate::nats::sync::synced(&setup.client, SYNC_WAIT).await {
+        tracing::warn!(plugin = %setup.plugin, "after subscribing: {e}");
     }
     let signals = StopSignals::new(&ctx, stop);
     let (tx, rx) = mpsc::channel::<async_nats::Message>(setup.buffer.max(1));
