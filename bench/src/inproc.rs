@@ -17,8 +17,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use sluice::engine::bindings::v0_1;
-use sluice::engine::bindings::v0_1::sluice::plugin::types;
+use sluice::contract::{self as types, Pre};
 use sluice::engine::component::{self, CompiledPlugin};
 use sluice::engine::invoke::{self, InvocationRequest, InvokeLimits};
 use sluice::engine::{EngineSettings, WasmEngine};
@@ -46,7 +45,7 @@ impl WasiView for BareState {
 /// One component prepared both ways.
 pub struct Floor {
     engine: WasmEngine,
-    bare: v0_1::ConsumerPre<BareState>,
+    bare: Pre<BareState>,
     plugin: CompiledPlugin,
     event: types::Event,
     tag: PluginTag,
@@ -85,7 +84,8 @@ impl Floor {
         // The sluice imports (log, publish) trap if called; the floor is
         // measured with a plugin that calls neither.
         bare_linker.define_unknown_imports_as_traps(&component)?;
-        let bare = v0_1::ConsumerPre::new(bare_linker.instantiate_pre(&component)?)
+        let version = &plugin.info.contract_version;
+        let bare = Pre::new(version, bare_linker.instantiate_pre(&component)?)
             .map_err(|e| anyhow::anyhow!("the component is not a sluice consumer: {e:#}"))?;
         Ok(Floor {
             engine,
@@ -114,8 +114,7 @@ impl Floor {
         store.set_epoch_deadline(1 << 40);
         let consumer = self.bare.instantiate_async(&mut store).await?;
         consumer
-            .sluice_plugin_handler()
-            .call_handle(&mut store, &self.event)
+            .handle(&mut store, &self.event)
             .await?
             .map_err(|e| anyhow::anyhow!("handler failed: {e:?}"))
     }
@@ -129,6 +128,7 @@ impl Floor {
                 event: &self.event,
                 tag: self.tag.clone(),
                 grants: self.grants.clone(),
+                config: Arc::default(),
                 limits: InvokeLimits::default(),
                 log_budget: self.log_budget.clone(),
                 keep_logs: false,
@@ -151,6 +151,7 @@ impl Floor {
                 event: &self.event,
                 tag: self.tag.clone(),
                 grants: self.grants.clone(),
+                config: Arc::default(),
                 limits: InvokeLimits::default(),
                 log_budget: self.log_budget.clone(),
                 keep_logs: false,

@@ -1,10 +1,13 @@
 //! # sluice-sdk: write a sluice consumer plugin as one function
 //!
 //! A sluice plugin is a WebAssembly component that exports the
-//! `sluice:plugin/handler@0.1.0` interface. This crate hides the generated
-//! bindings: you write one function from [`Event`] to [`HandlerResult`] and
-//! export it with [`export_handler!`]. Logging ([`log`], [`info!`] and friends)
-//! and publishing ([`publish`]) call into the host.
+//! `sluice:plugin/handler@0.2.0` interface (contract 0.2.0, WIT in
+//! `wit/0.2.0/`). This crate hides the generated bindings: you write one
+//! function from [`Event`] to [`HandlerResult`] and export it with
+//! [`export_handler!`]. Logging ([`log`], [`info!`] and friends), publishing
+//! ([`publish`], [`reply`]) and configuration ([`config::get`]) call into the
+//! host. A component imports only what it calls, so a plugin that never
+//! reads its configuration does not ask for it.
 //!
 //! ```ignore
 //! // Cargo.toml: [lib] crate-type = ["cdylib"], dependency sluice-sdk
@@ -43,7 +46,7 @@ pub mod __private {
     //! Generated bindings; not part of the public API.
     #![allow(missing_docs)]
     wit_bindgen::generate!({
-        path: "../wit",
+        path: "../wit/0.2.0",
         world: "consumer",
         pub_export_macro: true,
         export_macro_name: "__sluice_export_world",
@@ -174,6 +177,32 @@ pub fn reply(event: &Event, payload: impl AsRef<[u8]>) -> Result<(), HandlerErro
     };
     publish(to, payload)?;
     Ok(())
+}
+
+/// The plugin's configuration and secrets.
+pub mod config {
+    /// The value of `key`: an operator secret (`plugin_secrets`), else the
+    /// operator's value (`plugin_config`), else the manifest's `[config]`;
+    /// `None` when none sets it. The host never logs what is read here; a
+    /// plugin should not log a secret either.
+    ///
+    /// ```ignore
+    /// let url = sluice_sdk::config::get("api_url").unwrap_or_else(|| "http://localhost".into());
+    /// let token = sluice_sdk::config::require("api_token")?; // permanent error if unset
+    /// ```
+    pub fn get(key: &str) -> Option<String> {
+        crate::__private::sluice::plugin::config::get(key)
+    }
+
+    /// Like [`get`], but a missing key is a permanent error naming it (the
+    /// event cannot succeed until the operator sets it).
+    pub fn require(key: &str) -> Result<String, crate::HandlerError> {
+        get(key).ok_or_else(|| {
+            crate::HandlerError::permanent(format!(
+                "configuration key `{key}` is not set: add it to the manifest's [config] or the operator's plugin_config / plugin_secrets"
+            ))
+        })
+    }
 }
 
 /// Serialize `value` as JSON and queue it for `subject` (see [`publish`]).

@@ -23,10 +23,12 @@ use std::time::Duration;
 use serde::Deserialize;
 use thiserror::Error;
 
+use crate::config::value::KeyValues;
 use crate::config::value::{SettingValue, Show, text};
 use crate::config::{Kind, Origin, Origins, Setting};
 use crate::engine::invoke::InvokeLimits;
 use crate::host::PublishLimits;
+use crate::host::config::{PluginConfig, SecretError};
 use crate::subject::PublishGrants;
 
 /// A size in bytes, written as an integer or with a 1024-based unit
@@ -399,6 +401,10 @@ pub struct SandboxPolicy {
     pub defaults: Limits,
     /// Subjects any plugin may publish to (`None` = whatever its manifest grants).
     pub publish_allow: Option<Vec<String>>,
+    /// Configuration values for every plugin without its own (`plugin_config`).
+    pub plugin_config: Option<KeyValues>,
+    /// Secret references for every plugin without its own (`plugin_secrets`).
+    pub plugin_secrets: Option<KeyValues>,
     /// Rules per plugin name.
     pub rules: BTreeMap<String, PluginRules>,
 }
@@ -445,6 +451,29 @@ impl SandboxPolicy {
             grants,
             capped,
         }
+    }
+
+    /// The configuration `plugin` reads: its manifest's `[config]` under the
+    /// operator's `plugin_config`, and the operator's `plugin_secrets`
+    /// (resolved now; an unset variable or unreadable file is an error).
+    pub fn config_of(
+        &self,
+        plugin: &str,
+        manifest_config: &KeyValues,
+    ) -> Result<PluginConfig, SecretError> {
+        let rules = self.rules.get(plugin);
+        let operator = rules
+            .and_then(|r| r.plugin_config.as_ref())
+            .or(self.plugin_config.as_ref());
+        let secrets = rules
+            .and_then(|r| r.plugin_secrets.as_ref())
+            .or(self.plugin_secrets.as_ref());
+        let none = KeyValues::new();
+        PluginConfig::resolve(
+            manifest_config,
+            operator.unwrap_or(&none),
+            secrets.unwrap_or(&none),
+        )
     }
 
     /// The largest limit any plugin may have (the engine's pool is sized for it).

@@ -40,7 +40,7 @@ use crate::engine::cache::{CompileCache, Provenance};
 use crate::engine::governor::GovernorStats;
 use crate::engine::invoke::Failure;
 use crate::engine::{EngineError, PoolUsage, WasmEngine};
-use crate::host::{self, HostState, LogBudget, PluginTag};
+use crate::host::{self, HostState, LogBudget, PluginConfig, PluginTag};
 use crate::limits::PluginSandbox;
 use crate::manifest::{DeliveryMode, Isolation, JetStreamSettings, Manifest};
 use crate::nats;
@@ -700,7 +700,20 @@ impl Supervisor {
             .map(|a| a.slot.load().tag.version.to_string());
         let same_spec = self.active.get(name).filter(|a| a.spec == spec);
         let semaphore = same_spec.map(|a| a.slot.load().concurrency.clone());
-        let route = self.route_for(&loaded, semaphore);
+        let config = match self
+            .settings
+            .sandbox
+            .config_of(name, &loaded.manifest.config)
+        {
+            Ok(config) => Arc::new(config),
+            Err(e) => {
+                tracing::error!(plugin = name, "{e}; the previous version (if any) stays");
+                self.registry.failed(name, e.to_string());
+                self.metrics.plugin_reload_failed(name);
+                return None;
+            }
+        };
+        let route = self.route_for(&loaded, semaphore, config);
         match self.active.get_mut(name) {
             // Same subscriptions: an atomic swap of the serving version.
             Some(active) if active.spec == spec => {
@@ -772,7 +785,12 @@ impl Supervisor {
             .resolve(&plugin.name, &manifest.limits, &manifest.publish)
     }
 
-    fn route_for(&self, plugin: &LoadedPlugin, concurrency: Option<Arc<Semaphore>>) -> Arc<Route> {
+    fn route_for(
+        &self,
+        plugin: &LoadedPlugin,
+        concurrency: Option<Arc<Semaphore>>,
+        config: Arc<PluginConfig>,
+    ) -> Arc<Route> {
         let manifest = &plugin.manifest;
         let sandbox = self.sandbox_of(plugin);
         for capped in &sandbox.capped {
@@ -786,6 +804,7 @@ impl Supervisor {
             },
             compiled: plugin.compiled.clone(),
             grants: Arc::new(sandbox.grants),
+            config,
             limits: limits.invoke_limits(),
             retry: apply_retry(self.settings.retry, &manifest.retry),
             concurrency: concurrency

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::value::{OrOff, Show};
+use super::value::{KeyValues, OrOff, Show};
 use super::{DedupStoreKind, LogFormat};
 
 /// Accepts any value as it is.
@@ -137,6 +137,15 @@ pub fn publish_allow(list: Option<Vec<String>>) -> Result<Option<Vec<String>>, S
         crate::subject::validate_pattern(pattern).map_err(|e| e.to_string())?;
     }
     Ok(list)
+}
+
+/// Every value an `env:VARIABLE` or `file:PATH` reference (resolved when a
+/// plugin loads; a secret's value never sits in the config file).
+pub fn secret_refs(refs: Option<KeyValues>) -> Result<Option<KeyValues>, String> {
+    for (key, reference) in refs.iter().flatten() {
+        crate::host::config::SecretRef::parse(key, reference).map_err(|e| e.to_string())?;
+    }
+    Ok(refs)
 }
 
 /// `kv` or `memory`.

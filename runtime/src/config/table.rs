@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use super::check;
 use super::declare::declare_settings;
-use super::value::{OrOff, Secret};
+use super::value::{KeyValues, OrOff, Secret};
 use super::{DedupStoreKind, LogFormat};
 use crate::delivery::breaker::BreakerOverrides;
 use crate::manifest::RetryOverrides;
@@ -34,6 +34,13 @@ declare_settings! {
         /// Subject patterns any plugin may publish to, comma-separated, whatever its manifest grants.
         publish_allow: Vec<String> as "PATTERNS", unset "none (the manifest's grants apply)"
             => Option<Vec<String>> = check::publish_allow;
+        /// Configuration plugins read with `config.get`, replacing their manifest's `[config]` keys.
+        plugin_config: KeyValues, unset "none (the manifest's `[config]` applies)"
+            => Option<KeyValues> = check::any;
+        /// Secrets plugins read with `config.get`, as references only: `key = "env:VARIABLE"` or
+        /// `key = "file:PATH"`, read when a plugin loads, never shown or logged.
+        plugin_secrets: KeyValues as "KEY=REF,...", unset "none"
+            => Option<KeyValues> = check::secret_refs;
     }
 
     host {

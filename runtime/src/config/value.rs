@@ -252,6 +252,35 @@ impl SettingValue for Vec<String> {
     }
 }
 
+/// Key/value pairs: `key=value,...` in a flag or variable, a table in the file.
+pub type KeyValues = std::collections::BTreeMap<String, String>;
+
+impl Show for KeyValues {
+    fn show(&self) -> Option<toml::Value> {
+        Some(toml::Value::Table(
+            self.iter()
+                .map(|(k, v)| (k.clone(), toml::Value::String(v.clone())))
+                .collect(),
+        ))
+    }
+}
+
+impl SettingValue for KeyValues {
+    const VALUE_NAME: &'static str = "KEY=VALUE,...";
+    fn parse(text: &str) -> Result<Self, String> {
+        text.split(',')
+            .filter(|pair| !pair.trim().is_empty())
+            .map(|pair| match pair.split_once('=') {
+                Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.to_string())),
+                _ => Err(format!("`{pair}` is not `key=value`")),
+            })
+            .collect()
+    }
+    fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        <KeyValues as Deserialize>::deserialize(d)
+    }
+}
+
 impl<T: Show> Show for Option<T> {
     fn show(&self) -> Option<toml::Value> {
         self.as_ref().and_then(Show::show)

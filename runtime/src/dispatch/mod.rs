@@ -18,6 +18,7 @@ use std::time::{Duration, Instant, SystemTime};
 use async_nats::{Client, HeaderMap};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError};
 
+use crate::contract;
 use crate::delivery::RetryPolicy;
 use crate::delivery::breaker::{
     Admission, CircuitBreaker, Outcome as BreakerOutcome, State as BreakerState, Transition,
@@ -25,12 +26,11 @@ use crate::delivery::breaker::{
 };
 use crate::delivery::dead_letter::{self, DeadLetter, DlqError};
 use crate::engine::WasmEngine;
-use crate::engine::bindings::v0_1::sluice::plugin::types;
 use crate::engine::component::CompiledPlugin;
 use crate::engine::invoke::{
     self, ClassCounters, ClassCounts, Failure, FailureClass, InvocationRequest, InvokeLimits,
 };
-use crate::host::{LogBudget, OutboundMessage, PluginTag};
+use crate::host::{LogBudget, OutboundMessage, PluginConfig, PluginTag};
 use crate::manifest::KeySource;
 use crate::nats::convert;
 use crate::subject::PublishGrants;
@@ -165,6 +165,8 @@ pub struct Route {
     pub compiled: Arc<CompiledPlugin>,
     /// Publish grants.
     pub grants: Arc<PublishGrants>,
+    /// Configuration and secrets (`config.get`).
+    pub config: Arc<PluginConfig>,
     /// Per-event limits.
     pub limits: InvokeLimits,
     /// Retry policy.
@@ -338,7 +340,7 @@ impl Dispatcher {
         &self,
         route: &Route,
         key: &str,
-        event: &types::Event,
+        event: &contract::Event,
         admission: Admission,
     ) -> Result<(), Failure> {
         let _in_flight = route.plugin_metrics.attempt_started();
@@ -366,6 +368,7 @@ impl Dispatcher {
                 event,
                 tag: route.tag.clone(),
                 grants: route.grants.clone(),
+                config: route.config.clone(),
                 limits: route.limits,
                 log_budget: route.log_budget.clone(),
                 keep_logs: false,

@@ -15,14 +15,13 @@ use std::time::{Duration, Instant};
 
 use wasmtime::{Store, Trap, UpdateDeadline};
 
+use crate::contract::{self, HandlerError};
 use crate::engine::WasmEngine;
-use crate::engine::bindings::v0_1;
-use crate::engine::bindings::v0_1::sluice::plugin::types;
 use crate::engine::component::CompiledPlugin;
 use crate::engine::governor::CpuTicket;
 use crate::host::{
-    HostState, LogBudget, LogGate, LogRecord, MemoryLimiter, OutboundMessage, PluginTag,
-    PublishLimits, truncated,
+    HostState, LogBudget, LogGate, LogRecord, MemoryLimiter, OutboundMessage, PluginConfig,
+    PluginTag, PublishLimits, truncated,
 };
 use crate::subject::PublishGrants;
 
@@ -263,11 +262,13 @@ impl InvocationReport {
 /// One event to run.
 pub struct InvocationRequest<'a> {
     /// The event as the plugin will see it.
-    pub event: &'a types::Event,
+    pub event: &'a contract::Event,
     /// Plugin name and version, for tagging.
     pub tag: PluginTag,
     /// Publish grants.
     pub grants: Arc<PublishGrants>,
+    /// Configuration and secrets the plugin reads (`config.get`).
+    pub config: Arc<PluginConfig>,
     /// Limits.
     pub limits: InvokeLimits,
     /// The plugin's log rate limit, shared by all its invocations.
@@ -282,7 +283,7 @@ pub struct InvocationRequest<'a> {
 /// carries over; its linear memory (the plugin's own state) does.
 pub struct WarmInstance {
     store: Store<HostState>,
-    consumer: v0_1::Consumer,
+    consumer: contract::Instance,
     /// Events this instance has handled.
     pub uses: u32,
 }
@@ -356,6 +357,7 @@ pub async fn invoke_reusing(
             uses,
         }) => {
             store.data_mut().begin_event();
+            store.data_mut().config = request.config;
             arm(&mut store, ticket.clone());
             (store, Some((consumer, uses)))
         }
@@ -378,6 +380,7 @@ pub async fn invoke_reusing(
                 request.keep_logs,
             );
             let mut store = Store::new(engine.engine(), state);
+            store.data_mut().config = request.config;
             store.limiter(|s| &mut s.limiter);
             arm(&mut store, ticket.clone());
             (store, None)
@@ -406,8 +409,7 @@ pub async fn invoke_reusing(
             }
         };
         let verdict = consumer
-            .sluice_plugin_handler()
-            .call_handle(&mut store, request.event)
+            .handle(&mut store, request.event)
             .await
             .map_err(|e| (FailureClass::Trap, e))?;
         Ok((verdict, consumer))
@@ -458,11 +460,17 @@ pub async fn invoke_reusing(
             &format!("the plugin exceeded its publish limit: {limit}; nothing was published"),
         )),
         (Ok(Ok(())), None) => Ok(()),
-        (Ok(Err(types::HandlerError::Retryable(e))), None) => Err(Failure {
-            retry_after: e.retry_after_ms.map(Duration::from_millis),
-            ..Failure::new(FailureClass::Retryable, &e.message)
+        (
+            Ok(Err(HandlerError::Retryable {
+                message,
+                retry_after_ms,
+            })),
+            None,
+        ) => Err(Failure {
+            retry_after: retry_after_ms.map(Duration::from_millis),
+            ..Failure::new(FailureClass::Retryable, &message)
         }),
-        (Ok(Err(types::HandlerError::Permanent(message))), None) => {
+        (Ok(Err(HandlerError::Permanent(message))), None) => {
             Err(Failure::new(FailureClass::Permanent, &message))
         }
         (Err((class, error)), _) => Err(classify(class, &error, state, limits.timeout)),
