@@ -5,8 +5,8 @@
 //! `wit/0.2.0/`). This crate hides the generated bindings: you write one
 //! function from [`Event`] to [`HandlerResult`] and export it with
 //! [`export_handler!`]. Logging ([`log`], [`info!`] and friends), publishing
-//! ([`publish`], [`reply`]) and configuration ([`config::get`]) call into the
-//! host. A component imports only what it calls, so a plugin that never
+//! ([`publish`], [`reply`]), configuration ([`config::get`]) and state
+//! ([`state::get`], [`state::cas`], ...) call into the host. A component imports only what it calls, so a plugin that never
 //! reads its configuration does not ask for it.
 //!
 //! ```ignore
@@ -202,6 +202,87 @@ pub mod config {
                 "configuration key `{key}` is not set: add it to the manifest's [config] or the operator's plugin_config / plugin_secrets"
             ))
         })
+    }
+}
+
+/// The plugin's key-value state (needs `state = true` in the manifest).
+///
+/// Writes are buffered and committed only if the handler returns `Ok`
+/// (before its publishes); this attempt's reads see them. A
+/// compare-and-swap that finds the key changed at commit fails the attempt
+/// as retryable, and the retry reads the new value, so a read-modify-write
+/// with [`cas`] is exact even with many hosts:
+///
+/// ```ignore
+/// let (total, revision) = match sluice_sdk::state::get("total")? {
+///     Some(e) => (String::from_utf8_lossy(&e.value).parse::<i64>().unwrap_or(0), e.revision),
+///     None => (0, 0), // revision 0: the key must still not exist at commit
+/// };
+/// sluice_sdk::state::cas("total", revision, (total + 1).to_string())?;
+/// ```
+pub mod state {
+    use std::time::Duration;
+
+    use crate::__private::sluice::plugin::state as wit;
+    pub use wit::{Entry, StateError};
+
+    /// The value of `key` and its revision, as this attempt's writes left it.
+    pub fn get(key: &str) -> Result<Option<Entry>, StateError> {
+        wit::get(key)
+    }
+
+    /// Set `key` to `value` when the attempt commits.
+    pub fn set(key: &str, value: impl AsRef<[u8]>) -> Result<(), StateError> {
+        wit::set(key, value.as_ref(), None)
+    }
+
+    /// Like [`set`], the value expiring after `ttl` (whole seconds, at least one).
+    pub fn set_with_ttl(
+        key: &str,
+        value: impl AsRef<[u8]>,
+        ttl: Duration,
+    ) -> Result<(), StateError> {
+        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+        wit::set(key, value.as_ref(), Some(ttl_ms))
+    }
+
+    /// Set `key` to `value` at commit only if its revision is still
+    /// `revision` then (0: only if it does not exist); otherwise the attempt
+    /// fails as retryable.
+    pub fn cas(key: &str, revision: u64, value: impl AsRef<[u8]>) -> Result<(), StateError> {
+        wit::compare_and_swap(key, revision, value.as_ref(), None)
+    }
+
+    /// Delete `key` when the attempt commits.
+    pub fn delete(key: &str) -> Result<(), StateError> {
+        wit::delete(key)
+    }
+
+    /// The keys starting with `prefix`, sorted.
+    pub fn list_keys(prefix: &str) -> Result<Vec<String>, StateError> {
+        wit::list_keys(prefix)
+    }
+}
+
+/// A failed state call fails the event, so `?` works in handlers: retryable
+/// when the store was unreachable, permanent otherwise (not granted, bad key,
+/// over a limit: a retry cannot help).
+impl From<state::StateError> for HandlerError {
+    fn from(e: state::StateError) -> Self {
+        match e {
+            state::StateError::Unavailable(m) => {
+                HandlerError::retryable(format!("state unavailable: {m}"))
+            }
+            state::StateError::NotGranted(m) => {
+                HandlerError::permanent(format!("state not granted: {m}"))
+            }
+            state::StateError::InvalidKey(m) => {
+                HandlerError::permanent(format!("invalid state key: {m}"))
+            }
+            state::StateError::LimitExceeded(m) => {
+                HandlerError::permanent(format!("state limit exceeded: {m}"))
+            }
+        }
     }
 }
 

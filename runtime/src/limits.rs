@@ -405,6 +405,8 @@ pub struct SandboxPolicy {
     pub plugin_config: Option<KeyValues>,
     /// Secret references for every plugin without its own (`plugin_secrets`).
     pub plugin_secrets: Option<KeyValues>,
+    /// The state bucket (`state_bucket`); `None`: state is off.
+    pub state_bucket: Option<String>,
     /// Rules per plugin name.
     pub rules: BTreeMap<String, PluginRules>,
 }
@@ -474,6 +476,17 @@ impl SandboxPolicy {
             operator.unwrap_or(&none),
             secrets.unwrap_or(&none),
         )
+    }
+
+    /// The state bucket of `plugin` (its `[plugin.<name>] state_bucket`, else
+    /// the host's); `None` when the operator turned state off for it.
+    pub fn state_bucket_of(&self, plugin: &str) -> Option<String> {
+        match self.rules.get(plugin).and_then(|r| r.state_bucket.clone()) {
+            Some(raw) => crate::config::check::state_bucket(raw)
+                .ok()
+                .and_then(|b| b.0),
+            None => self.state_bucket.clone(),
+        }
     }
 
     /// The largest limit any plugin may have (the engine's pool is sized for it).

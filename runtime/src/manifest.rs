@@ -40,6 +40,8 @@ with_limit_keys! {
         reuse_limit: Option<u32>,
         #[serde(default)]
         config: toml::Table,
+        #[serde(default)]
+        state: bool,
     }
 }
 
@@ -172,6 +174,9 @@ pub struct Manifest {
     /// `[config]`: values the plugin reads with `config.get` (contract
     /// 0.2.0), which the operator may override; never secrets.
     pub config: KeyValues,
+    /// Asks for key-value state (contract 0.2.0 `state`), which the operator
+    /// may refuse (`state_bucket = "off"`).
+    pub state: bool,
 }
 
 /// How a plugin's events get their instances.
@@ -357,6 +362,7 @@ impl Manifest {
         let config = config_values(raw.config).map_err(|(key, message)| invalid(key, message))?;
         Ok(Manifest {
             config,
+            state: raw.state,
             breaker: raw.breaker,
             core_buffer: raw.core_buffer,
             isolation: raw.isolation,

@@ -152,6 +152,8 @@ pub async fn invoke(args: InvokeArgs) -> anyhow::Result<ExitCode> {
             config: Arc::new(host::PluginConfig::of_manifest(
                 manifest.as_ref().map(|m| &m.config),
             )),
+            // No NATS here: a state call returns `not-granted`.
+            state: None,
             limits: InvokeLimits {
                 timeout: args.timeout,
                 ..InvokeLimits::default()

@@ -148,6 +148,14 @@ pub fn secret_refs(refs: Option<KeyValues>) -> Result<Option<KeyValues>, String>
     Ok(refs)
 }
 
+/// A KV bucket name, or `off`.
+pub fn state_bucket(text: String) -> Result<OrOff<String>, String> {
+    if text == "off" {
+        return Ok(OrOff(None));
+    }
+    dedup_bucket(text).map(|b| OrOff(Some(b)))
+}
+
 /// `kv` or `memory`.
 pub fn dedup_store(text: String) -> Result<DedupStoreKind, String> {
     match text.as_str() {

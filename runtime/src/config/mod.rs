@@ -238,6 +238,7 @@ fn sandbox_policy(
         publish_allow: values.publish_allow.clone(),
         plugin_config: values.plugin_config.clone(),
         plugin_secrets: values.plugin_secrets.clone(),
+        state_bucket: values.state_bucket.0.clone(),
         rules: file.plugin.clone(),
     };
     policy.validate().map_err(|e| ConfigError::Invalid {

@@ -41,6 +41,10 @@ declare_settings! {
         /// `key = "file:PATH"`, read when a plugin loads, never shown or logged.
         plugin_secrets: KeyValues as "KEY=REF,...", unset "none"
             => Option<KeyValues> = check::secret_refs;
+        /// NATS KV bucket holding plugin state (each plugin its own key space), or off to refuse state
+        /// to plugins whose manifest asks for it.
+        state_bucket: String as "NAME|off" = "sluice-state".into()
+            => OrOff<String> = check::state_bucket;
     }
 
     host {

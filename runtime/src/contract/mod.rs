@@ -129,6 +129,28 @@ impl PublishError {
     }
 }
 
+/// A stored state value and its revision (contract 0.2.0 `state`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StateEntry {
+    /// The value.
+    pub value: Vec<u8>,
+    /// Its revision (0: written by this attempt, not committed yet).
+    pub revision: u64,
+}
+
+/// Why a state call failed; returned to the plugin.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StateError {
+    /// State is not granted to the plugin.
+    NotGranted(String),
+    /// The key is not valid.
+    InvalidKey(String),
+    /// A per-event write limit is reached.
+    LimitExceeded(String),
+    /// The store could not be reached.
+    Unavailable(String),
+}
+
 /// A capability a component may import, as `sluice check` names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Capability {
@@ -138,6 +160,8 @@ pub enum Capability {
     Publish,
     /// Reading configuration and secrets (`sluice:plugin/config`, 0.2.0).
     Config,
+    /// Key-value state (`sluice:plugin/state`, 0.2.0).
+    State,
 }
 
 impl Capability {
@@ -147,6 +171,7 @@ impl Capability {
             Capability::Logging => "logging",
             Capability::Publish => "publish",
             Capability::Config => "config",
+            Capability::State => "state",
         }
     }
 
@@ -161,6 +186,7 @@ impl Capability {
                     "logging" => Some(Capability::Logging),
                     "publisher" => Some(Capability::Publish),
                     "config" => Some(Capability::Config),
+                    "state" => Some(Capability::State),
                     _ => None,
                 }
             })
@@ -186,6 +212,8 @@ pub trait PluginHost: wasmtime_wasi::WasiView + Send + 'static {
     ) -> Result<(), PublishError>;
     /// The plugin's configuration value or secret for `key`.
     fn config_get(&mut self, key: &str) -> Option<String>;
+    /// The attempt's state transaction.
+    fn state(&mut self) -> &mut crate::host::state::StateTxn;
 }
 
 /// A store's data as the generated import traits see it: the version

@@ -1,4 +1,4 @@
-//! `sluice:plugin@0.2.0` (WIT in `wit/0.2.0/`): 0.1.0 plus `config`.
+//! `sluice:plugin@0.2.0` (WIT in `wit/0.2.0/`): 0.1.0 plus `config` and `state`.
 //!
 //! The only module that sees this version's generated bindings: it converts
 //! them to and from the host's types ([`super`]) and serves the imports
@@ -8,6 +8,7 @@ use wasmtime::AsContextMut;
 use wasmtime::component::Linker;
 
 use super::{Event, HandlerError, Level, PluginHost, PublishError, Served, ServedBy};
+use crate::host::state::WriteOp;
 
 mod bindings {
     #![allow(missing_docs)]
@@ -15,10 +16,11 @@ mod bindings {
         path: "../wit/0.2.0",
         world: "consumer",
         exports: { default: async },
+        imports: { "sluice:plugin/state": async },
     });
 }
 
-use bindings::sluice::plugin::{config, logging, publisher, types};
+use bindings::sluice::plugin::{config, logging, publisher, state, types};
 pub use bindings::{Consumer, ConsumerPre};
 
 /// The contract version this module serves.
@@ -34,5 +36,61 @@ super::surface_of_0_1!();
 impl<T: PluginHost> config::Host for Served<'_, T> {
     fn get(&mut self, key: String) -> Option<String> {
         PluginHost::config_get(self.0, &key)
+    }
+}
+
+fn state_error(e: super::StateError) -> state::StateError {
+    use super::StateError as E;
+    match e {
+        E::NotGranted(m) => state::StateError::NotGranted(m),
+        E::InvalidKey(m) => state::StateError::InvalidKey(m),
+        E::LimitExceeded(m) => state::StateError::LimitExceeded(m),
+        E::Unavailable(m) => state::StateError::Unavailable(m),
+    }
+}
+
+fn set_op(value: Vec<u8>, ttl_ms: Option<u64>) -> WriteOp {
+    let ttl = ttl_ms.map(std::time::Duration::from_millis);
+    WriteOp::Set { value, ttl }
+}
+
+impl<T: PluginHost> state::Host for Served<'_, T> {
+    async fn get(&mut self, key: String) -> Result<Option<state::Entry>, state::StateError> {
+        let entry = self.0.state().get(&key).await.map_err(state_error)?;
+        Ok(entry.map(|e| state::Entry {
+            value: e.value,
+            revision: e.revision,
+        }))
+    }
+
+    async fn set(
+        &mut self,
+        key: String,
+        value: Vec<u8>,
+        ttl_ms: Option<u64>,
+    ) -> Result<(), state::StateError> {
+        let op = set_op(value, ttl_ms);
+        self.0.state().write(&key, op, None).map_err(state_error)
+    }
+
+    async fn compare_and_swap(
+        &mut self,
+        key: String,
+        revision: u64,
+        value: Vec<u8>,
+        ttl_ms: Option<u64>,
+    ) -> Result<(), state::StateError> {
+        let op = set_op(value, ttl_ms);
+        let txn = self.0.state();
+        txn.write(&key, op, Some(revision)).map_err(state_error)
+    }
+
+    async fn delete(&mut self, key: String) -> Result<(), state::StateError> {
+        let txn = self.0.state();
+        txn.write(&key, WriteOp::Delete, None).map_err(state_error)
+    }
+
+    async fn list_keys(&mut self, prefix: String) -> Result<Vec<String>, state::StateError> {
+        self.0.state().list(&prefix).await.map_err(state_error)
     }
 }

@@ -30,6 +30,7 @@ use crate::engine::component::CompiledPlugin;
 use crate::engine::invoke::{
     self, ClassCounters, ClassCounts, Failure, FailureClass, InvocationRequest, InvokeLimits,
 };
+use crate::host::state::{self, StateSpace};
 use crate::host::{LogBudget, OutboundMessage, PluginConfig, PluginTag};
 use crate::manifest::KeySource;
 use crate::nats::convert;
@@ -56,6 +57,7 @@ pub struct PluginStats {
     pub(crate) shed: AtomicU64,
     dropped: AtomicU64,
     refused_publishes: AtomicU64,
+    refused_state: AtomicU64,
     log_dropped: AtomicU64,
     failures: ClassCounters,
     gave_up_by: ClassCounters,
@@ -98,6 +100,8 @@ pub struct StatsSnapshot {
     pub dropped: u64,
     /// Publishes refused (not granted, reserved, invalid, over a limit).
     pub refused_publishes: u64,
+    /// State calls refused (not granted, invalid key, over a limit).
+    pub refused_state: u64,
     /// Plugin log lines dropped (per-event cap or rate limit).
     pub log_dropped: u64,
     /// Failed attempts per failure class.
@@ -127,6 +131,7 @@ impl PluginStats {
             shed: get(&self.shed),
             dropped: get(&self.dropped),
             refused_publishes: get(&self.refused_publishes),
+            refused_state: get(&self.refused_state),
             log_dropped: get(&self.log_dropped),
             failures: self.failures.snapshot(),
             gave_up_by: self.gave_up_by.snapshot(),
@@ -167,6 +172,8 @@ pub struct Route {
     pub grants: Arc<PublishGrants>,
     /// Configuration and secrets (`config.get`).
     pub config: Arc<PluginConfig>,
+    /// The plugin's state key space; `None`: state not granted.
+    pub state: Option<StateSpace>,
     /// Per-event limits.
     pub limits: InvokeLimits,
     /// Retry policy.
@@ -369,6 +376,7 @@ impl Dispatcher {
                 tag: route.tag.clone(),
                 grants: route.grants.clone(),
                 config: route.config.clone(),
+                state: route.state.clone(),
                 limits: route.limits,
                 log_budget: route.log_budget.clone(),
                 keep_logs: false,
@@ -393,6 +401,7 @@ impl Dispatcher {
             report.refused_publishes.into(),
         );
         bump(&route.stats.log_dropped, report.log_dropped.into());
+        bump(&route.stats.refused_state, report.refused_state.into());
         self.metrics
             .sandbox_refusals(name, report.refused_publishes, report.log_dropped);
         let starved = report.cpu_starved();
@@ -403,6 +412,25 @@ impl Dispatcher {
             self.metrics
                 .event_handled(name, failure.class.as_str(), started.elapsed());
             return Err(failure);
+        }
+        // State first: a compare-and-swap conflict fails the attempt before
+        // anything is published.
+        if let Some((space, writes)) = report.state_writes {
+            state::commit(&space, key, &route.tag.name, writes)
+                .await
+                .map_err(|e| {
+                    let class = match e {
+                        state::CommitError::Conflict { .. } => FailureClass::StateConflict,
+                        state::CommitError::Unavailable { .. } => FailureClass::Retryable,
+                    };
+                    Failure::new(class, &e.to_string())
+                })
+                .inspect_err(|failure| {
+                    bump(&route.stats.failed_attempts, 1);
+                    route.stats.failures.bump(failure.class);
+                    route.record_outcome(Some(failure), admission);
+                    self.metrics.event_handled(name, "state", started.elapsed());
+                })?;
         }
         let reply = event.delivery.reply_to.as_deref();
         self.commit(

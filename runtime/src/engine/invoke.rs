@@ -19,6 +19,7 @@ use crate::contract::{self, HandlerError};
 use crate::engine::WasmEngine;
 use crate::engine::component::CompiledPlugin;
 use crate::engine::governor::CpuTicket;
+use crate::host::state::{StateSpace, StateWrite};
 use crate::host::{
     HostState, LogBudget, LogGate, LogRecord, MemoryLimiter, OutboundMessage, PluginConfig,
     PluginTag, PublishLimits, truncated,
@@ -86,11 +87,15 @@ pub enum FailureClass {
     /// Not finished when the host stopped (core NATS events, which nothing
     /// else can hold, are dead-lettered with this class).
     Shutdown,
+    /// A state compare-and-swap found its key changed at commit: retried
+    /// (the retry reads anew), and not held against the circuit breaker,
+    /// since contention is no sign of a failing dependency.
+    StateConflict,
 }
 
 impl FailureClass {
     /// Every class, in a fixed order (for per-class counters).
-    pub const ALL: [FailureClass; 12] = [
+    pub const ALL: [FailureClass; 13] = [
         FailureClass::Retryable,
         FailureClass::Permanent,
         FailureClass::DeadlineExceeded,
@@ -103,6 +108,7 @@ impl FailureClass {
         FailureClass::PayloadTooLarge,
         FailureClass::PublishLimit,
         FailureClass::Shutdown,
+        FailureClass::StateConflict,
     ];
 
     /// Stable name used in logs, metrics and dead-letter records.
@@ -120,6 +126,7 @@ impl FailureClass {
             FailureClass::PayloadTooLarge => "payload-too-large",
             FailureClass::PublishLimit => "publish-limit",
             FailureClass::Shutdown => "shutdown",
+            FailureClass::StateConflict => "state-conflict",
         }
     }
 
@@ -234,6 +241,11 @@ pub struct InvocationReport {
     pub output: Vec<String>,
     /// Publishes the host refused during the call.
     pub refused_publishes: u32,
+    /// Buffered state writes and their key space; `None` unless the handler
+    /// succeeded and wrote something.
+    pub state_writes: Option<(StateSpace, Vec<StateWrite>)>,
+    /// State calls the host refused during the call.
+    pub refused_state: u32,
     /// Log records and output lines dropped (per-event cap or rate limit).
     pub log_dropped: u32,
     /// Time spent instantiating (zero when the plugin was never instantiated).
@@ -269,6 +281,8 @@ pub struct InvocationRequest<'a> {
     pub grants: Arc<PublishGrants>,
     /// Configuration and secrets the plugin reads (`config.get`).
     pub config: Arc<PluginConfig>,
+    /// The plugin's state key space; `None`: state not granted.
+    pub state: Option<StateSpace>,
     /// Limits.
     pub limits: InvokeLimits,
     /// The plugin's log rate limit, shared by all its invocations.
@@ -358,6 +372,7 @@ pub async fn invoke_reusing(
         }) => {
             store.data_mut().begin_event();
             store.data_mut().config = request.config;
+            store.data_mut().state.reset(request.state);
             arm(&mut store, ticket.clone());
             (store, Some((consumer, uses)))
         }
@@ -381,6 +396,7 @@ pub async fn invoke_reusing(
             );
             let mut store = Store::new(engine.engine(), state);
             store.data_mut().config = request.config;
+            store.data_mut().state.reset(request.state);
             store.limiter(|s| &mut s.limiter);
             arm(&mut store, ticket.clone());
             (store, None)
@@ -475,17 +491,20 @@ pub async fn invoke_reusing(
         }
         (Err((class, error)), _) => Err(classify(class, &error, state, limits.timeout)),
     };
-    let published = if outcome.is_ok() {
-        state.outbox.take()
+    let (published, state_writes) = if outcome.is_ok() {
+        (state.outbox.take(), state.state.take())
     } else {
-        Vec::new()
+        (Vec::new(), None)
     };
+    let refused_state = state.state.refused();
     let report = InvocationReport {
         outcome,
         published,
         logs,
         output,
         refused_publishes,
+        state_writes,
+        refused_state,
         log_dropped: state.log_gate.dropped(),
         instantiate_time,
         elapsed: started.elapsed(),
@@ -509,6 +528,8 @@ fn refused_before_start(started: Instant, failure: Failure) -> InvocationReport 
         logs: Vec::new(),
         output: Vec::new(),
         refused_publishes: 0,
+        state_writes: None,
+        refused_state: 0,
         log_dropped: 0,
         instantiate_time: Duration::ZERO,
         elapsed: started.elapsed(),

@@ -12,6 +12,7 @@ pub mod config;
 pub mod limiter;
 pub mod logging;
 pub mod publisher;
+pub mod state;
 pub mod stdio;
 pub mod throttle;
 
@@ -55,6 +56,8 @@ pub struct HostState {
     pub output: CapturedOutput,
     /// The plugin's configuration and secrets (`config.get`).
     pub config: Arc<PluginConfig>,
+    /// State writes buffered until the handler succeeds.
+    pub state: state::StateTxn,
 }
 
 impl HostState {
@@ -89,6 +92,7 @@ impl HostState {
             outbox: Outbox::new(grants, publish_limits),
             output,
             config: Arc::default(),
+            state: state::StateTxn::default(),
         }
     }
 }
@@ -146,6 +150,10 @@ impl PluginHost for HostState {
 
     fn config_get(&mut self, key: &str) -> Option<String> {
         self.config.get(key).map(str::to_string)
+    }
+
+    fn state(&mut self) -> &mut state::StateTxn {
+        &mut self.state
     }
 }
 
