@@ -5,8 +5,9 @@
 //! `wit/0.2.0/`). This crate hides the generated bindings: you write one
 //! function from [`Event`] to [`HandlerResult`] and export it with
 //! [`export_handler!`]. Logging ([`log`], [`info!`] and friends), publishing
-//! ([`publish`], [`reply`]), configuration ([`config::get`]) and state
-//! ([`state::get`], [`state::cas`], ...) call into the host. A component imports only what it calls, so a plugin that never
+//! ([`publish`], [`reply`]), requests ([`request`]), configuration
+//! ([`config::get`]) and state ([`state::get`], [`state::cas`], ...) call
+//! into the host. A component imports only what it calls, so a plugin that never
 //! reads its configuration does not ask for it.
 //!
 //! ```ignore
@@ -281,6 +282,63 @@ impl From<state::StateError> for HandlerError {
             }
             state::StateError::LimitExceeded(m) => {
                 HandlerError::permanent(format!("state limit exceeded: {m}"))
+            }
+        }
+    }
+}
+
+/// The answer to a [`request`].
+pub type Response = __private::sluice::plugin::requester::Response;
+/// Why a [`request`] got no answer.
+pub type RequestError = __private::sluice::plugin::requester::RequestError;
+
+/// Ask another service: send `payload` to `subject` (granted by the
+/// manifest's `request` list) and wait for the first answer, at most until
+/// the attempt's time limit. Sent at once, not at commit, so a retried event
+/// asks again.
+///
+/// ```ignore
+/// let answer = sluice_sdk::request("prices.quote", br#"{"sku":"A-1"}"#)?;
+/// let price: Price = serde_json::from_slice(&answer.payload)?;
+/// ```
+pub fn request(subject: &str, payload: impl AsRef<[u8]>) -> Result<Response, RequestError> {
+    request_with(subject, payload, &[], None)
+}
+
+/// Like [`request`], with headers and a timeout shorter than the attempt's
+/// time limit.
+pub fn request_with(
+    subject: &str,
+    payload: impl AsRef<[u8]>,
+    headers: &[(&str, &str)],
+    timeout: Option<Duration>,
+) -> Result<Response, RequestError> {
+    let headers: Vec<Header> = headers
+        .iter()
+        .map(|(name, value)| Header {
+            name: name.to_string(),
+            value: value.to_string(),
+        })
+        .collect();
+    let timeout_ms = timeout.map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX));
+    __private::sluice::plugin::requester::request(subject, payload.as_ref(), &headers, timeout_ms)
+}
+
+/// A failed request fails the event, so `?` works: retryable when nobody
+/// answered (in time) or the connection failed, permanent when the request
+/// is not allowed.
+impl From<RequestError> for HandlerError {
+    fn from(e: RequestError) -> Self {
+        match e {
+            RequestError::NoResponders(m)
+            | RequestError::TimedOut(m)
+            | RequestError::Unavailable(m) => {
+                HandlerError::retryable(format!("request failed: {m}"))
+            }
+            RequestError::NotGranted(m)
+            | RequestError::InvalidSubject(m)
+            | RequestError::LimitExceeded(m) => {
+                HandlerError::permanent(format!("request refused: {m}"))
             }
         }
     }

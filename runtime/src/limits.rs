@@ -401,6 +401,8 @@ pub struct SandboxPolicy {
     pub defaults: Limits,
     /// Subjects any plugin may publish to (`None` = whatever its manifest grants).
     pub publish_allow: Option<Vec<String>>,
+    /// Subjects any plugin may send requests to (`None` = whatever its manifest grants).
+    pub request_allow: Option<Vec<String>>,
     /// Configuration values for every plugin without its own (`plugin_config`).
     pub plugin_config: Option<KeyValues>,
     /// Secret references for every plugin without its own (`plugin_secrets`).
@@ -476,6 +478,28 @@ impl SandboxPolicy {
             operator.unwrap_or(&none),
             secrets.unwrap_or(&none),
         )
+    }
+
+    /// The subjects `plugin` may send requests to: its manifest's `request`
+    /// narrowed by the operator's `request_allow` (its own, else the host's);
+    /// `None` when that leaves nothing.
+    pub fn request_grants_of(
+        &self,
+        plugin: &str,
+        manifest: &PublishGrants,
+    ) -> Option<PublishGrants> {
+        if manifest.patterns().is_empty() {
+            return None;
+        }
+        let allow = self
+            .rules
+            .get(plugin)
+            .and_then(|r| r.request_allow.clone())
+            .or_else(|| self.request_allow.clone());
+        Some(match allow {
+            Some(allow) => manifest.clone().restricted_to(allow),
+            None => manifest.clone(),
+        })
     }
 
     /// The state bucket of `plugin` (its `[plugin.<name>] state_bucket`, else

@@ -42,6 +42,8 @@ with_limit_keys! {
         config: toml::Table,
         #[serde(default)]
         state: bool,
+        #[serde(default)]
+        request: Vec<String>,
     }
 }
 
@@ -177,6 +179,9 @@ pub struct Manifest {
     /// Asks for key-value state (contract 0.2.0 `state`), which the operator
     /// may refuse (`state_bucket = "off"`).
     pub state: bool,
+    /// Subjects the plugin may send requests to (contract 0.2.0
+    /// `requester`; the operator may narrow them with `request_allow`).
+    pub request: PublishGrants,
 }
 
 /// How a plugin's events get their instances.
@@ -265,6 +270,10 @@ impl Manifest {
         for (i, pattern) in raw.publish.iter().enumerate() {
             subject::validate_pattern(pattern)
                 .map_err(|e| invalid(format!("publish[{i}]"), e.to_string()))?;
+        }
+        for (i, pattern) in raw.request.iter().enumerate() {
+            subject::validate_pattern(pattern)
+                .map_err(|e| invalid(format!("request[{i}]"), e.to_string()))?;
         }
         if let Some(group) = &raw.queue_group
             && (group.is_empty() || group.chars().any(|c| c.is_whitespace() || c.is_control()))
@@ -363,6 +372,7 @@ impl Manifest {
         Ok(Manifest {
             config,
             state: raw.state,
+            request: PublishGrants::new(raw.request),
             breaker: raw.breaker,
             core_buffer: raw.core_buffer,
             isolation: raw.isolation,

@@ -836,6 +836,11 @@ impl Supervisor {
             grants: Arc::new(sandbox.grants),
             config,
             state,
+            request_grants: self
+                .settings
+                .sandbox
+                .request_grants_of(&plugin.name, &manifest.request)
+                .map(Arc::new),
             limits: limits.invoke_limits(),
             retry: apply_retry(self.settings.retry, &manifest.retry),
             concurrency: concurrency

@@ -152,8 +152,9 @@ pub async fn invoke(args: InvokeArgs) -> anyhow::Result<ExitCode> {
             config: Arc::new(host::PluginConfig::of_manifest(
                 manifest.as_ref().map(|m| &m.config),
             )),
-            // No NATS here: a state call returns `not-granted`.
+            // No NATS here: state calls and requests return `not-granted`.
             state: None,
+            requester: None,
             limits: InvokeLimits {
                 timeout: args.timeout,
                 ..InvokeLimits::default()

@@ -34,6 +34,10 @@ declare_settings! {
         /// Subject patterns any plugin may publish to, comma-separated, whatever its manifest grants.
         publish_allow: Vec<String> as "PATTERNS", unset "none (the manifest's grants apply)"
             => Option<Vec<String>> = check::publish_allow;
+        /// Subject patterns any plugin may send requests to, comma-separated, whatever its manifest's
+        /// `request` grants.
+        request_allow: Vec<String> as "PATTERNS", unset "none (the manifest's `request` grants apply)"
+            => Option<Vec<String>> = check::publish_allow;
         /// Configuration plugins read with `config.get`, replacing their manifest's `[config]` keys.
         plugin_config: KeyValues, unset "none (the manifest's `[config]` applies)"
             => Option<KeyValues> = check::any;

@@ -151,6 +151,32 @@ pub enum StateError {
     Unavailable(String),
 }
 
+/// The answer to a plugin's request (contract 0.2.0 `requester`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Response {
+    /// The answer's payload.
+    pub payload: Vec<u8>,
+    /// The answer's headers.
+    pub headers: Vec<Header>,
+}
+
+/// Why a plugin's request got no answer; returned to the plugin.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RequestError {
+    /// Not in the request grants, or reserved.
+    NotGranted(String),
+    /// Not a valid subject.
+    InvalidSubject(String),
+    /// Nobody listens.
+    NoResponders(String),
+    /// No answer in time.
+    TimedOut(String),
+    /// The per-event request limit is reached.
+    LimitExceeded(String),
+    /// The connection failed.
+    Unavailable(String),
+}
+
 /// A capability a component may import, as `sluice check` names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Capability {
@@ -162,6 +188,8 @@ pub enum Capability {
     Config,
     /// Key-value state (`sluice:plugin/state`, 0.2.0).
     State,
+    /// Requests to other services (`sluice:plugin/requester`, 0.2.0).
+    Request,
 }
 
 impl Capability {
@@ -172,6 +200,7 @@ impl Capability {
             Capability::Publish => "publish",
             Capability::Config => "config",
             Capability::State => "state",
+            Capability::Request => "request",
         }
     }
 
@@ -187,6 +216,7 @@ impl Capability {
                     "publisher" => Some(Capability::Publish),
                     "config" => Some(Capability::Config),
                     "state" => Some(Capability::State),
+                    "requester" => Some(Capability::Request),
                     _ => None,
                 }
             })
@@ -214,6 +244,8 @@ pub trait PluginHost: wasmtime_wasi::WasiView + Send + 'static {
     fn config_get(&mut self, key: &str) -> Option<String>;
     /// The attempt's state transaction.
     fn state(&mut self) -> &mut crate::host::state::StateTxn;
+    /// The attempt's requests.
+    fn requests(&mut self) -> &mut crate::host::requester::RequestBudget;
 }
 
 /// A store's data as the generated import traits see it: the version

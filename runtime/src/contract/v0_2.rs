@@ -1,4 +1,5 @@
-//! `sluice:plugin@0.2.0` (WIT in `wit/0.2.0/`): 0.1.0 plus `config` and `state`.
+//! `sluice:plugin@0.2.0` (WIT in `wit/0.2.0/`): 0.1.0 plus `config`, `state`
+//! and `requester`.
 //!
 //! The only module that sees this version's generated bindings: it converts
 //! them to and from the host's types ([`super`]) and serves the imports
@@ -16,11 +17,11 @@ mod bindings {
         path: "../wit/0.2.0",
         world: "consumer",
         exports: { default: async },
-        imports: { "sluice:plugin/state": async },
+        imports: { "sluice:plugin/state": async, "sluice:plugin/requester": async },
     });
 }
 
-use bindings::sluice::plugin::{config, logging, publisher, state, types};
+use bindings::sluice::plugin::{config, logging, publisher, requester, state, types};
 pub use bindings::{Consumer, ConsumerPre};
 
 /// The contract version this module serves.
@@ -92,5 +93,47 @@ impl<T: PluginHost> state::Host for Served<'_, T> {
 
     async fn list_keys(&mut self, prefix: String) -> Result<Vec<String>, state::StateError> {
         self.0.state().list(&prefix).await.map_err(state_error)
+    }
+}
+
+impl<T: PluginHost> requester::Host for Served<'_, T> {
+    async fn request(
+        &mut self,
+        subject: String,
+        payload: Vec<u8>,
+        headers: Vec<types::Header>,
+        timeout_ms: Option<u64>,
+    ) -> Result<requester::Response, requester::RequestError> {
+        use super::RequestError as E;
+        let headers = headers
+            .into_iter()
+            .map(|h| super::Header {
+                name: h.name,
+                value: h.value,
+            })
+            .collect();
+        let timeout = timeout_ms.map(std::time::Duration::from_millis);
+        let budget = self.0.requests();
+        match budget.request(subject, payload, headers, timeout).await {
+            Ok(answer) => Ok(requester::Response {
+                payload: answer.payload,
+                headers: answer
+                    .headers
+                    .into_iter()
+                    .map(|h| types::Header {
+                        name: h.name,
+                        value: h.value,
+                    })
+                    .collect(),
+            }),
+            Err(e) => Err(match e {
+                E::NotGranted(m) => requester::RequestError::NotGranted(m),
+                E::InvalidSubject(m) => requester::RequestError::InvalidSubject(m),
+                E::NoResponders(m) => requester::RequestError::NoResponders(m),
+                E::TimedOut(m) => requester::RequestError::TimedOut(m),
+                E::LimitExceeded(m) => requester::RequestError::LimitExceeded(m),
+                E::Unavailable(m) => requester::RequestError::Unavailable(m),
+            }),
+        }
     }
 }

@@ -30,6 +30,7 @@ use crate::engine::component::CompiledPlugin;
 use crate::engine::invoke::{
     self, ClassCounters, ClassCounts, Failure, FailureClass, InvocationRequest, InvokeLimits,
 };
+use crate::host::requester::Requester;
 use crate::host::state::{self, StateSpace};
 use crate::host::{LogBudget, OutboundMessage, PluginConfig, PluginTag};
 use crate::manifest::KeySource;
@@ -58,6 +59,7 @@ pub struct PluginStats {
     dropped: AtomicU64,
     refused_publishes: AtomicU64,
     refused_state: AtomicU64,
+    refused_requests: AtomicU64,
     log_dropped: AtomicU64,
     failures: ClassCounters,
     gave_up_by: ClassCounters,
@@ -102,6 +104,8 @@ pub struct StatsSnapshot {
     pub refused_publishes: u64,
     /// State calls refused (not granted, invalid key, over a limit).
     pub refused_state: u64,
+    /// Requests refused (not granted, reserved, invalid, over the limit).
+    pub refused_requests: u64,
     /// Plugin log lines dropped (per-event cap or rate limit).
     pub log_dropped: u64,
     /// Failed attempts per failure class.
@@ -132,6 +136,7 @@ impl PluginStats {
             dropped: get(&self.dropped),
             refused_publishes: get(&self.refused_publishes),
             refused_state: get(&self.refused_state),
+            refused_requests: get(&self.refused_requests),
             log_dropped: get(&self.log_dropped),
             failures: self.failures.snapshot(),
             gave_up_by: self.gave_up_by.snapshot(),
@@ -174,6 +179,8 @@ pub struct Route {
     pub config: Arc<PluginConfig>,
     /// The plugin's state key space; `None`: state not granted.
     pub state: Option<StateSpace>,
+    /// Subjects the plugin may send requests to; `None`: none.
+    pub request_grants: Option<Arc<PublishGrants>>,
     /// Per-event limits.
     pub limits: InvokeLimits,
     /// Retry policy.
@@ -377,6 +384,10 @@ impl Dispatcher {
                 grants: route.grants.clone(),
                 config: route.config.clone(),
                 state: route.state.clone(),
+                requester: route
+                    .request_grants
+                    .clone()
+                    .map(|grants| Requester::new(self.client.clone(), grants)),
                 limits: route.limits,
                 log_budget: route.log_budget.clone(),
                 keep_logs: false,
@@ -402,6 +413,10 @@ impl Dispatcher {
         );
         bump(&route.stats.log_dropped, report.log_dropped.into());
         bump(&route.stats.refused_state, report.refused_state.into());
+        bump(
+            &route.stats.refused_requests,
+            report.refused_requests.into(),
+        );
         self.metrics
             .sandbox_refusals(name, report.refused_publishes, report.log_dropped);
         let starved = report.cpu_starved();

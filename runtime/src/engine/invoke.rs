@@ -19,6 +19,7 @@ use crate::contract::{self, HandlerError};
 use crate::engine::WasmEngine;
 use crate::engine::component::CompiledPlugin;
 use crate::engine::governor::CpuTicket;
+use crate::host::requester::{RequestBudget, Requester};
 use crate::host::state::{StateSpace, StateWrite};
 use crate::host::{
     HostState, LogBudget, LogGate, LogRecord, MemoryLimiter, OutboundMessage, PluginConfig,
@@ -28,6 +29,10 @@ use crate::subject::PublishGrants;
 
 /// Longest failure message kept (logged, counted, dead-lettered), in bytes.
 pub const MAX_FAILURE_MESSAGE: usize = 4096;
+
+/// Most of the attempt's time kept back from a request for the plugin to
+/// handle its answer (or its absence); a tenth of the time limit below that.
+pub const REQUEST_RESERVE: Duration = Duration::from_millis(100);
 
 /// Memory growth within one invocation past which it counts as heavy for
 /// the CPU governor (see [`CpuTicket::mark_heavy`]).
@@ -246,6 +251,8 @@ pub struct InvocationReport {
     pub state_writes: Option<(StateSpace, Vec<StateWrite>)>,
     /// State calls the host refused during the call.
     pub refused_state: u32,
+    /// Requests the host refused during the call.
+    pub refused_requests: u32,
     /// Log records and output lines dropped (per-event cap or rate limit).
     pub log_dropped: u32,
     /// Time spent instantiating (zero when the plugin was never instantiated).
@@ -283,6 +290,8 @@ pub struct InvocationRequest<'a> {
     pub config: Arc<PluginConfig>,
     /// The plugin's state key space; `None`: state not granted.
     pub state: Option<StateSpace>,
+    /// What the plugin may ask (`requester`); `None`: nothing granted.
+    pub requester: Option<Requester>,
     /// Limits.
     pub limits: InvokeLimits,
     /// The plugin's log rate limit, shared by all its invocations.
@@ -344,6 +353,10 @@ pub async fn invoke_reusing(
         return (refused_before_start(started, failure), warm);
     }
     let deadline = started + limits.timeout;
+    // A request is cut a little before the deadline, so the plugin has time
+    // to handle a missing answer (fail as retryable, fall back) instead of
+    // being interrupted.
+    let request_deadline = deadline - (limits.timeout / 10).min(REQUEST_RESERVE);
     let ticket = engine.governor().enter(&request.tag.name, deadline);
     if !ticket.admit().await {
         let failure = Failure::new(
@@ -373,6 +386,7 @@ pub async fn invoke_reusing(
             store.data_mut().begin_event();
             store.data_mut().config = request.config;
             store.data_mut().state.reset(request.state);
+            store.data_mut().requests = RequestBudget::new(request.requester, request_deadline);
             arm(&mut store, ticket.clone());
             (store, Some((consumer, uses)))
         }
@@ -397,6 +411,7 @@ pub async fn invoke_reusing(
             let mut store = Store::new(engine.engine(), state);
             store.data_mut().config = request.config;
             store.data_mut().state.reset(request.state);
+            store.data_mut().requests = RequestBudget::new(request.requester, request_deadline);
             store.limiter(|s| &mut s.limiter);
             arm(&mut store, ticket.clone());
             (store, None)
@@ -497,6 +512,7 @@ pub async fn invoke_reusing(
         (Vec::new(), None)
     };
     let refused_state = state.state.refused();
+    let refused_requests = state.requests.refused();
     let report = InvocationReport {
         outcome,
         published,
@@ -505,6 +521,7 @@ pub async fn invoke_reusing(
         refused_publishes,
         state_writes,
         refused_state,
+        refused_requests,
         log_dropped: state.log_gate.dropped(),
         instantiate_time,
         elapsed: started.elapsed(),
@@ -530,6 +547,7 @@ fn refused_before_start(started: Instant, failure: Failure) -> InvocationReport 
         refused_publishes: 0,
         state_writes: None,
         refused_state: 0,
+        refused_requests: 0,
         log_dropped: 0,
         instantiate_time: Duration::ZERO,
         elapsed: started.elapsed(),

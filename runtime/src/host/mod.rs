@@ -12,6 +12,7 @@ pub mod config;
 pub mod limiter;
 pub mod logging;
 pub mod publisher;
+pub mod requester;
 pub mod state;
 pub mod stdio;
 pub mod throttle;
@@ -58,6 +59,8 @@ pub struct HostState {
     pub config: Arc<PluginConfig>,
     /// State writes buffered until the handler succeeds.
     pub state: state::StateTxn,
+    /// The attempt's requests (`requester`).
+    pub requests: requester::RequestBudget,
 }
 
 impl HostState {
@@ -93,6 +96,7 @@ impl HostState {
             output,
             config: Arc::default(),
             state: state::StateTxn::default(),
+            requests: requester::RequestBudget::default(),
         }
     }
 }
@@ -154,6 +158,10 @@ impl PluginHost for HostState {
 
     fn state(&mut self) -> &mut state::StateTxn {
         &mut self.state
+    }
+
+    fn requests(&mut self) -> &mut requester::RequestBudget {
+        &mut self.requests
     }
 }
 
