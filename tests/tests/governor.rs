@@ -55,6 +55,8 @@ async fn run(
             },
             grants: Arc::new(PublishGrants::new(vec![])),
             config: Arc::default(),
+            state: None,
+            requester: None,
             limits: InvokeLimits {
                 timeout,
                 ..InvokeLimits::default()

@@ -443,7 +443,7 @@ impl Dispatcher {
                 .inspect_err(|failure| {
                     bump(&route.stats.failed_attempts, 1);
                     route.stats.failures.bump(failure.class);
-                    route.record_outcome(Some(failure), admission);
+                    route.record_outcome(Some(failure), admission, false);
                     self.metrics.event_handled(name, "state", started.elapsed());
                 })?;
         }
