@@ -150,14 +150,19 @@ pub fn publish_with_headers(
     payload: impl AsRef<[u8]>,
     headers: &[(&str, &str)],
 ) -> Result<(), PublishError> {
-    let headers: Vec<Header> = headers
+    let headers = to_headers(headers);
+    __private::sluice::plugin::publisher::publish(subject, payload.as_ref(), &headers)
+}
+
+/// `(name, value)` pairs as contract headers.
+fn to_headers(pairs: &[(&str, &str)]) -> Vec<Header> {
+    pairs
         .iter()
         .map(|(name, value)| Header {
             name: name.to_string(),
             value: value.to_string(),
         })
-        .collect();
-    __private::sluice::plugin::publisher::publish(subject, payload.as_ref(), &headers)
+        .collect()
 }
 
 /// Answer the request `event` carries: queue `payload` for its reply
@@ -313,13 +318,7 @@ pub fn request_with(
     headers: &[(&str, &str)],
     timeout: Option<Duration>,
 ) -> Result<Response, RequestError> {
-    let headers: Vec<Header> = headers
-        .iter()
-        .map(|(name, value)| Header {
-            name: name.to_string(),
-            value: value.to_string(),
-        })
-        .collect();
+    let headers = to_headers(headers);
     let timeout_ms = timeout.map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX));
     __private::sluice::plugin::requester::request(subject, payload.as_ref(), &headers, timeout_ms)
 }
