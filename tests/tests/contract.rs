@@ -176,7 +176,7 @@ async fn config_reads_secrets_over_operator_values_over_the_manifest_and_never_l
     let shown = stdout_of(&out);
     assert!(shown.contains("env:SETTINGS_TEST_TOKEN"), "{shown}");
     assert!(
-        shown.contains("api_url = \"http://operator.example\""),
+        shown.contains("\"api_url=http://operator.example\""),
         "{shown}"
     );
     assert!(

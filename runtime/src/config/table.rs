@@ -40,7 +40,7 @@ declare_settings! {
             => Option<Vec<String>> = check::publish_allow;
         /// Configuration plugins read with `config.get`, replacing their manifest's `[config]` keys.
         plugin_config: KeyValues, unset "none (the manifest's `[config]` applies)"
-            => Option<KeyValues> = check::any;
+            => Option<KeyValues> = check::config_values;
         /// Secrets plugins read with `config.get`, as references only: `key = "env:VARIABLE"` or
         /// `key = "file:PATH"`, read when a plugin loads, never shown or logged.
         plugin_secrets: KeyValues as "KEY=REF,...", unset "none"

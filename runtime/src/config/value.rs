@@ -255,13 +255,22 @@ impl SettingValue for Vec<String> {
 /// Key/value pairs: `key=value,...` in a flag or variable, a table in the file.
 pub type KeyValues = std::collections::BTreeMap<String, String>;
 
+/// Written as an array of `"key=value"` strings, so `config check` keeps it
+/// on the setting's own line (a table would become a section of its own).
 impl Show for KeyValues {
     fn show(&self) -> Option<toml::Value> {
-        Some(toml::Value::Table(
+        Some(toml::Value::Array(
             self.iter()
-                .map(|(k, v)| (k.clone(), toml::Value::String(v.clone())))
+                .map(|(k, v)| toml::Value::String(format!("{k}={v}")))
                 .collect(),
         ))
+    }
+}
+
+fn key_value(pair: &str) -> Result<(String, String), String> {
+    match pair.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.to_string())),
+        _ => Err(format!("`{pair}` is not `key=value`")),
     }
 }
 
@@ -270,14 +279,28 @@ impl SettingValue for KeyValues {
     fn parse(text: &str) -> Result<Self, String> {
         text.split(',')
             .filter(|pair| !pair.trim().is_empty())
-            .map(|pair| match pair.split_once('=') {
-                Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.to_string())),
-                _ => Err(format!("`{pair}` is not `key=value`")),
-            })
+            .map(key_value)
             .collect()
     }
+    /// A table (`{ key = "value" }`) or an array of `"key=value"` strings.
     fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        <KeyValues as Deserialize>::deserialize(d)
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Written {
+            Table(KeyValues),
+            Pairs(Vec<String>),
+        }
+        match Written::deserialize(d) {
+            Ok(Written::Table(table)) => Ok(table),
+            Ok(Written::Pairs(pairs)) => pairs
+                .iter()
+                .map(|p| key_value(p))
+                .collect::<Result<_, _>>()
+                .map_err(serde::de::Error::custom),
+            Err(_) => Err(serde::de::Error::custom(
+                "expected a table of strings or an array of \"key=value\" strings",
+            )),
+        }
     }
 }
 
