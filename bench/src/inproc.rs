@@ -17,8 +17,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use sluice::engine::bindings::v0_1;
-use sluice::engine::bindings::v0_1::sluice::plugin::types;
+use sluice::contract::{self as types, Pre};
 use sluice::engine::component::{self, CompiledPlugin};
 use sluice::engine::invoke::{self, InvocationRequest, InvokeLimits};
 use sluice::engine::{EngineSettings, WasmEngine};
@@ -79,7 +78,7 @@ impl WasiView for BareState {
 /// One component prepared both ways.
 pub struct Floor {
     engine: WasmEngine,
-    bare: v0_1::ConsumerPre<BareState>,
+    bare: Pre<BareState>,
     plugin: CompiledPlugin,
     event: types::Event,
     tag: PluginTag,
@@ -115,12 +114,11 @@ impl Floor {
         let component = Component::new(engine.engine(), wasm)?;
         let mut bare_linker: Linker<BareState> = Linker::new(engine.engine());
         wasmtime_wasi::p2::add_to_linker_async(&mut bare_linker)?;
-        // The sluice imports do nothing (the floor is measured with plugins
-        // that call neither). Not `define_unknown_imports_as_traps`: it would
-        // shadow WASI imports of newer 0.2.x versions (componentize-py's
-        // `@0.2.9`) that the linker otherwise matches by semver.
-        v0_1::Consumer::add_to_linker::<BareState, HasSelf<BareState>>(&mut bare_linker, |s| s)?;
-        let bare = v0_1::ConsumerPre::new(bare_linker.instantiate_pre(&component)?)
+        // The sluice imports (log, publish) trap if called; the floor is
+        // measured with a plugin that calls neither.
+        bare_linker.define_unknown_imports_as_traps(&component)?;
+        let version = &plugin.info.contract_version;
+        let bare = Pre::new(version, bare_linker.instantiate_pre(&component)?)
             .map_err(|e| anyhow::anyhow!("the component is not a sluice consumer: {e:#}"))?;
         Ok(Floor {
             engine,
@@ -150,8 +148,7 @@ impl Floor {
         store.set_epoch_deadline(1 << 40);
         let consumer = self.bare.instantiate_async(&mut store).await?;
         consumer
-            .sluice_plugin_handler()
-            .call_handle(&mut store, &self.event)
+            .handle(&mut store, &self.event)
             .await?
             .map_err(|e| anyhow::anyhow!("handler failed: {e:?}"))?;
         Ok(store)
@@ -166,6 +163,9 @@ impl Floor {
                 event: &self.event,
                 tag: self.tag.clone(),
                 grants: self.grants.clone(),
+                config: Arc::default(),
+                state: None,
+                requester: None,
                 limits: InvokeLimits::default(),
                 log_budget: self.log_budget.clone(),
                 keep_logs: false,
@@ -188,6 +188,9 @@ impl Floor {
                 event: &self.event,
                 tag: self.tag.clone(),
                 grants: self.grants.clone(),
+                config: Arc::default(),
+                state: None,
+                requester: None,
                 limits: InvokeLimits::default(),
                 log_budget: self.log_budget.clone(),
                 keep_logs: false,

@@ -1,10 +1,14 @@
 //! # sluice-sdk: write a sluice consumer plugin as one function
 //!
 //! A sluice plugin is a WebAssembly component that exports the
-//! `sluice:plugin/handler@0.1.0` interface. This crate hides the generated
-//! bindings: you write one function from [`Event`] to [`HandlerResult`] and
-//! export it with [`export_handler!`]. Logging ([`log`], [`info!`] and friends)
-//! and publishing ([`publish`]) call into the host.
+//! `sluice:plugin/handler@0.2.0` interface (contract 0.2.0, WIT in
+//! `wit/0.2.0/`). This crate hides the generated bindings: you write one
+//! function from [`Event`] to [`HandlerResult`] and export it with
+//! [`export_handler!`]. Logging ([`log`], [`info!`] and friends), publishing
+//! ([`publish`], [`reply`]), requests ([`request`]), configuration
+//! ([`config::get`]) and state ([`state::get`], [`state::cas`], ...) call
+//! into the host. A component imports only what it calls, so a plugin that never
+//! reads its configuration does not ask for it.
 //!
 //! ```ignore
 //! // Cargo.toml: [lib] crate-type = ["cdylib"], dependency sluice-sdk
@@ -43,7 +47,7 @@ pub mod __private {
     //! Generated bindings; not part of the public API.
     #![allow(missing_docs)]
     wit_bindgen::generate!({
-        path: "../wit",
+        path: "../wit/0.2.0",
         world: "consumer",
         pub_export_macro: true,
         export_macro_name: "__sluice_export_world",
@@ -146,14 +150,19 @@ pub fn publish_with_headers(
     payload: impl AsRef<[u8]>,
     headers: &[(&str, &str)],
 ) -> Result<(), PublishError> {
-    let headers: Vec<Header> = headers
+    let headers = to_headers(headers);
+    __private::sluice::plugin::publisher::publish(subject, payload.as_ref(), &headers)
+}
+
+/// `(name, value)` pairs as contract headers.
+fn to_headers(pairs: &[(&str, &str)]) -> Vec<Header> {
+    pairs
         .iter()
         .map(|(name, value)| Header {
             name: name.to_string(),
             value: value.to_string(),
         })
-        .collect();
-    __private::sluice::plugin::publisher::publish(subject, payload.as_ref(), &headers)
+        .collect()
 }
 
 /// Answer the request `event` carries: queue `payload` for its reply
@@ -174,6 +183,164 @@ pub fn reply(event: &Event, payload: impl AsRef<[u8]>) -> Result<(), HandlerErro
     };
     publish(to, payload)?;
     Ok(())
+}
+
+/// The plugin's configuration and secrets.
+pub mod config {
+    /// The value of `key`: an operator secret (`plugin_secrets`), else the
+    /// operator's value (`plugin_config`), else the manifest's `[config]`;
+    /// `None` when none sets it. The host never logs what is read here; a
+    /// plugin should not log a secret either.
+    ///
+    /// ```ignore
+    /// let url = sluice_sdk::config::get("api_url").unwrap_or_else(|| "http://localhost".into());
+    /// let token = sluice_sdk::config::require("api_token")?; // permanent error if unset
+    /// ```
+    pub fn get(key: &str) -> Option<String> {
+        crate::__private::sluice::plugin::config::get(key)
+    }
+
+    /// Like [`get`], but a missing key is a permanent error naming it (the
+    /// event cannot succeed until the operator sets it).
+    pub fn require(key: &str) -> Result<String, crate::HandlerError> {
+        get(key).ok_or_else(|| {
+            crate::HandlerError::permanent(format!(
+                "configuration key `{key}` is not set: add it to the manifest's [config] or the operator's plugin_config / plugin_secrets"
+            ))
+        })
+    }
+}
+
+/// The plugin's key-value state (needs `state = true` in the manifest).
+///
+/// Writes are buffered and committed only if the handler returns `Ok`
+/// (before its publishes); this attempt's reads see them. A
+/// compare-and-swap that finds the key changed at commit fails the attempt
+/// as retryable, and the retry reads the new value, so a read-modify-write
+/// with [`cas`] is exact even with many hosts:
+///
+/// ```ignore
+/// let (total, revision) = match sluice_sdk::state::get("total")? {
+///     Some(e) => (String::from_utf8_lossy(&e.value).parse::<i64>().unwrap_or(0), e.revision),
+///     None => (0, 0), // revision 0: the key must still not exist at commit
+/// };
+/// sluice_sdk::state::cas("total", revision, (total + 1).to_string())?;
+/// ```
+pub mod state {
+    use std::time::Duration;
+
+    use crate::__private::sluice::plugin::state as wit;
+    pub use wit::{Entry, StateError};
+
+    /// The value of `key` and its revision, as this attempt's writes left it.
+    pub fn get(key: &str) -> Result<Option<Entry>, StateError> {
+        wit::get(key)
+    }
+
+    /// Set `key` to `value` when the attempt commits.
+    pub fn set(key: &str, value: impl AsRef<[u8]>) -> Result<(), StateError> {
+        wit::set(key, value.as_ref(), None)
+    }
+
+    /// Like [`set`], the value expiring after `ttl` (whole seconds, at least one).
+    pub fn set_with_ttl(
+        key: &str,
+        value: impl AsRef<[u8]>,
+        ttl: Duration,
+    ) -> Result<(), StateError> {
+        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+        wit::set(key, value.as_ref(), Some(ttl_ms))
+    }
+
+    /// Set `key` to `value` at commit only if its revision is still
+    /// `revision` then (0: only if it does not exist); otherwise the attempt
+    /// fails as retryable.
+    pub fn cas(key: &str, revision: u64, value: impl AsRef<[u8]>) -> Result<(), StateError> {
+        wit::compare_and_swap(key, revision, value.as_ref(), None)
+    }
+
+    /// Delete `key` when the attempt commits.
+    pub fn delete(key: &str) -> Result<(), StateError> {
+        wit::delete(key)
+    }
+
+    /// The keys starting with `prefix`, sorted.
+    pub fn list_keys(prefix: &str) -> Result<Vec<String>, StateError> {
+        wit::list_keys(prefix)
+    }
+}
+
+/// A failed state call fails the event, so `?` works in handlers: retryable
+/// when the store was unreachable, permanent otherwise (not granted, bad key,
+/// over a limit: a retry cannot help).
+impl From<state::StateError> for HandlerError {
+    fn from(e: state::StateError) -> Self {
+        match e {
+            state::StateError::Unavailable(m) => {
+                HandlerError::retryable(format!("state unavailable: {m}"))
+            }
+            state::StateError::NotGranted(m) => {
+                HandlerError::permanent(format!("state not granted: {m}"))
+            }
+            state::StateError::InvalidKey(m) => {
+                HandlerError::permanent(format!("invalid state key: {m}"))
+            }
+            state::StateError::LimitExceeded(m) => {
+                HandlerError::permanent(format!("state limit exceeded: {m}"))
+            }
+        }
+    }
+}
+
+/// The answer to a [`request`].
+pub type Response = __private::sluice::plugin::requester::Response;
+/// Why a [`request`] got no answer.
+pub type RequestError = __private::sluice::plugin::requester::RequestError;
+
+/// Ask another service: send `payload` to `subject` (granted by the
+/// manifest's `request` list) and wait for the first answer, at most until
+/// the attempt's time limit. Sent at once, not at commit, so a retried event
+/// asks again.
+///
+/// ```ignore
+/// let answer = sluice_sdk::request("prices.quote", br#"{"sku":"A-1"}"#)?;
+/// let price: Price = serde_json::from_slice(&answer.payload)?;
+/// ```
+pub fn request(subject: &str, payload: impl AsRef<[u8]>) -> Result<Response, RequestError> {
+    request_with(subject, payload, &[], None)
+}
+
+/// Like [`request`], with headers and a timeout shorter than the attempt's
+/// time limit.
+pub fn request_with(
+    subject: &str,
+    payload: impl AsRef<[u8]>,
+    headers: &[(&str, &str)],
+    timeout: Option<Duration>,
+) -> Result<Response, RequestError> {
+    let headers = to_headers(headers);
+    let timeout_ms = timeout.map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX));
+    __private::sluice::plugin::requester::request(subject, payload.as_ref(), &headers, timeout_ms)
+}
+
+/// A failed request fails the event, so `?` works: retryable when nobody
+/// answered (in time) or the connection failed, permanent when the request
+/// is not allowed.
+impl From<RequestError> for HandlerError {
+    fn from(e: RequestError) -> Self {
+        match e {
+            RequestError::NoResponders(m)
+            | RequestError::TimedOut(m)
+            | RequestError::Unavailable(m) => {
+                HandlerError::retryable(format!("request failed: {m}"))
+            }
+            RequestError::NotGranted(m)
+            | RequestError::InvalidSubject(m)
+            | RequestError::LimitExceeded(m) => {
+                HandlerError::permanent(format!("request refused: {m}"))
+            }
+        }
+    }
 }
 
 /// Serialize `value` as JSON and queue it for `subject` (see [`publish`]).

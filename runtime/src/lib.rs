@@ -6,6 +6,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod contract;
 pub mod delivery;
 pub mod dispatch;
 pub mod dlq;

@@ -23,10 +23,12 @@ use std::time::Duration;
 use serde::Deserialize;
 use thiserror::Error;
 
+use crate::config::value::KeyValues;
 use crate::config::value::{SettingValue, Show, text};
 use crate::config::{Kind, Origin, Origins, Setting};
 use crate::engine::invoke::InvokeLimits;
 use crate::host::PublishLimits;
+use crate::host::config::{PluginConfig, SecretError};
 use crate::subject::PublishGrants;
 
 /// A size in bytes, written as an integer or with a 1024-based unit
@@ -399,6 +401,14 @@ pub struct SandboxPolicy {
     pub defaults: Limits,
     /// Subjects any plugin may publish to (`None` = whatever its manifest grants).
     pub publish_allow: Option<Vec<String>>,
+    /// Subjects any plugin may send requests to (`None` = whatever its manifest grants).
+    pub request_allow: Option<Vec<String>>,
+    /// Configuration values for every plugin without its own (`plugin_config`).
+    pub plugin_config: Option<KeyValues>,
+    /// Secret references for every plugin without its own (`plugin_secrets`).
+    pub plugin_secrets: Option<KeyValues>,
+    /// The state bucket (`state_bucket`); `None`: state is off.
+    pub state_bucket: Option<String>,
     /// Rules per plugin name.
     pub rules: BTreeMap<String, PluginRules>,
 }
@@ -444,6 +454,62 @@ impl SandboxPolicy {
             limits,
             grants,
             capped,
+        }
+    }
+
+    /// The configuration `plugin` reads: its manifest's `[config]` under the
+    /// operator's `plugin_config`, and the operator's `plugin_secrets`
+    /// (resolved now; an unset variable or unreadable file is an error).
+    pub fn config_of(
+        &self,
+        plugin: &str,
+        manifest_config: &KeyValues,
+    ) -> Result<PluginConfig, SecretError> {
+        let rules = self.rules.get(plugin);
+        let operator = rules
+            .and_then(|r| r.plugin_config.as_ref())
+            .or(self.plugin_config.as_ref());
+        let secrets = rules
+            .and_then(|r| r.plugin_secrets.as_ref())
+            .or(self.plugin_secrets.as_ref());
+        let none = KeyValues::new();
+        PluginConfig::resolve(
+            manifest_config,
+            operator.unwrap_or(&none),
+            secrets.unwrap_or(&none),
+        )
+    }
+
+    /// The subjects `plugin` may send requests to: its manifest's `request`
+    /// narrowed by the operator's `request_allow` (its own, else the host's);
+    /// `None` when that leaves nothing.
+    pub fn request_grants_of(
+        &self,
+        plugin: &str,
+        manifest: &PublishGrants,
+    ) -> Option<PublishGrants> {
+        if manifest.patterns().is_empty() {
+            return None;
+        }
+        let allow = self
+            .rules
+            .get(plugin)
+            .and_then(|r| r.request_allow.clone())
+            .or_else(|| self.request_allow.clone());
+        Some(match allow {
+            Some(allow) => manifest.clone().restricted_to(allow),
+            None => manifest.clone(),
+        })
+    }
+
+    /// The state bucket of `plugin` (its `[plugin.<name>] state_bucket`, else
+    /// the host's); `None` when the operator turned state off for it.
+    pub fn state_bucket_of(&self, plugin: &str) -> Option<String> {
+        match self.rules.get(plugin).and_then(|r| r.state_bucket.clone()) {
+            Some(raw) => crate::config::check::state_bucket(raw)
+                .ok()
+                .and_then(|b| b.0),
+            None => self.state_bucket.clone(),
         }
     }
 

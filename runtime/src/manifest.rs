@@ -9,6 +9,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use thiserror::Error;
 
+use crate::config::value::KeyValues;
 use crate::delivery::breaker::BreakerOverrides;
 use crate::limits::{LimitOverrides, with_limit_keys};
 use crate::subject::{self, PublishGrants};
@@ -37,6 +38,12 @@ with_limit_keys! {
         #[serde(default)]
         isolation: Isolation,
         reuse_limit: Option<u32>,
+        #[serde(default)]
+        config: toml::Table,
+        #[serde(default)]
+        state: bool,
+        #[serde(default)]
+        request: Vec<String>,
     }
 }
 
@@ -166,6 +173,15 @@ pub struct Manifest {
     /// With `isolation = "reuse"`: events one instance handles before it is
     /// replaced by a fresh one.
     pub reuse_limit: u32,
+    /// `[config]`: values the plugin reads with `config.get` (contract
+    /// 0.2.0), which the operator may override; never secrets.
+    pub config: KeyValues,
+    /// Asks for key-value state (contract 0.2.0 `state`), which the operator
+    /// may refuse (`state_bucket = "off"`).
+    pub state: bool,
+    /// Subjects the plugin may send requests to (contract 0.2.0
+    /// `requester`; the operator may narrow them with `request_allow`).
+    pub request: PublishGrants,
 }
 
 /// How a plugin's events get their instances.
@@ -254,6 +270,10 @@ impl Manifest {
         for (i, pattern) in raw.publish.iter().enumerate() {
             subject::validate_pattern(pattern)
                 .map_err(|e| invalid(format!("publish[{i}]"), e.to_string()))?;
+        }
+        for (i, pattern) in raw.request.iter().enumerate() {
+            subject::validate_pattern(pattern)
+                .map_err(|e| invalid(format!("request[{i}]"), e.to_string()))?;
         }
         if let Some(group) = &raw.queue_group
             && (group.is_empty() || group.chars().any(|c| c.is_whitespace() || c.is_control()))
@@ -348,7 +368,11 @@ impl Manifest {
         if raw.core_buffer == Some(0) {
             return Err(invalid("core_buffer".into(), "must be at least 1".into()));
         }
+        let config = config_values(raw.config).map_err(|(key, message)| invalid(key, message))?;
         Ok(Manifest {
+            config,
+            state: raw.state,
+            request: PublishGrants::new(raw.request),
             breaker: raw.breaker,
             core_buffer: raw.core_buffer,
             isolation: raw.isolation,
@@ -371,6 +395,31 @@ impl Manifest {
             retry: raw.retry,
         })
     }
+}
+
+/// `[config]` values as the plugin reads them: text, numbers and booleans
+/// as written; a nested table or array is an error naming its key.
+fn config_values(table: toml::Table) -> Result<KeyValues, (String, String)> {
+    table
+        .into_iter()
+        .map(|(key, value)| {
+            let text = match value {
+                toml::Value::String(s) => s,
+                toml::Value::Integer(n) => n.to_string(),
+                toml::Value::Float(x) => x.to_string(),
+                toml::Value::Boolean(b) => b.to_string(),
+                toml::Value::Datetime(d) => d.to_string(),
+                toml::Value::Array(_) | toml::Value::Table(_) => {
+                    return Err((
+                        format!("config.{key}"),
+                        "must be a string, number or boolean (a plugin reads each value as text)"
+                            .into(),
+                    ));
+                }
+            };
+            Ok((key, text))
+        })
+        .collect()
 }
 
 fn valid_name(name: &str) -> bool {
@@ -534,6 +583,21 @@ mod tests {
                 "{bad}: {e}"
             );
         }
+    }
+
+    #[test]
+    fn config_values_are_read_as_text_and_nested_values_are_named() {
+        let m = Manifest::parse(
+            "subjects = [\"a\"]\n[config]\nurl = \"http://x\"\nretries = 3\nstrict = true",
+        )
+        .unwrap();
+        assert_eq!(m.config.get("url").map(String::as_str), Some("http://x"));
+        assert_eq!(m.config.get("retries").map(String::as_str), Some("3"));
+        assert_eq!(m.config.get("strict").map(String::as_str), Some("true"));
+        let e = Manifest::parse("subjects = [\"a\"]\n[config]\nhosts = [\"a\"]")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("config.hosts"), "{e}");
     }
 
     #[test]

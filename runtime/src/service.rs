@@ -40,7 +40,8 @@ use crate::engine::cache::{CompileCache, Provenance};
 use crate::engine::governor::GovernorStats;
 use crate::engine::invoke::Failure;
 use crate::engine::{EngineError, PoolUsage, WasmEngine};
-use crate::host::{self, HostState, LogBudget, PluginTag};
+use crate::host::state::StateSpace;
+use crate::host::{self, HostState, LogBudget, PluginConfig, PluginTag};
 use crate::limits::PluginSandbox;
 use crate::manifest::{DeliveryMode, Isolation, JetStreamSettings, Manifest};
 use crate::nats;
@@ -700,7 +701,29 @@ impl Supervisor {
             .map(|a| a.slot.load().tag.version.to_string());
         let same_spec = self.active.get(name).filter(|a| a.spec == spec);
         let semaphore = same_spec.map(|a| a.slot.load().concurrency.clone());
-        let route = self.route_for(&loaded, semaphore);
+        let config = match self
+            .settings
+            .sandbox
+            .config_of(name, &loaded.manifest.config)
+        {
+            Ok(config) => Arc::new(config),
+            Err(e) => {
+                tracing::error!(plugin = name, "{e}; the previous version (if any) stays");
+                self.registry.failed(name, e.to_string());
+                self.metrics.plugin_reload_failed(name);
+                return None;
+            }
+        };
+        let state = match self.state_space(&loaded).await {
+            Ok(state) => state,
+            Err(e) => {
+                tracing::error!(plugin = name, "{e}; the previous version (if any) stays");
+                self.registry.failed(name, e);
+                self.metrics.plugin_reload_failed(name);
+                return None;
+            }
+        };
+        let route = self.route_for(&loaded, semaphore, config, state);
         match self.active.get_mut(name) {
             // Same subscriptions: an atomic swap of the serving version.
             Some(active) if active.spec == spec => {
@@ -772,7 +795,32 @@ impl Supervisor {
             .resolve(&plugin.name, &manifest.limits, &manifest.publish)
     }
 
-    fn route_for(&self, plugin: &LoadedPlugin, concurrency: Option<Arc<Semaphore>>) -> Arc<Route> {
+    /// The state key space of `plugin` when its manifest asks for state and
+    /// the operator has not turned it off; the bucket is created if missing.
+    async fn state_space(&self, plugin: &LoadedPlugin) -> Result<Option<StateSpace>, String> {
+        if !plugin.manifest.state {
+            return Ok(None);
+        }
+        let Some(bucket) = self.settings.sandbox.state_bucket_of(&plugin.name) else {
+            tracing::warn!(
+                plugin = %plugin.name,
+                "the manifest asks for state, but the operator's state_bucket is off: state calls will be refused"
+            );
+            return Ok(None);
+        };
+        StateSpace::open(&self.js, &bucket, &plugin.name)
+            .await
+            .map(Some)
+            .map_err(|e| e.to_string())
+    }
+
+    fn route_for(
+        &self,
+        plugin: &LoadedPlugin,
+        concurrency: Option<Arc<Semaphore>>,
+        config: Arc<PluginConfig>,
+        state: Option<StateSpace>,
+    ) -> Arc<Route> {
         let manifest = &plugin.manifest;
         let sandbox = self.sandbox_of(plugin);
         for capped in &sandbox.capped {
@@ -786,6 +834,13 @@ impl Supervisor {
             },
             compiled: plugin.compiled.clone(),
             grants: Arc::new(sandbox.grants),
+            config,
+            state,
+            request_grants: self
+                .settings
+                .sandbox
+                .request_grants_of(&plugin.name, &manifest.request)
+                .map(Arc::new),
             limits: limits.invoke_limits(),
             retry: apply_retry(self.settings.retry, &manifest.retry),
             concurrency: concurrency

@@ -28,12 +28,12 @@ fn check_describes_a_plugin_and_its_imports() {
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "{stdout}{stderr}");
     assert!(stdout.contains("is a sluice plugin"), "{stdout}");
-    assert!(stdout.contains("contract: sluice:plugin@0.1.0"), "{stdout}");
+    assert!(stdout.contains("contract: sluice:plugin@0.2.0"), "{stdout}");
     assert!(
-        stdout.contains("sluice:plugin/publisher@0.1.0"),
+        stdout.contains("sluice:plugin/publisher@0.2.0"),
         "imports are listed: {stdout}"
     );
-    assert!(stdout.contains("sluice:plugin/handler@0.1.0"), "{stdout}");
+    assert!(stdout.contains("sluice:plugin/handler@0.2.0"), "{stdout}");
 }
 
 #[test]

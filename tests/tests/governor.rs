@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use sluice::engine::bindings::v0_1::sluice::plugin::types;
+use sluice::contract;
 use sluice::engine::component::{self, CompiledPlugin};
 use sluice::engine::invoke::{
     self, FailureClass, InvocationReport, InvocationRequest, InvokeLimits,
@@ -31,13 +31,13 @@ async fn run(
     payload: &str,
     timeout: Duration,
 ) -> InvocationReport {
-    let event = types::Event {
+    let event = contract::Event {
         subject: subject.into(),
         payload: payload.as_bytes().to_vec(),
         idempotency_key: "k".into(),
         headers: vec![],
         attempt: 1,
-        delivery: types::Delivery {
+        delivery: contract::Delivery {
             stream: None,
             sequence: None,
             published_at_ms: None,
@@ -54,6 +54,9 @@ async fn run(
                 version: "v".into(),
             },
             grants: Arc::new(PublishGrants::new(vec![])),
+            config: Arc::default(),
+            state: None,
+            requester: None,
             limits: InvokeLimits {
                 timeout,
                 ..InvokeLimits::default()

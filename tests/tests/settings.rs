@@ -199,6 +199,30 @@ fn cases(dir: &Path) -> Vec<Case> {
             Some(("a..b", "a..b")),
         ),
         case(
+            "request_allow",
+            List,
+            ["flag.>", "env.>", "file.>"],
+            Some(("a..b", "a..b")),
+        ),
+        case(
+            "plugin_config",
+            List,
+            ["k=flag", "k=env", "k=file"],
+            Some(("k y=v", "not a valid config key")),
+        ),
+        case(
+            "plugin_secrets",
+            List,
+            ["k=env:FLAG", "k=env:ENV", "k=file:/run/file"],
+            Some(("k=hunter2", "not a reference")),
+        ),
+        case(
+            "state_bucket",
+            Text,
+            ["flag-s", "env-s", "file-s"],
+            Some(("a b", "not a valid bucket name")),
+        ),
+        case(
             "dedup_store",
             Text,
             ["memory", "kv", "memory"],

@@ -1,5 +1,5 @@
 //! `sluice check FILE.wasm`: is this a sluice plugin, for which contract
-//! version, and what does it import?
+//! version, which sluice capabilities does it import, and what does it import?
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -46,6 +46,15 @@ pub async fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
             println!("ok: {} is a sluice plugin", args.file.display());
             println!("  contract: sluice:plugin@{}", info.contract_version);
             println!("  version:  {}", info.version);
+            let capabilities: Vec<&str> = info.capabilities.iter().map(|c| c.as_str()).collect();
+            println!(
+                "  capabilities: {}",
+                if capabilities.is_empty() {
+                    "none".to_string()
+                } else {
+                    capabilities.join(", ")
+                }
+            );
             println!("  exports:");
             for export in &info.exports {
                 println!("    {export}");

@@ -11,8 +11,8 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::Args;
 
+use crate::contract;
 use crate::delivery::key::{KeyInput, derive_key_for};
-use crate::engine::bindings::v0_1::sluice::plugin::types;
 use crate::engine::invoke::{InvocationRequest, InvokeLimits};
 use crate::engine::{EngineSettings, WasmEngine, component, invoke as engine_invoke};
 use crate::host;
@@ -58,7 +58,7 @@ pub async fn invoke(args: InvokeArgs) -> anyhow::Result<ExitCode> {
         let Some((name, value)) = h.split_once('=') else {
             bail!("--header `{h}`: expected NAME=VALUE");
         };
-        headers.push(types::Header {
+        headers.push(contract::Header {
             name: name.to_string(),
             value: value.to_string(),
         });
@@ -119,13 +119,13 @@ pub async fn invoke(args: InvokeArgs) -> anyhow::Result<ExitCode> {
         },
     )
     .value;
-    let event = types::Event {
+    let event = contract::Event {
         subject: args.subject.clone(),
         payload,
         headers,
         idempotency_key: key.clone(),
         attempt: args.attempt,
-        delivery: types::Delivery {
+        delivery: contract::Delivery {
             stream: None,
             sequence: None,
             published_at_ms: None,
@@ -149,6 +149,12 @@ pub async fn invoke(args: InvokeArgs) -> anyhow::Result<ExitCode> {
             event: &event,
             tag: tag.clone(),
             grants: Arc::new(grants),
+            config: Arc::new(host::PluginConfig::of_manifest(
+                manifest.as_ref().map(|m| &m.config),
+            )),
+            // No NATS here: state calls and requests return `not-granted`.
+            state: None,
+            requester: None,
             limits: InvokeLimits {
                 timeout: args.timeout,
                 ..InvokeLimits::default()

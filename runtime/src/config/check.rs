@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::value::{OrOff, Show};
+use super::value::{KeyValues, OrOff, Show};
 use super::{DedupStoreKind, LogFormat};
 
 /// Accepts any value as it is.
@@ -137,6 +137,40 @@ pub fn publish_allow(list: Option<Vec<String>>) -> Result<Option<Vec<String>>, S
         crate::subject::validate_pattern(pattern).map_err(|e| e.to_string())?;
     }
     Ok(list)
+}
+
+/// Every key letters, digits, `-`, `_` or `.` (what a plugin passes to `config.get`).
+pub fn config_values(values: Option<KeyValues>) -> Result<Option<KeyValues>, String> {
+    for key in values.iter().flat_map(|v| v.keys()) {
+        if key.is_empty()
+            || !key
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
+            return Err(format!(
+                "`{key}` is not a valid config key (letters, digits, `-`, `_`, `.`)"
+            ));
+        }
+    }
+    Ok(values)
+}
+
+/// Every value an `env:VARIABLE` or `file:PATH` reference (resolved when a
+/// plugin loads; a secret's value never sits in the config file).
+pub fn secret_refs(refs: Option<KeyValues>) -> Result<Option<KeyValues>, String> {
+    let refs = config_values(refs)?;
+    for (key, reference) in refs.iter().flatten() {
+        crate::host::config::SecretRef::parse(key, reference).map_err(|e| e.to_string())?;
+    }
+    Ok(refs)
+}
+
+/// A KV bucket name, or `off`.
+pub fn state_bucket(text: String) -> Result<OrOff<String>, String> {
+    if text == "off" {
+        return Ok(OrOff(None));
+    }
+    dedup_bucket(text).map(|b| OrOff(Some(b)))
 }
 
 /// `kv` or `memory`.

@@ -236,6 +236,10 @@ fn sandbox_policy(
             .overlay(&from_file)
             .overlay(&overrides.limits),
         publish_allow: values.publish_allow.clone(),
+        request_allow: values.request_allow.clone(),
+        plugin_config: values.plugin_config.clone(),
+        plugin_secrets: values.plugin_secrets.clone(),
+        state_bucket: values.state_bucket.0.clone(),
         rules: file.plugin.clone(),
     };
     policy.validate().map_err(|e| ConfigError::Invalid {

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use super::check;
 use super::declare::declare_settings;
-use super::value::{OrOff, Secret};
+use super::value::{KeyValues, OrOff, Secret};
 use super::{DedupStoreKind, LogFormat};
 use crate::delivery::breaker::BreakerOverrides;
 use crate::manifest::RetryOverrides;
@@ -34,6 +34,21 @@ declare_settings! {
         /// Subject patterns any plugin may publish to, comma-separated, whatever its manifest grants.
         publish_allow: Vec<String> as "PATTERNS", unset "none (the manifest's grants apply)"
             => Option<Vec<String>> = check::publish_allow;
+        /// Subject patterns any plugin may send requests to, comma-separated, whatever its manifest's
+        /// `request` grants.
+        request_allow: Vec<String> as "PATTERNS", unset "none (the manifest's `request` grants apply)"
+            => Option<Vec<String>> = check::publish_allow;
+        /// Configuration plugins read with `config.get`, replacing their manifest's `[config]` keys.
+        plugin_config: KeyValues, unset "none (the manifest's `[config]` applies)"
+            => Option<KeyValues> = check::config_values;
+        /// Secrets plugins read with `config.get`, as references only: `key = "env:VARIABLE"` or
+        /// `key = "file:PATH"`, read when a plugin loads, never shown or logged.
+        plugin_secrets: KeyValues as "KEY=REF,...", unset "none"
+            => Option<KeyValues> = check::secret_refs;
+        /// NATS KV bucket holding plugin state (each plugin its own key space), or off to refuse state
+        /// to plugins whose manifest asks for it.
+        state_bucket: String as "NAME|off" = "sluice-state".into()
+            => OrOff<String> = check::state_bucket;
     }
 
     host {

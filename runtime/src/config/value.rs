@@ -252,6 +252,58 @@ impl SettingValue for Vec<String> {
     }
 }
 
+/// Key/value pairs: `key=value,...` in a flag or variable, a table in the file.
+pub type KeyValues = std::collections::BTreeMap<String, String>;
+
+/// Written as an array of `"key=value"` strings, so `config check` keeps it
+/// on the setting's own line (a table would become a section of its own).
+impl Show for KeyValues {
+    fn show(&self) -> Option<toml::Value> {
+        Some(toml::Value::Array(
+            self.iter()
+                .map(|(k, v)| toml::Value::String(format!("{k}={v}")))
+                .collect(),
+        ))
+    }
+}
+
+fn key_value(pair: &str) -> Result<(String, String), String> {
+    match pair.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.to_string())),
+        _ => Err(format!("`{pair}` is not `key=value`")),
+    }
+}
+
+impl SettingValue for KeyValues {
+    const VALUE_NAME: &'static str = "KEY=VALUE,...";
+    fn parse(text: &str) -> Result<Self, String> {
+        text.split(',')
+            .filter(|pair| !pair.trim().is_empty())
+            .map(key_value)
+            .collect()
+    }
+    /// A table (`{ key = "value" }`) or an array of `"key=value"` strings.
+    fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Written {
+            Table(KeyValues),
+            Pairs(Vec<String>),
+        }
+        match Written::deserialize(d) {
+            Ok(Written::Table(table)) => Ok(table),
+            Ok(Written::Pairs(pairs)) => pairs
+                .iter()
+                .map(|p| key_value(p))
+                .collect::<Result<_, _>>()
+                .map_err(serde::de::Error::custom),
+            Err(_) => Err(serde::de::Error::custom(
+                "expected a table of strings or an array of \"key=value\" strings",
+            )),
+        }
+    }
+}
+
 impl<T: Show> Show for Option<T> {
     fn show(&self) -> Option<toml::Value> {
         self.as_ref().and_then(Show::show)

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant, SystemTime};
 use async_nats::{Client, HeaderMap};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError};
 
+use crate::contract;
 use crate::delivery::RetryPolicy;
 use crate::delivery::breaker::{
     Admission, CircuitBreaker, Outcome as BreakerOutcome, State as BreakerState, Transition,
@@ -25,12 +26,13 @@ use crate::delivery::breaker::{
 };
 use crate::delivery::dead_letter::{self, DeadLetter, DlqError};
 use crate::engine::WasmEngine;
-use crate::engine::bindings::v0_1::sluice::plugin::types;
 use crate::engine::component::CompiledPlugin;
 use crate::engine::invoke::{
     self, ClassCounters, ClassCounts, Failure, FailureClass, InvocationRequest, InvokeLimits,
 };
-use crate::host::{LogBudget, OutboundMessage, PluginTag};
+use crate::host::requester::Requester;
+use crate::host::state::{self, StateSpace};
+use crate::host::{LogBudget, OutboundMessage, PluginConfig, PluginTag};
 use crate::manifest::KeySource;
 use crate::nats::convert;
 use crate::subject::PublishGrants;
@@ -56,6 +58,8 @@ pub struct PluginStats {
     pub(crate) shed: AtomicU64,
     dropped: AtomicU64,
     refused_publishes: AtomicU64,
+    refused_state: AtomicU64,
+    refused_requests: AtomicU64,
     log_dropped: AtomicU64,
     failures: ClassCounters,
     gave_up_by: ClassCounters,
@@ -98,6 +102,10 @@ pub struct StatsSnapshot {
     pub dropped: u64,
     /// Publishes refused (not granted, reserved, invalid, over a limit).
     pub refused_publishes: u64,
+    /// State calls refused (not granted, invalid key, over a limit).
+    pub refused_state: u64,
+    /// Requests refused (not granted, reserved, invalid, over the limit).
+    pub refused_requests: u64,
     /// Plugin log lines dropped (per-event cap or rate limit).
     pub log_dropped: u64,
     /// Failed attempts per failure class.
@@ -127,6 +135,8 @@ impl PluginStats {
             shed: get(&self.shed),
             dropped: get(&self.dropped),
             refused_publishes: get(&self.refused_publishes),
+            refused_state: get(&self.refused_state),
+            refused_requests: get(&self.refused_requests),
             log_dropped: get(&self.log_dropped),
             failures: self.failures.snapshot(),
             gave_up_by: self.gave_up_by.snapshot(),
@@ -165,6 +175,12 @@ pub struct Route {
     pub compiled: Arc<CompiledPlugin>,
     /// Publish grants.
     pub grants: Arc<PublishGrants>,
+    /// Configuration and secrets (`config.get`).
+    pub config: Arc<PluginConfig>,
+    /// The plugin's state key space; `None`: state not granted.
+    pub state: Option<StateSpace>,
+    /// Subjects the plugin may send requests to; `None`: none.
+    pub request_grants: Option<Arc<PublishGrants>>,
     /// Per-event limits.
     pub limits: InvokeLimits,
     /// Retry policy.
@@ -338,7 +354,7 @@ impl Dispatcher {
         &self,
         route: &Route,
         key: &str,
-        event: &types::Event,
+        event: &contract::Event,
         admission: Admission,
     ) -> Result<(), Failure> {
         let _in_flight = route.plugin_metrics.attempt_started();
@@ -366,6 +382,12 @@ impl Dispatcher {
                 event,
                 tag: route.tag.clone(),
                 grants: route.grants.clone(),
+                config: route.config.clone(),
+                state: route.state.clone(),
+                requester: route
+                    .request_grants
+                    .clone()
+                    .map(|grants| Requester::new(self.client.clone(), grants)),
                 limits: route.limits,
                 log_budget: route.log_budget.clone(),
                 keep_logs: false,
@@ -390,6 +412,11 @@ impl Dispatcher {
             report.refused_publishes.into(),
         );
         bump(&route.stats.log_dropped, report.log_dropped.into());
+        bump(&route.stats.refused_state, report.refused_state.into());
+        bump(
+            &route.stats.refused_requests,
+            report.refused_requests.into(),
+        );
         self.metrics
             .sandbox_refusals(name, report.refused_publishes, report.log_dropped);
         let starved = report.cpu_starved();
@@ -400,6 +427,25 @@ impl Dispatcher {
             self.metrics
                 .event_handled(name, failure.class.as_str(), started.elapsed());
             return Err(failure);
+        }
+        // State first: a compare-and-swap conflict fails the attempt before
+        // anything is published.
+        if let Some((space, writes)) = report.state_writes {
+            state::commit(&space, key, &route.tag.name, writes)
+                .await
+                .map_err(|e| {
+                    let class = match e {
+                        state::CommitError::Conflict { .. } => FailureClass::StateConflict,
+                        state::CommitError::Unavailable { .. } => FailureClass::Retryable,
+                    };
+                    Failure::new(class, &e.to_string())
+                })
+                .inspect_err(|failure| {
+                    bump(&route.stats.failed_attempts, 1);
+                    route.stats.failures.bump(failure.class);
+                    route.record_outcome(Some(failure), admission, false);
+                    self.metrics.event_handled(name, "state", started.elapsed());
+                })?;
         }
         let reply = event.delivery.reply_to.as_deref();
         self.commit(

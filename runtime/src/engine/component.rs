@@ -7,8 +7,8 @@ use sha2::{Digest, Sha256};
 use thiserror::Error;
 use wasmtime::component::{Component, Linker};
 
+use crate::contract::{CONTRACT_VERSIONS, Capability, Pre, handler_export};
 use crate::engine::WasmEngine;
-use crate::engine::bindings::{CONTRACT_VERSIONS, handler_export, v0_1};
 use crate::engine::cache::{CompileCache, Provenance};
 use crate::host::HostState;
 
@@ -40,7 +40,7 @@ pub enum ComponentError {
     },
     /// An import the host does not provide.
     #[error(
-        "the component needs imports this host does not provide: {0}. A plugin may import WASI 0.2 and sluice:plugin/{{logging,publisher}}"
+        "the component needs imports this host does not provide: {0}. A plugin may import WASI 0.2 and the sluice:plugin interfaces of its contract version (0.1.0: logging, publisher; 0.2.0: also config)"
     )]
     UnsatisfiedImport(String),
     /// Instantiation failed (start function trapped, resources exhausted).
@@ -57,6 +57,8 @@ pub struct ComponentInfo {
     pub version: String,
     /// Everything it imports.
     pub imports: Vec<String>,
+    /// The sluice capabilities among its imports.
+    pub capabilities: Vec<Capability>,
     /// Everything it exports.
     pub exports: Vec<String>,
 }
@@ -67,8 +69,9 @@ pub struct CompiledPlugin {
     pub info: ComponentInfo,
     /// Compiled now or loaded from the compile cache.
     pub provenance: Provenance,
-    /// Pre-linked instance template; instantiate once per event.
-    pub pre: v0_1::ConsumerPre<HostState>,
+    /// Pre-linked instance template of its contract version; instantiate
+    /// once per event.
+    pub pre: Pre<HostState>,
 }
 
 /// The short content hash used as a plugin's version.
@@ -131,7 +134,7 @@ pub fn compile_cached(
     let pre = linker
         .instantiate_pre(&component)
         .map_err(|e| ComponentError::UnsatisfiedImport(format!("{e:#}")))?;
-    let pre = v0_1::ConsumerPre::new(pre).map_err(|e| ComponentError::WrongWorld {
+    let pre = Pre::new(contract_version, pre).map_err(|e| ComponentError::WrongWorld {
         exports: format!("{} ({e:#})", exports.join(", ")),
         accepted: CONTRACT_VERSIONS.join(", "),
     })?;
@@ -140,6 +143,7 @@ pub fn compile_cached(
         info: ComponentInfo {
             contract_version: contract_version.to_string(),
             version: version_hash(bytes),
+            capabilities: Capability::of_imports(&imports),
             imports,
             exports,
         },

@@ -15,19 +15,24 @@ use std::time::{Duration, Instant};
 
 use wasmtime::{Store, Trap, UpdateDeadline};
 
+use crate::contract::{self, HandlerError};
 use crate::engine::WasmEngine;
-use crate::engine::bindings::v0_1;
-use crate::engine::bindings::v0_1::sluice::plugin::types;
 use crate::engine::component::CompiledPlugin;
 use crate::engine::governor::CpuTicket;
+use crate::host::requester::{RequestBudget, Requester};
+use crate::host::state::{StateSpace, StateWrite};
 use crate::host::{
-    HostState, LogBudget, LogGate, LogRecord, MemoryLimiter, OutboundMessage, PluginTag,
-    PublishLimits, truncated,
+    HostState, LogBudget, LogGate, LogRecord, MemoryLimiter, OutboundMessage, PluginConfig,
+    PluginTag, PublishLimits, truncated,
 };
 use crate::subject::PublishGrants;
 
 /// Longest failure message kept (logged, counted, dead-lettered), in bytes.
 pub const MAX_FAILURE_MESSAGE: usize = 4096;
+
+/// Most of the attempt's time kept back from a request for the plugin to
+/// handle its answer (or its absence); a tenth of the time limit below that.
+pub const REQUEST_RESERVE: Duration = Duration::from_millis(100);
 
 /// Memory growth within one invocation past which it counts as heavy for
 /// the CPU governor (see [`CpuTicket::mark_heavy`]).
@@ -87,11 +92,15 @@ pub enum FailureClass {
     /// Not finished when the host stopped (core NATS events, which nothing
     /// else can hold, are dead-lettered with this class).
     Shutdown,
+    /// A state compare-and-swap found its key changed at commit: retried
+    /// (the retry reads anew), and not held against the circuit breaker,
+    /// since contention is no sign of a failing dependency.
+    StateConflict,
 }
 
 impl FailureClass {
     /// Every class, in a fixed order (for per-class counters).
-    pub const ALL: [FailureClass; 12] = [
+    pub const ALL: [FailureClass; 13] = [
         FailureClass::Retryable,
         FailureClass::Permanent,
         FailureClass::DeadlineExceeded,
@@ -104,6 +113,7 @@ impl FailureClass {
         FailureClass::PayloadTooLarge,
         FailureClass::PublishLimit,
         FailureClass::Shutdown,
+        FailureClass::StateConflict,
     ];
 
     /// Stable name used in logs, metrics and dead-letter records.
@@ -121,6 +131,7 @@ impl FailureClass {
             FailureClass::PayloadTooLarge => "payload-too-large",
             FailureClass::PublishLimit => "publish-limit",
             FailureClass::Shutdown => "shutdown",
+            FailureClass::StateConflict => "state-conflict",
         }
     }
 
@@ -235,6 +246,13 @@ pub struct InvocationReport {
     pub output: Vec<String>,
     /// Publishes the host refused during the call.
     pub refused_publishes: u32,
+    /// Buffered state writes and their key space; `None` unless the handler
+    /// succeeded and wrote something.
+    pub state_writes: Option<(StateSpace, Vec<StateWrite>)>,
+    /// State calls the host refused during the call.
+    pub refused_state: u32,
+    /// Requests the host refused during the call.
+    pub refused_requests: u32,
     /// Log records and output lines dropped (per-event cap or rate limit).
     pub log_dropped: u32,
     /// Time spent instantiating (zero when the plugin was never instantiated).
@@ -263,11 +281,17 @@ impl InvocationReport {
 /// One event to run.
 pub struct InvocationRequest<'a> {
     /// The event as the plugin will see it.
-    pub event: &'a types::Event,
+    pub event: &'a contract::Event,
     /// Plugin name and version, for tagging.
     pub tag: PluginTag,
     /// Publish grants.
     pub grants: Arc<PublishGrants>,
+    /// Configuration and secrets the plugin reads (`config.get`).
+    pub config: Arc<PluginConfig>,
+    /// The plugin's state key space; `None`: state not granted.
+    pub state: Option<StateSpace>,
+    /// What the plugin may ask (`requester`); `None`: nothing granted.
+    pub requester: Option<Requester>,
     /// Limits.
     pub limits: InvokeLimits,
     /// The plugin's log rate limit, shared by all its invocations.
@@ -282,7 +306,7 @@ pub struct InvocationRequest<'a> {
 /// carries over; its linear memory (the plugin's own state) does.
 pub struct WarmInstance {
     store: Store<HostState>,
-    consumer: v0_1::Consumer,
+    consumer: contract::Instance,
     /// Events this instance has handled.
     pub uses: u32,
 }
@@ -329,6 +353,10 @@ pub async fn invoke_reusing(
         return (refused_before_start(started, failure), warm);
     }
     let deadline = started + limits.timeout;
+    // A request is cut a little before the deadline, so the plugin has time
+    // to handle a missing answer (fail as retryable, fall back) instead of
+    // being interrupted.
+    let request_deadline = deadline - (limits.timeout / 10).min(REQUEST_RESERVE);
     let ticket = engine.governor().enter(&request.tag.name, deadline);
     if !ticket.admit().await {
         let failure = Failure::new(
@@ -356,6 +384,9 @@ pub async fn invoke_reusing(
             uses,
         }) => {
             store.data_mut().begin_event();
+            store.data_mut().config = request.config;
+            store.data_mut().state.reset(request.state);
+            store.data_mut().requests = RequestBudget::new(request.requester, request_deadline);
             arm(&mut store, ticket.clone());
             (store, Some((consumer, uses)))
         }
@@ -378,6 +409,9 @@ pub async fn invoke_reusing(
                 request.keep_logs,
             );
             let mut store = Store::new(engine.engine(), state);
+            store.data_mut().config = request.config;
+            store.data_mut().state.reset(request.state);
+            store.data_mut().requests = RequestBudget::new(request.requester, request_deadline);
             store.limiter(|s| &mut s.limiter);
             arm(&mut store, ticket.clone());
             (store, None)
@@ -406,8 +440,7 @@ pub async fn invoke_reusing(
             }
         };
         let verdict = consumer
-            .sluice_plugin_handler()
-            .call_handle(&mut store, request.event)
+            .handle(&mut store, request.event)
             .await
             .map_err(|e| (FailureClass::Trap, e))?;
         Ok((verdict, consumer))
@@ -458,26 +491,37 @@ pub async fn invoke_reusing(
             &format!("the plugin exceeded its publish limit: {limit}; nothing was published"),
         )),
         (Ok(Ok(())), None) => Ok(()),
-        (Ok(Err(types::HandlerError::Retryable(e))), None) => Err(Failure {
-            retry_after: e.retry_after_ms.map(Duration::from_millis),
-            ..Failure::new(FailureClass::Retryable, &e.message)
+        (
+            Ok(Err(HandlerError::Retryable {
+                message,
+                retry_after_ms,
+            })),
+            None,
+        ) => Err(Failure {
+            retry_after: retry_after_ms.map(Duration::from_millis),
+            ..Failure::new(FailureClass::Retryable, &message)
         }),
-        (Ok(Err(types::HandlerError::Permanent(message))), None) => {
+        (Ok(Err(HandlerError::Permanent(message))), None) => {
             Err(Failure::new(FailureClass::Permanent, &message))
         }
         (Err((class, error)), _) => Err(classify(class, &error, state, limits.timeout)),
     };
-    let published = if outcome.is_ok() {
-        state.outbox.take()
+    let (published, state_writes) = if outcome.is_ok() {
+        (state.outbox.take(), state.state.take())
     } else {
-        Vec::new()
+        (Vec::new(), None)
     };
+    let refused_state = state.state.refused();
+    let refused_requests = state.requests.refused();
     let report = InvocationReport {
         outcome,
         published,
         logs,
         output,
         refused_publishes,
+        state_writes,
+        refused_state,
+        refused_requests,
         log_dropped: state.log_gate.dropped(),
         instantiate_time,
         elapsed: started.elapsed(),
@@ -501,6 +545,9 @@ fn refused_before_start(started: Instant, failure: Failure) -> InvocationReport 
         logs: Vec::new(),
         output: Vec::new(),
         refused_publishes: 0,
+        state_writes: None,
+        refused_state: 0,
+        refused_requests: 0,
         log_dropped: 0,
         instantiate_time: Duration::ZERO,
         elapsed: started.elapsed(),

@@ -18,7 +18,6 @@
 //! runs more than `max_instances` invocations (further events wait), so a
 //! slot is always free when an invocation starts.
 
-pub mod bindings;
 pub mod cache;
 pub mod component;
 pub mod governor;

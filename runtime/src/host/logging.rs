@@ -9,9 +9,8 @@
 
 use std::sync::Arc;
 
-use crate::engine::bindings::v0_1::sluice::plugin::{logging, types};
 use crate::host::throttle::LogGate;
-use crate::host::{HostState, PluginTag, truncated};
+use crate::host::{PluginTag, truncated};
 
 /// Longest message logged per record, in bytes; the rest is cut.
 pub const MAX_LOG_MESSAGE: usize = 4096;
@@ -101,22 +100,5 @@ impl LogSink {
                 fields,
             });
         }
-    }
-}
-
-fn level_name(level: types::Level) -> &'static str {
-    match level {
-        types::Level::Trace => "trace",
-        types::Level::Debug => "debug",
-        types::Level::Info => "info",
-        types::Level::Warn => "warn",
-        types::Level::Error => "error",
-    }
-}
-
-impl logging::Host for HostState {
-    fn log(&mut self, level: types::Level, message: String, fields: Vec<types::Field>) {
-        let fields = fields.into_iter().map(|f| (f.key, f.value)).collect();
-        self.logs.record(level_name(level), &message, fields);
     }
 }

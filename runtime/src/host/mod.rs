@@ -1,26 +1,31 @@
 //! What a plugin instance sees of the host: the per-store state, the linker
 //! with every import a plugin may use, and the implementations of the sluice
-//! imports (logging, publish).
+//! imports (logging, publish, config); [`crate::contract`] adapts them to
+//! each contract version.
 //!
 //! WASI 0.2 is linked so that ordinary Rust, Python and JS components load,
 //! but the context grants nothing: no preopened directories, no environment,
 //! no arguments, no network. Clocks and random work; stdout and stderr are
 //! captured and forwarded to the host log.
 
+pub mod config;
 pub mod limiter;
 pub mod logging;
 pub mod publisher;
+pub mod requester;
+pub mod state;
 pub mod stdio;
 pub mod throttle;
 
 use std::borrow::Cow;
 use std::sync::Arc;
 
-use wasmtime::component::{HasSelf, Linker, ResourceTable};
+use wasmtime::component::{Linker, ResourceTable};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use crate::engine::bindings::v0_1;
+use crate::contract::{self, Level, PluginHost, PublishError};
 use crate::subject::PublishGrants;
+pub use config::PluginConfig;
 pub use limiter::MemoryLimiter;
 pub use logging::{LogRecord, LogSink};
 pub use publisher::{OutboundMessage, Outbox, PublishLimits};
@@ -50,6 +55,12 @@ pub struct HostState {
     pub outbox: Outbox,
     /// The plugin's stdout and stderr.
     pub output: CapturedOutput,
+    /// The plugin's configuration and secrets (`config.get`).
+    pub config: Arc<PluginConfig>,
+    /// State writes buffered until the handler succeeds.
+    pub state: state::StateTxn,
+    /// The attempt's requests (`requester`).
+    pub requests: requester::RequestBudget,
 }
 
 impl HostState {
@@ -83,6 +94,9 @@ impl HostState {
             log_gate,
             outbox: Outbox::new(grants, publish_limits),
             output,
+            config: Arc::default(),
+            state: state::StateTxn::default(),
+            requests: requester::RequestBudget::default(),
         }
     }
 }
@@ -122,13 +136,41 @@ impl WasiView for HostState {
     }
 }
 
-impl v0_1::sluice::plugin::types::Host for HostState {}
+/// The host side of every contract version's imports (the version modules
+/// in [`crate::contract`] convert their generated types and call these).
+impl PluginHost for HostState {
+    fn log(&mut self, level: Level, message: String, fields: Vec<(String, String)>) {
+        self.logs.record(level.as_str(), &message, fields);
+    }
 
-/// The linker every plugin is instantiated with: WASI 0.2 plus the sluice imports.
+    fn publish(
+        &mut self,
+        subject: String,
+        payload: Vec<u8>,
+        headers: Vec<(String, String)>,
+    ) -> Result<(), PublishError> {
+        self.publish_message(subject, payload, headers)
+    }
+
+    fn config_get(&mut self, key: &str) -> Option<String> {
+        self.config.get(key).map(str::to_string)
+    }
+
+    fn state(&mut self) -> &mut state::StateTxn {
+        &mut self.state
+    }
+
+    fn requests(&mut self) -> &mut requester::RequestBudget {
+        &mut self.requests
+    }
+}
+
+/// The linker every plugin is instantiated with: WASI 0.2 plus the sluice
+/// imports of every contract version.
 pub fn linker(engine: &wasmtime::Engine) -> wasmtime::Result<Linker<HostState>> {
     let mut linker = Linker::new(engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
-    v0_1::Consumer::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |state| state)?;
+    contract::add_to_linker(&mut linker)?;
     Ok(linker)
 }
 

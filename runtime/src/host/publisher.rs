@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use crate::engine::bindings::v0_1::sluice::plugin::{publisher, types};
+use crate::contract::PublishError;
 use crate::host::HostState;
 use crate::subject::{GrantError, PublishGrants};
 
@@ -94,8 +94,8 @@ impl Outbox {
     }
 
     /// Validate and buffer one message.
-    pub fn push(&mut self, message: OutboundMessage) -> Result<(), types::PublishError> {
-        let refused = |this: &mut Self, e: types::PublishError| {
+    pub fn push(&mut self, message: OutboundMessage) -> Result<(), PublishError> {
+        let refused = |this: &mut Self, e: PublishError| {
             this.refused += 1;
             Err(e)
         };
@@ -103,9 +103,9 @@ impl Outbox {
             Ok(()) => {}
             Err(_) if self.is_reply(&message.subject) => {}
             Err(GrantError::Invalid(e)) => {
-                return refused(self, types::PublishError::InvalidSubject(e.to_string()));
+                return refused(self, PublishError::InvalidSubject(e.to_string()));
             }
-            Err(e) => return refused(self, types::PublishError::NotGranted(e.to_string())),
+            Err(e) => return refused(self, PublishError::NotGranted(e.to_string())),
         }
         if let Some(bad) = message
             .headers
@@ -114,7 +114,7 @@ impl Outbox {
         {
             return refused(
                 self,
-                types::PublishError::InvalidSubject(format!(
+                PublishError::InvalidSubject(format!(
                     "header `{}` has an invalid name or a line break in its value",
                     bad.0
                 )),
@@ -135,7 +135,7 @@ impl Outbox {
         };
         if let Some(limit) = over {
             self.limit_reached.get_or_insert_with(|| limit.clone());
-            return refused(self, types::PublishError::LimitExceeded(limit));
+            return refused(self, PublishError::LimitExceeded(limit));
         }
         self.bytes += message.size();
         self.messages.push(message);
@@ -171,25 +171,22 @@ fn valid_header_name(name: &str) -> bool {
     !name.is_empty() && name.bytes().all(|b| b.is_ascii_graphic() && b != b':')
 }
 
-impl publisher::Host for HostState {
-    fn publish(
+impl HostState {
+    /// The `publish` import of every contract version: validate and buffer.
+    pub fn publish_message(
         &mut self,
         subject: String,
         payload: Vec<u8>,
-        headers: Vec<types::Header>,
-    ) -> Result<(), types::PublishError> {
+        headers: Vec<(String, String)>,
+    ) -> Result<(), PublishError> {
         let message = OutboundMessage {
             subject,
             payload: Bytes::from(payload),
-            headers: headers.into_iter().map(|h| (h.name, h.value)).collect(),
+            headers,
         };
         let result = self.outbox.push(message);
         if let Err(e) = &result {
-            let why = match e {
-                types::PublishError::NotGranted(m)
-                | types::PublishError::InvalidSubject(m)
-                | types::PublishError::LimitExceeded(m) => m,
-            };
+            let why = e.message();
             // The first refusal of an event is worth a warning; a plugin
             // retrying in a loop must not turn it into a log flood (the total
             // is counted in the plugin's stats).
@@ -229,16 +226,16 @@ mod tests {
         assert!(outbox.push(msg("out.a", 4)).is_ok());
         assert!(matches!(
             outbox.push(msg("other", 1)),
-            Err(types::PublishError::NotGranted(_))
+            Err(PublishError::NotGranted(_))
         ));
         assert!(matches!(
             outbox.push(msg("out.*", 1)),
-            Err(types::PublishError::InvalidSubject(_))
+            Err(PublishError::InvalidSubject(_))
         ));
         assert_eq!(outbox.limit_reached(), None, "grant refusals are no limit");
         assert!(matches!(
             outbox.push(msg("out.b", 17)),
-            Err(types::PublishError::LimitExceeded(_))
+            Err(PublishError::LimitExceeded(_))
         ));
         assert!(
             outbox
@@ -249,7 +246,7 @@ mod tests {
         assert!(outbox.push(msg("out.b", 16)).is_ok());
         assert!(matches!(
             outbox.push(msg("out.c", 0)),
-            Err(types::PublishError::LimitExceeded(_))
+            Err(PublishError::LimitExceeded(_))
         ));
         assert_eq!(outbox.refused(), 4);
         assert!(

@@ -5,25 +5,25 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use async_nats::HeaderMap;
 use async_nats::header::{HeaderName, HeaderValue};
 
+use crate::contract;
 use crate::delivery::key::{MSG_ID_HEADER, outgoing_msg_id};
-use crate::engine::bindings::v0_1::sluice::plugin::types;
 use crate::host::{OutboundMessage, PluginTag};
 
 /// Build the plugin event for a core NATS message whose idempotency key the
 /// dispatcher already derived (see `delivery::key::derive_key`).
-pub fn core_event(message: &async_nats::Message, key: &str, attempt: u32) -> types::Event {
+pub fn core_event(message: &async_nats::Message, key: &str, attempt: u32) -> contract::Event {
     let headers = headers_to_vec(message.headers.as_ref());
     let received_ms = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .ok();
-    types::Event {
+    contract::Event {
         subject: message.subject.to_string(),
         payload: message.payload.to_vec(),
         idempotency_key: key.to_string(),
         headers,
         attempt,
-        delivery: types::Delivery {
+        delivery: contract::Delivery {
             stream: None,
             sequence: None,
             published_at_ms: received_ms,
@@ -33,14 +33,14 @@ pub fn core_event(message: &async_nats::Message, key: &str, attempt: u32) -> typ
 }
 
 /// All header (name, value) pairs, in order, repeated names kept.
-pub fn headers_to_vec(headers: Option<&HeaderMap>) -> Vec<types::Header> {
+pub fn headers_to_vec(headers: Option<&HeaderMap>) -> Vec<contract::Header> {
     let Some(headers) = headers else {
         return Vec::new();
     };
     let mut out = Vec::new();
     for (name, values) in headers.iter() {
         for value in values {
-            out.push(types::Header {
+            out.push(contract::Header {
                 name: name.to_string(),
                 value: value.as_str().to_string(),
             });

@@ -9,7 +9,7 @@
 
 use async_nats::HeaderMap;
 
-use crate::engine::bindings::v0_1::sluice::plugin::types;
+use crate::contract;
 
 /// The `traceparent` header name.
 pub const TRACEPARENT: &str = "traceparent";
@@ -52,7 +52,7 @@ impl TraceParent {
     }
 
     /// The `traceparent` of the event's headers, if present and valid.
-    pub fn of_event(event: &types::Event) -> Option<TraceParent> {
+    pub fn of_event(event: &contract::Event) -> Option<TraceParent> {
         header(event, TRACEPARENT).and_then(TraceParent::parse)
     }
 
@@ -75,7 +75,7 @@ pub struct Propagation {
 
 impl Propagation {
     /// What `event` carries (nothing if it has no valid `traceparent`).
-    pub fn of_event(event: &types::Event) -> Propagation {
+    pub fn of_event(event: &contract::Event) -> Propagation {
         let parent = TraceParent::of_event(event);
         let state = parent
             .as_ref()
@@ -102,7 +102,7 @@ impl Propagation {
     }
 }
 
-fn header<'e>(event: &'e types::Event, name: &str) -> Option<&'e str> {
+fn header<'e>(event: &'e contract::Event, name: &str) -> Option<&'e str> {
     event
         .headers
         .iter()
@@ -146,22 +146,22 @@ mod tests {
 
     #[test]
     fn propagation_respects_a_plugin_set_traceparent() {
-        let event = types::Event {
+        let event = contract::Event {
             subject: "s".into(),
             payload: vec![],
             headers: vec![
-                types::Header {
+                contract::Header {
                     name: "traceparent".into(),
                     value: TP.into(),
                 },
-                types::Header {
+                contract::Header {
                     name: "tracestate".into(),
                     value: "vendor=1".into(),
                 },
             ],
             idempotency_key: "k".into(),
             attempt: 1,
-            delivery: types::Delivery {
+            delivery: contract::Delivery {
                 stream: None,
                 sequence: None,
                 published_at_ms: None,

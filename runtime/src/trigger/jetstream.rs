@@ -34,12 +34,12 @@ use tokio::sync::OwnedSemaphorePermit;
 use tracing::Instrument;
 
 use super::{Ledger, StopSignals, TriggerContext, deliver_dead_letter};
+use crate::contract;
 use crate::delivery::breaker::Admission;
 use crate::delivery::dedup::epoch_ms;
 use crate::delivery::key::{KeyInput, StreamPosition, derive_key_for};
 use crate::delivery::settle::{self, Decision, Gate, History, Mode, Outcome};
 use crate::dispatch::{Route, bump, dead_letter_for, trace_id};
-use crate::engine::bindings::v0_1::sluice::plugin::types;
 use crate::engine::invoke::Failure;
 use crate::manifest::Manifest;
 use crate::nats::convert;
@@ -413,13 +413,13 @@ async fn handle(
         let mut last_failure: Option<Failure> = None;
         let decision = match decision {
             Decision::Run { attempt, history } => {
-                let event = types::Event {
+                let event = contract::Event {
                     subject: message.subject.to_string(),
                     payload: message.payload.to_vec(),
                     headers: convert::headers_to_vec(message.headers.as_ref()),
                     idempotency_key: key.clone(),
                     attempt,
-                    delivery: types::Delivery {
+                    delivery: contract::Delivery {
                         stream: Some(stream.clone()),
                         sequence: Some(sequence),
                         published_at_ms: Some(epoch_ms(published)),
