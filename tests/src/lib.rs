@@ -12,9 +12,12 @@ use std::time::{Duration, Instant};
 use sluice::config::{self, FileConfig, Overrides};
 use sluice::service::{self, HostHandle};
 
+pub mod cluster;
 pub mod fault_proxy;
 pub mod neighbours;
 pub mod polyglot;
+
+pub use cluster::NatsCluster;
 
 /// The repository root.
 pub fn repo_root() -> PathBuf {
