@@ -21,7 +21,7 @@ use sluice::config::Overrides;
 use sluice::dispatch::PluginStats;
 use sluice::service::HostHandle;
 use sluice_e2e::{
-    NatsCluster, PluginDir, Running, consumer_backlog, eventually_async, free_port, http_get,
+    NatsCluster, PluginDir, Running, eventually_async, free_port, http_get,
     plugin_wasm, read_stream, start_host_with, stream_messages, variant, version_of,
 };
 
@@ -119,30 +119,36 @@ async fn process_succeeded(admin: &str, plugin: &str) -> u64 {
 async fn publish_orders(js: jetstream::Context, n: usize) {
     let deadline = Instant::now() + ALL_DONE;
     let all: Vec<usize> = (0..n).collect();
+    let mut last_error = String::new();
     for chunk in all.chunks(256) {
         let mut todo = chunk.to_vec();
         while !todo.is_empty() {
             assert!(
                 Instant::now() < deadline,
-                "orders not all accepted by the stream within {ALL_DONE:?}"
+                "orders not all accepted by the stream within {ALL_DONE:?} (last error: {last_error})"
             );
             let mut acks = Vec::with_capacity(todo.len());
             for &i in &todo {
                 let mut headers = HeaderMap::new();
                 headers.insert("Nats-Msg-Id", format!("order-{i}").as_str());
                 let body = format!(r#"{{"order_id":{i},"quantity":2,"unit_price":1.5}}"#);
-                acks.push((
-                    i,
-                    js.publish_with_headers("orders.created", headers, Bytes::from(body))
-                        .await,
-                ));
+                let sent = tokio::time::timeout(
+                    Duration::from_secs(10),
+                    js.publish_with_headers("orders.created", headers, Bytes::from(body)),
+                )
+                .await
+                .map_err(|_| "publish blocked for 10 s".to_string())
+                .and_then(|r| r.map_err(|e| e.to_string()));
+                acks.push((i, sent));
             }
             let mut failed = Vec::new();
             for (i, ack) in acks {
                 let accepted = match ack {
-                    Ok(ack) => ack.await.is_ok(),
-                    Err(_) => false,
-                };
+                    Ok(ack) => ack.await.map_err(|e| e.to_string()),
+                    Err(e) => Err(e),
+                }
+                .map_err(|e| last_error = e)
+                .is_ok();
                 if !accepted {
                     failed.push(i);
                 }
@@ -154,12 +160,31 @@ async fn publish_orders(js: jetstream::Context, n: usize) {
             }
             todo = failed;
         }
+        if chunk[0] % 4096 == 0 {
+            eprintln!("publisher: {} orders accepted", chunk[0]);
+        }
     }
 }
 
-/// Derived events in DONE.
+/// Derived events in DONE; 0 while the cluster cannot answer (a node
+/// down, a leader being elected), so polls simply go on.
 async fn done(js: &jetstream::Context) -> u64 {
-    stream_messages(js, "DONE").await
+    async {
+        let mut stream = js.get_stream("DONE").await.ok()?;
+        Some(stream.info().await.ok()?.state.messages)
+    }
+    .await
+    .unwrap_or(0)
+}
+
+/// (pending, ack pending) of the shared consumer; `None` while the cluster
+/// cannot answer.
+async fn backlog(js: &jetstream::Context) -> Option<(u64, usize)> {
+    let stream = js.get_stream("ORDERS").await.ok()?;
+    let mut consumer: jetstream::consumer::PullConsumer =
+        stream.get_consumer("sluice-enrich").await.ok()?;
+    let info = consumer.info().await.ok()?;
+    Some((info.num_pending, info.num_ack_pending))
 }
 
 /// Wait until all `n` orders have their derived event and the consumer has
@@ -174,7 +199,7 @@ async fn every_order_once(js: &jetstream::Context, n: usize) -> BTreeMap<String,
     eventually_async!(
         Duration::from_secs(60),
         "the shared consumer has nothing pending or unacknowledged",
-        consumer_backlog(js, "ORDERS", "sluice-enrich").await == (0, 0)
+        backlog(js).await == Some((0, 0))
     );
     let derived = read_stream(js, "DONE").await;
     assert_eq!(
@@ -279,8 +304,9 @@ async fn a_nats_node_killed_mid_run_and_restarted_loses_and_duplicates_nothing()
     eventually_async!(ALL_DONE, "a quarter handled", done(&js).await >= n as u64 / 4);
     let leader = cluster.meta_leader(0).expect("a meta leader");
     let victim = cluster.index_of(&leader).unwrap();
-    cluster.stop(victim);
     let at_kill = done(&js).await;
+    cluster.stop(victim);
+    eprintln!("killed node {leader} (the meta leader) at {at_kill} derived events");
     // The two surviving nodes keep the work going without an operator.
     eventually_async!(
         ALL_DONE,
@@ -293,6 +319,7 @@ async fn a_nats_node_killed_mid_run_and_restarted_loses_and_duplicates_nothing()
     })
     .await
     .unwrap();
+    eprintln!("node {leader} restarted at {} derived events", done(&js).await);
     publisher.await.unwrap();
     every_order_once(&js, n).await;
 
