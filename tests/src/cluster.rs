@@ -111,6 +111,7 @@ impl NatsCluster {
             .collect();
         async_nats::ConnectOptions::new()
             .retry_on_initial_connect()
+            .max_reconnects(None)
             .connect(addrs)
             .await
             .expect("test client connects to the cluster")

@@ -128,7 +128,8 @@ async fn publish_orders(js: jetstream::Context, n: usize) {
                 "orders not all accepted by the stream within {ALL_DONE:?} (last error: {last_error})"
             );
             let mut acks = Vec::with_capacity(todo.len());
-            for &i in &todo {
+            let mut unsent = Vec::new();
+            for (at, &i) in todo.iter().enumerate() {
                 let mut headers = HeaderMap::new();
                 headers.insert("Nats-Msg-Id", format!("order-{i}").as_str());
                 let body = format!(r#"{{"order_id":{i},"quantity":2,"unit_price":1.5}}"#);
@@ -139,9 +140,16 @@ async fn publish_orders(js: jetstream::Context, n: usize) {
                 .await
                 .map_err(|_| "publish blocked for 10 s".to_string())
                 .and_then(|r| r.map_err(|e| e.to_string()));
+                if let Err(e) = sent {
+                    // The connection is down: the rest of the round waits
+                    // for the next one.
+                    last_error = e;
+                    unsent = todo[at..].to_vec();
+                    break;
+                }
                 acks.push((i, sent));
             }
-            let mut failed = Vec::new();
+            let mut failed = unsent;
             for (i, ack) in acks {
                 let accepted = match ack {
                     Ok(ack) => ack.await.map_err(|e| e.to_string()),
