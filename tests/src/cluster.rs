@@ -243,7 +243,10 @@ fn http_json(port: u16, path: &str) -> Result<serde_json::Value, String> {
     let (head, body) = response
         .split_once("\r\n\r\n")
         .ok_or("not an HTTP response")?;
-    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
         dechunk(body)
     } else {
         body.to_string()

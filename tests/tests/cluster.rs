@@ -21,8 +21,8 @@ use sluice::config::Overrides;
 use sluice::dispatch::PluginStats;
 use sluice::service::HostHandle;
 use sluice_e2e::{
-    NatsCluster, PluginDir, Running, eventually_async, free_port, http_get,
-    plugin_wasm, read_stream, start_host_with, stream_messages, variant, version_of,
+    NatsCluster, PluginDir, Running, eventually_async, free_port, http_get, plugin_wasm,
+    read_stream, start_host_with, stream_messages, variant, version_of,
 };
 
 /// Orders per JetStream scenario: 20,000 (about 10 s of work for three
@@ -242,7 +242,12 @@ async fn every_order_once(js: &jetstream::Context, n: usize) -> BTreeMap<String,
 /// The replica count of stream `name`.
 async fn stream_replicas(js: &jetstream::Context, name: &str) -> usize {
     let mut stream = js.get_stream(name).await.expect("stream exists");
-    stream.info().await.expect("stream info").config.num_replicas
+    stream
+        .info()
+        .await
+        .expect("stream info")
+        .config
+        .num_replicas
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -309,7 +314,11 @@ async fn a_nats_node_killed_mid_run_and_restarted_loses_and_duplicates_nothing()
 
     // Kill a node a quarter of the way through: the meta leader, so the
     // cluster must also elect a new one.
-    eventually_async!(ALL_DONE, "a quarter handled", done(&js).await >= n as u64 / 4);
+    eventually_async!(
+        ALL_DONE,
+        "a quarter handled",
+        done(&js).await >= n as u64 / 4
+    );
     let leader = cluster.meta_leader(0).expect("a meta leader");
     let victim = cluster.index_of(&leader).unwrap();
     let at_kill = done(&js).await;
@@ -327,7 +336,10 @@ async fn a_nats_node_killed_mid_run_and_restarted_loses_and_duplicates_nothing()
     })
     .await
     .unwrap();
-    eprintln!("node {leader} restarted at {} derived events", done(&js).await);
+    eprintln!(
+        "node {leader} restarted at {} derived events",
+        done(&js).await
+    );
     publisher.await.unwrap();
     every_order_once(&js, n).await;
 
@@ -540,21 +552,31 @@ async fn a_core_host_leaving_its_queue_group_loses_only_what_it_held_and_counts_
             .as_ref()
             .and_then(|h| h.get("Sluice-Error-Class"))
             .map(|v| v.as_str().to_string());
-        assert_eq!(class.as_deref(), Some("shutdown"), "dead-lettered at the grace deadline");
+        assert_eq!(
+            class.as_deref(),
+            Some("shutdown"),
+            "dead-lettered at the grace deadline"
+        );
         let original = letter
             .headers
             .as_ref()
             .and_then(|h| h.get("Sluice-Original-Subject"))
             .map(|v| format!("{}.done", v.as_str()))
             .expect("the original subject");
-        assert!(!seen.contains(&original), "{original} both handled and dead-lettered");
+        assert!(
+            !seen.contains(&original),
+            "{original} both handled and dead-lettered"
+        );
     }
     assert_eq!(seen.len() + letters.len(), n, "no event lost");
     let stayed: Vec<u64> = stay
         .iter()
         .map(|h| h.stats("slow").unwrap().succeeded)
         .collect();
-    assert!(stayed.iter().all(|&s| s > 0), "the others carried on: {stayed:?}");
+    assert!(
+        stayed.iter().all(|&s| s > 0),
+        "the others carried on: {stayed:?}"
+    );
     eprintln!(
         "{} handled, {} dead-lettered (class shutdown) by the host that left; stayed {stayed:?}",
         seen.len(),
