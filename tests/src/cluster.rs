@@ -10,11 +10,11 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
+use std::process::Child;
 use std::time::{Duration, Instant};
 
-use crate::{free_port, nats_server_bin};
+use crate::{free_port, spawn_nats_server};
 
 /// Nodes in the cluster.
 pub const NODES: usize = 3;
@@ -85,7 +85,7 @@ impl NatsCluster {
         }
         let mut cluster = NatsCluster { nodes, _dir: dir };
         for node in &mut cluster.nodes {
-            node.child = Some(spawn(&node.conf));
+            node.child = Some(spawn_nats_server(&node.conf));
         }
         cluster.wait_ready(READY_WITHIN)?;
         Ok(cluster)
@@ -147,7 +147,7 @@ impl NatsCluster {
             "node {} is running",
             self.nodes[i].name
         );
-        self.nodes[i].child = Some(spawn(&self.nodes[i].conf));
+        self.nodes[i].child = Some(spawn_nats_server(&self.nodes[i].conf));
         if let Err(why) = self.wait_ready(READY_WITHIN) {
             panic!("node {} did not rejoin: {why}", self.nodes[i].name);
         }
@@ -208,21 +208,6 @@ impl Drop for NatsCluster {
             self.stop(i);
         }
     }
-}
-
-fn spawn(conf: &Path) -> Child {
-    Command::new(nats_server_bin())
-        .arg("-c")
-        .arg(conf)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| {
-            panic!(
-                "cannot start {:?}: {e}. Run `. scripts/setup.sh`, which installs nats-server, or set NATS_SERVER_BIN",
-                nats_server_bin()
-            )
-        })
 }
 
 /// GET `path` from the monitoring port and parse the JSON body.

@@ -131,7 +131,8 @@ impl NatsServer {
     }
 }
 
-fn spawn_nats_server(conf: &Path) -> Child {
+/// Spawn nats-server with config file `conf` (output discarded).
+pub(crate) fn spawn_nats_server(conf: &Path) -> Child {
     Command::new(nats_server_bin())
         .arg("-c")
         .arg(conf)

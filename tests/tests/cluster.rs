@@ -239,6 +239,25 @@ async fn every_order_once(js: &jetstream::Context, n: usize) -> BTreeMap<String,
     versions
 }
 
+/// `succeeded` of `plugin` on each host, checking every host did some of
+/// the work.
+fn every_host_worked(hosts: &[HostHandle], plugin: &str) -> Vec<u64> {
+    let succeeded: Vec<u64> = hosts
+        .iter()
+        .map(|h| h.stats(plugin).unwrap().succeeded)
+        .collect();
+    assert!(
+        succeeded.iter().all(|&s| s > 0),
+        "work spread over every host: {succeeded:?}"
+    );
+    succeeded
+}
+
+/// Stop every host gracefully.
+async fn shutdown_all(hosts: impl IntoIterator<Item = HostHandle>) {
+    shutdown_all(hosts).await;
+}
+
 /// The replica count of stream `name`.
 async fn stream_replicas(js: &jetstream::Context, name: &str) -> usize {
     let mut stream = js.get_stream(name).await.expect("stream exists");
@@ -281,22 +300,13 @@ async fn three_hosts_share_the_durable_consumer_and_each_order_has_one_effect() 
     eprintln!("{n} orders through three hosts in {:?}", started.elapsed());
     assert_eq!(versions.len(), 1);
 
-    let succeeded: Vec<u64> = hosts
-        .iter()
-        .map(|h| h.stats("enrich").unwrap().succeeded)
-        .collect();
-    assert!(
-        succeeded.iter().all(|&s| s > 0),
-        "work spread over every host: {succeeded:?}"
-    );
+    let succeeded = every_host_worked(&hosts, "enrich");
     assert_eq!(
         succeeded.iter().sum::<u64>(),
         n as u64,
         "without faults no order is handled twice: {succeeded:?}"
     );
-    for host in hosts {
-        host.shutdown().await.unwrap();
-    }
+    shutdown_all(hosts).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -343,20 +353,11 @@ async fn a_nats_node_killed_mid_run_and_restarted_loses_and_duplicates_nothing()
     publisher.await.unwrap();
     every_order_once(&js, n).await;
 
-    let succeeded: Vec<u64> = hosts
-        .iter()
-        .map(|h| h.stats("enrich").unwrap().succeeded)
-        .collect();
-    assert!(
-        succeeded.iter().all(|&s| s > 0),
-        "work spread over every host: {succeeded:?}"
-    );
+    let succeeded = every_host_worked(&hosts, "enrich");
     eprintln!(
         "node {leader} killed at {at_kill} derived events; handler runs {succeeded:?} for {n} orders"
     );
-    for host in hosts {
-        host.shutdown().await.unwrap();
-    }
+    shutdown_all(hosts).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -381,20 +382,11 @@ async fn a_host_killed_mid_run_loses_and_duplicates_nothing_and_the_others_carry
     publisher.await.unwrap();
     every_order_once(&js, n).await;
 
-    let succeeded: Vec<u64> = survivors
-        .iter()
-        .map(|h| h.stats("enrich").unwrap().succeeded)
-        .collect();
-    assert!(
-        succeeded.iter().all(|&s| s > 0),
-        "the survivors carried on: {succeeded:?}"
-    );
+    let succeeded = every_host_worked(&survivors, "enrich");
     eprintln!(
         "killed host handled at least {victim_succeeded}; survivors {succeeded:?} for {n} orders"
     );
-    for host in survivors {
-        host.shutdown().await.unwrap();
-    }
+    shutdown_all(survivors).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -569,22 +561,13 @@ async fn a_core_host_leaving_its_queue_group_loses_only_what_it_held_and_counts_
         );
     }
     assert_eq!(seen.len() + letters.len(), n, "no event lost");
-    let stayed: Vec<u64> = stay
-        .iter()
-        .map(|h| h.stats("slow").unwrap().succeeded)
-        .collect();
-    assert!(
-        stayed.iter().all(|&s| s > 0),
-        "the others carried on: {stayed:?}"
-    );
+    let stayed = every_host_worked(&stay, "slow");
     eprintln!(
         "{} handled, {} dead-lettered (class shutdown) by the host that left; stayed {stayed:?}",
         seen.len(),
         letters.len()
     );
-    for host in stay {
-        host.shutdown().await.unwrap();
-    }
+    shutdown_all(stay).await;
 }
 
 /// Throughput of 1, 2 and 3 `sluice run` hosts on the cluster, for
