@@ -255,7 +255,9 @@ fn every_host_worked(hosts: &[HostHandle], plugin: &str) -> Vec<u64> {
 
 /// Stop every host gracefully.
 async fn shutdown_all(hosts: impl IntoIterator<Item = HostHandle>) {
-    shutdown_all(hosts).await;
+    for host in hosts {
+        host.shutdown().await.unwrap();
+    }
 }
 
 /// The replica count of stream `name`.
