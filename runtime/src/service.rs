@@ -356,7 +356,11 @@ fn ensure_dlq_in_background(
         stop,
         move || {
             let (js, stream) = (js.clone(), stream.clone());
-            async move { dead_letter::ensure_stream(&js, &stream, replicas).await.map(drop) }
+            async move {
+                dead_letter::ensure_stream(&js, &stream, replicas)
+                    .await
+                    .map(drop)
+            }
         },
     );
 }
