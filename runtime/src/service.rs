@@ -333,7 +333,7 @@ fn open_dedup_store(
             js.clone(),
             settings.dedup_bucket.clone(),
             settings.dedup_ttl,
-            1,
+            settings.values.replicas,
             health.clone(),
             stop.clone(),
         ),
@@ -346,6 +346,7 @@ fn open_dedup_store(
 fn ensure_dlq_in_background(
     js: async_nats::jetstream::Context,
     stream: String,
+    replicas: usize,
     health: Health,
     stop: CancellationToken,
 ) {
@@ -356,7 +357,11 @@ fn ensure_dlq_in_background(
         stop,
         move || {
             let (js, stream) = (js.clone(), stream.clone());
-            async move { dead_letter::ensure_stream(&js, &stream).await.map(drop) }
+            async move {
+                dead_letter::ensure_stream(&js, &stream, replicas)
+                    .await
+                    .map(drop)
+            }
         },
     );
 }
@@ -381,6 +386,7 @@ async fn serve(
     ensure_dlq_in_background(
         js.clone(),
         settings.dlq_stream.clone(),
+        settings.values.replicas,
         health.clone(),
         shutdown.clone(),
     );
@@ -907,7 +913,7 @@ impl Supervisor {
                     manifest: manifest.clone(),
                     concurrency: self.sandbox_of(plugin).limits.max_concurrency,
                     timeout: slot.load().limits.timeout,
-                    replicas: 1,
+                    replicas: self.settings.values.replicas,
                 },
                 slot.clone(),
                 stop.clone(),

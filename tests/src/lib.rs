@@ -12,9 +12,12 @@ use std::time::{Duration, Instant};
 use sluice::config::{self, FileConfig, Overrides};
 use sluice::service::{self, HostHandle};
 
+pub mod cluster;
 pub mod fault_proxy;
 pub mod neighbours;
 pub mod polyglot;
+
+pub use cluster::NatsCluster;
 
 /// The repository root.
 pub fn repo_root() -> PathBuf {
@@ -128,7 +131,8 @@ impl NatsServer {
     }
 }
 
-fn spawn_nats_server(conf: &Path) -> Child {
+/// Spawn nats-server with config file `conf` (output discarded).
+pub(crate) fn spawn_nats_server(conf: &Path) -> Child {
     Command::new(nats_server_bin())
         .arg("-c")
         .arg(conf)

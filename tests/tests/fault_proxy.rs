@@ -160,7 +160,7 @@ async fn a_replay_whose_stream_lookup_fails_keeps_the_entry_and_publishes_nothin
     let nats = NatsServer::start();
     let direct = nats.client().await;
     let direct_js = async_nats::jetstream::new(direct.clone());
-    dead_letter::ensure_stream(&direct_js, DEFAULT_DLQ_STREAM)
+    dead_letter::ensure_stream(&direct_js, DEFAULT_DLQ_STREAM, 1)
         .await
         .unwrap();
     create_stream(&direct_js, "ORDERS", &["orders.>"]).await;
@@ -230,7 +230,7 @@ async fn a_subject_no_stream_captures_is_still_replayed_on_core() {
     let nats = NatsServer::start();
     let client = nats.client().await;
     let js = async_nats::jetstream::new(client.clone());
-    dead_letter::ensure_stream(&js, DEFAULT_DLQ_STREAM)
+    dead_letter::ensure_stream(&js, DEFAULT_DLQ_STREAM, 1)
         .await
         .unwrap();
     dead_letter::publish(&js, &letter("jobs", "jobs.a", b"j-1"))

@@ -265,6 +265,12 @@ fn cases(dir: &Path) -> Vec<Case> {
             Some(("0", "at least 1")),
         ),
         case(
+            "replicas",
+            Number,
+            ["2", "3", "4"],
+            Some(("6", "between 1 and 5")),
+        ),
+        case(
             "timeout",
             Text,
             ["2s", "3s", "4s"],

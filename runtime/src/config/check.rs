@@ -222,6 +222,16 @@ pub fn core_buffer(n: usize) -> Result<usize, String> {
     }
 }
 
+/// A JetStream replica count: 1 to 5 (the server's limit; 3 on a
+/// three-node cluster, at most the number of nodes).
+pub fn replicas(n: usize) -> Result<usize, String> {
+    if (1..=5).contains(&n) {
+        Ok(n)
+    } else {
+        Err("must be between 1 and 5 (JetStream's limit); use 1 on a single server, 3 on a three-node cluster".into())
+    }
+}
+
 /// `$XDG_CACHE_HOME/sluice/compiled`, else `$HOME/.cache/sluice/compiled`.
 fn default_cache_dir() -> Option<PathBuf> {
     let base = std::env::var_os("XDG_CACHE_HOME")

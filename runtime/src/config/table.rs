@@ -95,6 +95,9 @@ declare_settings! {
         dedup_bucket: String as "NAME" = "sluice-dedup".into() => String = check::dedup_bucket;
         /// How long completed idempotency keys are remembered (at least 1s).
         dedup_ttl: Duration = Duration::from_secs(24 * 3600) => Duration = check::dedup_ttl;
+        /// Replicas (1-5) of what the host creates in JetStream: streams of plugins with
+        /// `create_stream = true`, the DLQ stream and the dedup KV bucket; 3 on a three-node cluster.
+        replicas: usize = 1 => usize = check::replicas;
         /// DLQ stream name.
         dlq_stream: String as "NAME" = crate::delivery::dead_letter::DEFAULT_DLQ_STREAM.into()
             => String = check::dlq_stream, dlq;

@@ -344,3 +344,27 @@ fn url_lists_are_split() {
         2
     );
 }
+
+#[test]
+fn replicas_default_to_one_and_are_checked_against_jetstream_limits() {
+    let s = resolve(&Overrides::default(), FileConfig::default()).unwrap();
+    assert_eq!(s.values.replicas, 1);
+    let file: FileConfig = toml::from_str("replicas = 3").unwrap();
+    assert_eq!(
+        resolve(&Overrides::default(), file)
+            .unwrap()
+            .values
+            .replicas,
+        3
+    );
+    for bad in ["replicas = 0", "replicas = 6"] {
+        let file: FileConfig = toml::from_str(bad).unwrap();
+        let e = resolve(&Overrides::default(), file)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("replicas") && e.contains("between 1 and 5"),
+            "{e}"
+        );
+    }
+}

@@ -286,10 +286,12 @@ impl DeadLetter {
     }
 }
 
-/// Create the DLQ stream if it does not exist.
+/// Create the DLQ stream with `replicas` replicas if it does not exist (an
+/// existing stream is used as it is).
 pub async fn ensure_stream(
     js: &jetstream::Context,
     name: &str,
+    replicas: usize,
 ) -> Result<stream::Stream, DlqError> {
     js.get_or_create_stream(stream::Config {
         name: name.to_string(),
@@ -298,6 +300,7 @@ pub async fn ensure_stream(
         storage: stream::StorageType::File,
         max_age: Duration::from_secs(30 * 24 * 3600),
         duplicate_window: Duration::from_secs(120),
+        num_replicas: replicas.max(1),
         ..Default::default()
     })
     .await
