@@ -24,46 +24,13 @@ use sluice::engine::{EngineSettings, WasmEngine};
 use sluice::host::{LogBudget, PluginTag};
 use sluice::subject::PublishGrants;
 use wasmtime::Store;
-use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
+use wasmtime::component::{Component, Linker, ResourceTable};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 /// The smallest store a WASI component can run in.
 pub struct BareState {
     wasi: WasiCtx,
     table: ResourceTable,
-}
-
-impl BareState {
-    /// An empty WASI context and resource table.
-    pub fn new() -> BareState {
-        BareState {
-            wasi: WasiCtx::builder().build(),
-            table: ResourceTable::new(),
-        }
-    }
-}
-
-impl Default for BareState {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl v0_1::sluice::plugin::types::Host for BareState {}
-
-impl v0_1::sluice::plugin::logging::Host for BareState {
-    fn log(&mut self, _: types::Level, _: String, _: Vec<types::Field>) {}
-}
-
-impl v0_1::sluice::plugin::publisher::Host for BareState {
-    fn publish(
-        &mut self,
-        _: String,
-        _: Vec<u8>,
-        _: Vec<types::Header>,
-    ) -> Result<(), types::PublishError> {
-        Ok(())
-    }
 }
 
 impl WasiView for BareState {
@@ -144,7 +111,11 @@ impl Floor {
 
     /// A fresh bare instance that has handled one event, kept alive.
     async fn bare_instance(&self) -> anyhow::Result<Store<BareState>> {
-        let mut store = Store::new(self.engine.engine(), BareState::new());
+        let state = BareState {
+            wasi: WasiCtx::builder().build(),
+            table: ResourceTable::new(),
+        };
+        let mut store = Store::new(self.engine.engine(), state);
         store.set_epoch_deadline(1 << 40);
         let consumer = self.bare.instantiate_async(&mut store).await?;
         consumer
