@@ -208,7 +208,15 @@ async fn measure(
 pub async fn run_phases(n: u64, repeats: usize, retry_below: f64) -> Vec<Phase> {
     let nats = NatsServer::start();
     let dir = PluginDir::new();
-    dir.add("noop", "noop", "subjects = [\"noop.>\"]").add(
+    // The neighbour keys its events by content and deduplicates them through
+    // the NATS KV store, as a realistic consumer does (and as it did when
+    // content hashing was the core default), so each of its events includes
+    // a store round trip, not only CPU.
+    dir.add(
+        "noop",
+        "noop",
+        "subjects = [\"noop.>\"]\n[idempotency]\nkey = \"content-hash\"",
+    ).add(
         "hostile",
         "hostile",
         &format!(
