@@ -53,7 +53,9 @@ fn scaffold_builds_checks_and_invokes(lang: &str) {
     );
     let text = String::from_utf8_lossy(&check.stdout);
     assert!(
-        text.contains("ok:") && text.contains("sluice:plugin@0.1.0"),
+        // Rust scaffolds use the SDK's contract (0.2.0), Python and JS the
+        // 0.1.0 WIT their SDKs are built against: both are served.
+        text.contains("ok:") && text.contains("contract: sluice:plugin@0."),
         "{text}"
     );
 
