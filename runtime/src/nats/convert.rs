@@ -32,6 +32,13 @@ pub fn core_event(message: &async_nats::Message, key: &str, attempt: u32) -> con
     }
 }
 
+/// The first value of header `name`, if the message has it.
+pub fn first_header(headers: Option<&HeaderMap>, name: &str) -> Option<String> {
+    headers
+        .and_then(|h| h.get(name))
+        .map(|v| v.as_str().to_string())
+}
+
 /// All header (name, value) pairs, in order, repeated names kept.
 pub fn headers_to_vec(headers: Option<&HeaderMap>) -> Vec<contract::Header> {
     let Some(headers) = headers else {

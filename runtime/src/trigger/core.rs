@@ -205,13 +205,7 @@ async fn handle(
     mut permit: Option<OwnedSemaphorePermit>,
     signals: &StopSignals,
 ) {
-    let lookup = |name: &str| {
-        message
-            .headers
-            .as_ref()
-            .and_then(|h| h.get(name))
-            .map(|v| v.as_str().to_string())
-    };
+    let lookup = |name: &str| convert::first_header(message.headers.as_ref(), name);
     let Key {
         value: key,
         per_message,

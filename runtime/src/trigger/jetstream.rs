@@ -345,13 +345,7 @@ async fn handle(
     );
     let published = SystemTime::UNIX_EPOCH
         + Duration::from_nanos(u64::try_from(info.published.unix_timestamp_nanos()).unwrap_or(0));
-    let lookup = |name: &str| {
-        message
-            .headers
-            .as_ref()
-            .and_then(|h| h.get(name))
-            .map(|v| v.as_str().to_string())
-    };
+    let lookup = |name: &str| convert::first_header(message.headers.as_ref(), name);
     let key = derive_key_for(
         &route.tag.name,
         &KeyInput {
