@@ -537,8 +537,8 @@ async fn a_full_instance_pool_makes_events_wait_instead_of_failing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn plugin_forged_msg_ids_and_sluice_headers_are_replaced_by_the_host() {
-    // Issue 12, failure 10: the host owns Nats-Msg-Id and every Sluice-* header.
+async fn plugin_forged_nats_and_sluice_headers_are_replaced_by_the_host() {
+    // Issue 12, failure 10: the host owns every Nats-* and Sluice-* header.
     const WAIT: Duration = Duration::from_secs(30);
     let nats = NatsServer::start();
     let client = nats.client().await;
@@ -580,6 +580,10 @@ async fn plugin_forged_msg_ids_and_sluice_headers_are_replaced_by_the_host() {
         assert!(id.starts_with("sluice-"), "host-derived id, got {id}");
         assert_eq!(h.get_all("Nats-Msg-Id").count(), 1);
         assert!(h.get("Sluice-Idempotency-Key").is_none(), "{h:?}");
+        // Server-acting headers dropped: with them the stream would refuse
+        // the rollup and the second and third expected-sequence publishes.
+        assert!(h.get("Nats-Rollup").is_none(), "{h:?}");
+        assert!(h.get("Nats-Expected-Last-Sequence").is_none(), "{h:?}");
         assert_eq!(h.get("Sluice-Plugin").unwrap().as_str(), "hostile");
         assert_eq!(h.get_all("Sluice-Plugin").count(), 1);
         assert_eq!(

@@ -20,7 +20,7 @@
 //! | `publish-flood` | publishes 1000 messages, ignoring refusals, returns ok | `publish-limit` |
 //! | `log-flood` | logs a million records (or the number in the payload), returns ok | ok or `deadline-exceeded`; the host drops and counts |
 //! | `print-flood` | prints a million lines to stdout and stderr (or the number in the payload) | ok or `deadline-exceeded`; the host drops and counts |
-//! | `forge-headers` | publishes the number in the payload (default 3) of messages to `forged.<i>`, each with the same `Nats-Msg-Id`, a `Sluice-Idempotency-Key` and a `Sluice-Plugin` of its choosing | the host drops those headers and sets its own: distinct host-derived ids, no pinned key downstream |
+//! | `forge-headers` | publishes the number in the payload (default 3) of messages to `forged.<i>`, each with the same `Nats-Msg-Id`, a `Nats-Rollup: all`, a `Nats-Expected-Last-Sequence: 1`, a `Sluice-Idempotency-Key` and a `Sluice-Plugin` of its choosing | the host drops those headers and sets its own: distinct host-derived ids, no pinned key downstream |
 //! | `work` | spins for the number of milliseconds in the payload (default 10), returns ok | ok (a slow but honest plugin) |
 //!
 //! When an escape *works* (a file read, an env var, a socket, a refused
@@ -102,6 +102,8 @@ fn handle(event: Event) -> HandlerResult {
                     i.to_string(),
                     &[
                         ("Nats-Msg-Id", "forged-id"),
+                        ("Nats-Rollup", "all"),
+                        ("Nats-Expected-Last-Sequence", "1"),
                         ("Sluice-Idempotency-Key", "forged-key"),
                         ("Sluice-Plugin", "someone-else"),
                         ("x-forged-by", "hostile"),

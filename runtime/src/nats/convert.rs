@@ -61,22 +61,33 @@ pub const PLUGIN_HEADER: &str = "Sluice-Plugin";
 /// Header naming the plugin version that published a message (set by the host).
 pub const VERSION_HEADER: &str = "Sluice-Plugin-Version";
 
-/// Whether the host owns header `name` on outgoing messages: `Nats-Msg-Id`
-/// (the outbox ids that make retries safe) and every `Sluice-*` header (the
-/// host's own context: plugin name and version, the replay pin). A plugin
-/// cannot set these; see [`outgoing_headers`].
+/// Whether the host owns header `name` on outgoing messages: every `Nats-*`
+/// header and every `Sluice-*` header. A plugin cannot set these; see
+/// [`outgoing_headers`].
+///
+/// `Nats-*` is the server's namespace: besides `Nats-Msg-Id` (the outbox ids
+/// that make retries safe) it holds headers that make JetStream act on the
+/// stream, not just store the message: `Nats-Rollup` purges a subject or the
+/// whole stream, `Nats-Expected-*` makes the publish fail (a plugin could
+/// fail every retry of its own outbox on purpose), `Nats-TTL` makes the
+/// message expire. None of them is a plugin's to choose in a stream the host
+/// publishes to on its behalf. `Sluice-*` is the host's own context (plugin
+/// name and version, the replay pin).
 pub fn host_owned_header(name: &str) -> bool {
-    name.eq_ignore_ascii_case(MSG_ID_HEADER)
-        || name
-            .get(..SLUICE_PREFIX.len())
-            .is_some_and(|p| p.eq_ignore_ascii_case(SLUICE_PREFIX))
+    has_prefix_ignoring_case(name, NATS_PREFIX) || has_prefix_ignoring_case(name, SLUICE_PREFIX)
+}
+
+fn has_prefix_ignoring_case(name: &str, prefix: &str) -> bool {
+    name.get(..prefix.len())
+        .is_some_and(|p| p.eq_ignore_ascii_case(prefix))
 }
 
 const SLUICE_PREFIX: &str = "Sluice-";
+const NATS_PREFIX: &str = "Nats-";
 
 /// Headers for the `index`-th outbox message of plugin `tag` handling `key`.
 ///
-/// The host owns `Nats-Msg-Id` and every `Sluice-*` header: whatever the
+/// The host owns every `Nats-*` and `Sluice-*` header: whatever the
 /// plugin set under those names is dropped (not refused, so a plugin that
 /// forwards its event's headers keeps working), and the host sets its own.
 /// `Nats-Msg-Id` is always derived from the event's key, the plugin and the
@@ -169,6 +180,10 @@ mod tests {
         for name in [
             "Nats-Msg-Id",
             "NATS-MSG-ID",
+            "Nats-Rollup",
+            "nats-expected-last-sequence",
+            "Nats-Expected-Stream",
+            "Nats-TTL",
             "Sluice-X",
             "sluice-",
             "SLUICE-Plugin",
@@ -178,7 +193,8 @@ mod tests {
         for name in [
             "Sluice",
             "X-Sluice-A",
-            "Nats-Expected-Stream",
+            "Nats",
+            "X-Nats-Rollup",
             "traceparent",
             "é",
         ] {
