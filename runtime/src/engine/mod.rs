@@ -5,6 +5,14 @@
 //! - the pooling allocator pre-reserves instance, memory and table slots, so a
 //!   fresh instance per event costs a few microseconds (copy-on-write memory
 //!   images make data segments free to reset);
+//! - a released slot keeps the pages its instance dirtied resident and copies
+//!   the image back over just those (found with Linux's `PAGEMAP_SCAN`, 6.7
+//!   and later) instead of `madvise`-ing the whole memory away: the next
+//!   instance of the same plugin then writes to pages that are already
+//!   mapped instead of taking a page fault per page. An interpreter
+//!   (componentize-py, componentize-js) dirties a few MiB of its snapshot per
+//!   event, so this is most of what a fresh instance of one spends in the
+//!   kernel; a Rust plugin dirties a few pages. See [`KEEP_RESIDENT_MEMORY`].
 //! - epoch interruption bounds CPU time per event without the per-instruction
 //!   cost of fuel: a background ticker increments the epoch, and each store
 //!   checks its own deadline at every tick (see [`invoke`]);
@@ -28,7 +36,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use thiserror::Error;
-use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 pub use governor::CpuGovernor;
 pub use ticker::EpochTicker;
@@ -39,6 +47,15 @@ pub const SMOKE_SLOTS: u32 = 4;
 const MEMORIES_PER_COMPONENT: u32 = 2;
 /// Tables per component a pool slot holds (a Rust component has two or three).
 const TABLES_PER_COMPONENT: u32 = 4;
+/// Dirty linear-memory bytes a released pool slot keeps resident (reset by
+/// copying the image back, not by `madvise`), per memory. Only pages the
+/// instance actually wrote count, so a Rust plugin keeps a few pages per slot
+/// and an interpreter plugin its per-event working set (a few MiB); at most
+/// this much per slot that has run an instance.
+pub const KEEP_RESIDENT_MEMORY: usize = 16 << 20;
+/// Table bytes a released pool slot resets with `memset` instead of
+/// `madvise` (an interpreter's function table is tens of KiB).
+pub const KEEP_RESIDENT_TABLE: usize = 256 << 10;
 
 /// Sizing of the shared engine, derived from the host configuration.
 #[derive(Debug, Clone)]
@@ -107,8 +124,13 @@ pub struct WasmEngine {
 impl WasmEngine {
     /// Build the engine with the pooling allocator sized from `settings`.
     pub fn new(settings: EngineSettings) -> Result<Self, EngineError> {
-        let engine =
-            Engine::new(&engine_config(&settings)).map_err(|source| EngineError { source })?;
+        // Keeping dirty pages resident needs PAGEMAP_SCAN (Linux 6.7+):
+        // without it wasmtime would reset the low KEEP_RESIDENT_MEMORY bytes
+        // of every memory by hand, touched or not, which costs more than
+        // the page faults it saves.
+        let keep_resident = PoolingAllocationConfig::is_pagemap_scan_available();
+        let engine = Engine::new(&engine_config(&settings, keep_resident))
+            .map_err(|source| EngineError { source })?;
         let ticker = EpochTicker::start(engine.clone(), settings.epoch_tick);
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let governor = CpuGovernor::new(settings.epoch_tick, cores, settings.background_cpu_share);
@@ -148,7 +170,7 @@ impl WasmEngine {
     }
 }
 
-fn engine_config(settings: &EngineSettings) -> Config {
+fn engine_config(settings: &EngineSettings, keep_resident: bool) -> Config {
     let slots = settings.max_instances.max(1) + SMOKE_SLOTS;
     let core_instances = settings.max_core_instances.max(1);
     let mut pool = PoolingAllocationConfig::new();
@@ -166,6 +188,11 @@ fn engine_config(settings: &EngineSettings) -> Config {
         .table_elements(settings.max_table_elements)
         .max_component_instance_size(1 << 20)
         .max_core_instance_size(1 << 20);
+    if keep_resident {
+        pool.linear_memory_keep_resident(KEEP_RESIDENT_MEMORY.min(settings.max_memory_bytes))
+            .table_keep_resident(KEEP_RESIDENT_TABLE)
+            .pagemap_scan(Enabled::Yes);
+    }
 
     let mut config = Config::new();
     config
