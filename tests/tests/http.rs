@@ -13,7 +13,9 @@ use async_nats::HeaderMap;
 use bytes::Bytes;
 use sluice::service::HostHandle;
 use sluice_e2e::http_server::{Reply, TestHttpServer};
-use sluice_e2e::{NatsServer, PluginDir, eventually, next_message, start_host_configured};
+use sluice_e2e::{
+    NatsServer, PluginDir, eventually, next_message, plugin_wasm, start_host_configured,
+};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -53,6 +55,76 @@ fn http_refusals(host: &HostHandle, plugin: &str) -> String {
         .find(|l| l.starts_with(&needle))
         .unwrap_or_else(|| panic!("no {needle} in the metrics"))
         .to_string()
+}
+
+fn sluice(args: &[&str]) -> String {
+    let out = sluice_e2e::sluice_command(env!("CARGO_BIN_EXE_sluice-e2e-host"))
+        .args(args)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text
+}
+
+#[test]
+fn check_lists_http_and_config_check_shows_the_effective_grants() {
+    let charge = plugin_wasm("charge");
+    let checked = sluice(&["check", charge.to_str().unwrap()]);
+    assert!(
+        checked.contains("capabilities: publish, config, http"),
+        "{checked}"
+    );
+    assert!(
+        checked.contains("wasi:http/outgoing-handler@0.2"),
+        "{checked}"
+    );
+
+    let dir = PluginDir::new();
+    dir.add(
+        "fetch",
+        "fetch",
+        "subjects = [\"fetch.in\"]\npublish = [\"fetched.out\"]\nrequest = [\"svc.>\"]\nstate = true\nhttp = [\"https://*.example.com\", \"http://127.0.0.1:*\"]",
+    )
+    .add("quiet", "fetch", "subjects = [\"q\"]");
+    let conf = dir.path().join("host.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "plugins = {:?}\nhttp_allow = [\"https://api.example.com\", \"http://127.0.0.1:8080\"]\n[plugin.fetch]\npublish_allow = [\"fetched.>\"]\n",
+            dir.path().display().to_string()
+        ),
+    )
+    .unwrap();
+    let shown = sluice(&["config", "check", conf.to_str().unwrap()]);
+    let fetch = shown
+        .split("# [fetch]")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no grants of fetch in:\n{shown}"));
+    let fetch = fetch.split("# [quiet]").next().unwrap();
+    assert!(
+        fetch.contains(
+            "#   http = [\"http://127.0.0.1:8080\", \"https://api.example.com\"]; public addresses only"
+        ),
+        "manifest ∩ operator: {fetch}"
+    );
+    assert!(
+        fetch.contains(
+            "#   publish = [\"fetched.out\"] (capped by publish_allow = [\"fetched.>\"])"
+        ),
+        "{fetch}"
+    );
+    assert!(fetch.contains("#   request = [\"svc.>\"]"), "{fetch}");
+    assert!(fetch.contains("#   state = granted"), "{fetch}");
+    let quiet = shown.split("# [quiet]").nth(1).unwrap();
+    assert!(
+        quiet.contains("#   http = []") && quiet.contains("#   state = not asked"),
+        "{quiet}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
