@@ -6,7 +6,8 @@
 //! function from [`Event`] to [`HandlerResult`] and export it with
 //! [`export_handler!`]. Logging ([`log`], [`info!`] and friends), publishing
 //! ([`publish`], [`reply`]), requests ([`request`]), configuration
-//! ([`config::get`]) and state ([`state::get`], [`state::cas`], ...) call
+//! ([`config::get`]), state ([`state::get`], [`state::cas`], ...) and
+//! outbound HTTP ([`http::get`], [`http::post_json`], [`http::Request`]) call
 //! into the host. A component imports only what it calls, so a plugin that never
 //! reads its configuration does not ask for it.
 //!
@@ -40,7 +41,10 @@
 //! Publishes of a failed attempt are discarded, so a handler can publish
 //! freely and still fail.
 
+use std::cell::RefCell;
 use std::time::Duration;
+
+pub mod http;
 
 #[doc(hidden)]
 pub mod __private {
@@ -388,9 +392,39 @@ macro_rules! error {
     ($($arg:tt)*) => { $crate::log($crate::Level::Error, &::std::format!($($arg)*), &[]) };
 }
 
+thread_local! {
+    /// The idempotency key of the event being handled (set by [`export_handler!`]).
+    static CURRENT_KEY: RefCell<Option<String>> = const { RefCell::new(None) };
+}
+
+/// The idempotency key of the event being handled, `None` outside a
+/// handler. [`http`] requests send it as `Idempotency-Key`.
+pub fn idempotency_key() -> Option<String> {
+    CURRENT_KEY.with(|k| k.borrow().clone())
+}
+
+/// Marks the event being handled until dropped (used by [`export_handler!`]).
+#[doc(hidden)]
+pub struct __CurrentEvent(());
+
+impl __CurrentEvent {
+    #[doc(hidden)]
+    pub fn enter(event: &Event) -> __CurrentEvent {
+        CURRENT_KEY.with(|k| *k.borrow_mut() = Some(event.idempotency_key.clone()));
+        __CurrentEvent(())
+    }
+}
+
+impl Drop for __CurrentEvent {
+    fn drop(&mut self) {
+        CURRENT_KEY.with(|k| *k.borrow_mut() = None);
+    }
+}
+
 /// Export `handler` (a `fn(Event) -> HandlerResult`) as the plugin's entry point.
 ///
-/// Use it once per plugin crate, at the top level.
+/// Use it once per plugin crate, at the top level. While the handler runs,
+/// [`idempotency_key`] returns the event's key (the [`http`] helpers send it).
 #[macro_export]
 macro_rules! export_handler {
     ($handler:path) => {
@@ -399,6 +433,7 @@ macro_rules! export_handler {
 
         impl $crate::__private::Guest for __SluiceHandler {
             fn handle(event: $crate::Event) -> $crate::HandlerResult {
+                let _current = $crate::__CurrentEvent::enter(&event);
                 $handler(event)
             }
         }

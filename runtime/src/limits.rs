@@ -29,6 +29,7 @@ use crate::config::{Kind, Origin, Origins, Setting};
 use crate::engine::invoke::InvokeLimits;
 use crate::host::PublishLimits;
 use crate::host::config::{PluginConfig, SecretError};
+use crate::host::http::{HttpGrants, HttpLimits, HttpPolicy, OriginPattern};
 use crate::subject::PublishGrants;
 
 /// A size in bytes, written as an integer or with a 1024-based unit
@@ -140,6 +141,11 @@ macro_rules! limit_table {
             max_log_lines: u32 = 100, range(0, 1_000_000);
             /// Log lines per second per plugin, across its events.
             max_log_rate: u32 = 100, range(0, 1_000_000);
+            /// HTTP requests one event may send (`wasi:http`, contract 0.2.0).
+            max_http_requests: u32 = $crate::host::http::DEFAULT_MAX_REQUESTS, range(0, 10_000);
+            /// Largest HTTP response body a plugin may receive, e.g. 1MiB.
+            max_http_response: $crate::limits::ByteSize = $crate::limits::ByteSize::mib(4),
+                range($crate::limits::ByteSize(0), $crate::limits::ByteSize(1 << 30));
         }
     };
 }
@@ -389,6 +395,10 @@ impl Limits {
                 max_bytes: self.max_publish_bytes.bytes(),
             },
             max_log_lines: self.max_log_lines,
+            http: HttpLimits {
+                max_requests: self.max_http_requests,
+                max_response_bytes: self.max_http_response.0,
+            },
         }
     }
 }
@@ -403,6 +413,10 @@ pub struct SandboxPolicy {
     pub publish_allow: Option<Vec<String>>,
     /// Subjects any plugin may send requests to (`None` = whatever its manifest grants).
     pub request_allow: Option<Vec<String>>,
+    /// HTTP origins any plugin may call (`None` = whatever its manifest grants).
+    pub http_allow: Option<Vec<String>>,
+    /// Whether plugins may connect to private, loopback and link-local addresses.
+    pub http_allow_private: bool,
     /// Configuration values for every plugin without its own (`plugin_config`).
     pub plugin_config: Option<KeyValues>,
     /// Secret references for every plugin without its own (`plugin_secrets`).
@@ -499,6 +513,29 @@ impl SandboxPolicy {
         Some(match allow {
             Some(allow) => manifest.clone().restricted_to(allow),
             None => manifest.clone(),
+        })
+    }
+
+    /// What `plugin` may reach over HTTP: its manifest's origins capped by
+    /// the operator's `http_allow` (its own, else the host's), and
+    /// `http_allow_private` (likewise); `None` when the manifest grants no
+    /// origin.
+    pub fn http_policy_of(&self, plugin: &str, manifest: &[OriginPattern]) -> Option<HttpPolicy> {
+        if manifest.is_empty() {
+            return None;
+        }
+        let rules = self.rules.get(plugin);
+        let allow = rules
+            .and_then(|r| r.http_allow.clone())
+            .or_else(|| self.http_allow.clone())
+            // Checked when the configuration was read.
+            .map(|list| crate::host::http::origin::parse_all(&list).unwrap_or_default());
+        Some(HttpPolicy {
+            grants: HttpGrants::new(manifest.to_vec(), allow),
+            // A plugin's own value was checked when the configuration was read.
+            allow_private: rules
+                .and_then(|r| r.http_allow_private.as_ref())
+                .map_or(self.http_allow_private, |s| s.on().unwrap_or(false)),
         })
     }
 

@@ -11,6 +11,7 @@ use thiserror::Error;
 
 use crate::config::value::KeyValues;
 use crate::delivery::breaker::BreakerOverrides;
+use crate::host::http::OriginPattern;
 use crate::limits::{LimitOverrides, with_limit_keys};
 use crate::subject::{self, PublishGrants};
 
@@ -44,6 +45,8 @@ with_limit_keys! {
         state: bool,
         #[serde(default)]
         request: Vec<String>,
+        #[serde(default)]
+        http: Vec<String>,
     }
 }
 
@@ -182,6 +185,9 @@ pub struct Manifest {
     /// Subjects the plugin may send requests to (contract 0.2.0
     /// `requester`; the operator may narrow them with `request_allow`).
     pub request: PublishGrants,
+    /// HTTP origins the plugin may call (`wasi:http`, contract 0.2.0; the
+    /// operator may narrow them with `http_allow`).
+    pub http: Vec<OriginPattern>,
 }
 
 /// How a plugin's events get their instances.
@@ -275,6 +281,15 @@ impl Manifest {
             subject::validate_pattern(pattern)
                 .map_err(|e| invalid(format!("request[{i}]"), e.to_string()))?;
         }
+        let http = raw
+            .http
+            .iter()
+            .enumerate()
+            .map(|(i, pattern)| {
+                OriginPattern::parse(pattern)
+                    .map_err(|e| invalid(format!("http[{i}]"), e.to_string()))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         if let Some(group) = &raw.queue_group
             && (group.is_empty() || group.chars().any(|c| c.is_whitespace() || c.is_control()))
         {
@@ -373,6 +388,7 @@ impl Manifest {
             config,
             state: raw.state,
             request: PublishGrants::new(raw.request),
+            http,
             breaker: raw.breaker,
             core_buffer: raw.core_buffer,
             isolation: raw.isolation,
@@ -598,6 +614,31 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("config.hosts"), "{e}");
+    }
+
+    #[test]
+    fn http_origins_parse_and_a_bad_one_is_named() {
+        let m = Manifest::parse(
+            "subjects = [\"a\"]\nhttp = [\"https://api.example.com\", \"http://127.0.0.1:*\"]",
+        )
+        .unwrap();
+        assert_eq!(m.http.len(), 2);
+        assert_eq!(m.http[1].to_string(), "http://127.0.0.1:*");
+        assert!(
+            Manifest::parse("subjects = [\"a\"]")
+                .unwrap()
+                .http
+                .is_empty()
+        );
+        let e = Manifest::parse(
+            "subjects = [\"a\"]\nhttp = [\"https://ok.io\", \"api.example.com/x\"]",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("http[1]") && e.contains("api.example.com/x"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -847,6 +847,11 @@ impl Supervisor {
                 .sandbox
                 .request_grants_of(&plugin.name, &manifest.request)
                 .map(Arc::new),
+            http: self
+                .settings
+                .sandbox
+                .http_policy_of(&plugin.name, &manifest.http)
+                .map(Arc::new),
             limits: limits.invoke_limits(),
             retry: apply_retry(self.settings.retry, &manifest.retry),
             concurrency: concurrency

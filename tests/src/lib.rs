@@ -14,6 +14,7 @@ use sluice::service::{self, HostHandle};
 
 pub mod cluster;
 pub mod fault_proxy;
+pub mod http_server;
 pub mod neighbours;
 pub mod polyglot;
 

@@ -57,6 +57,7 @@ async fn run(
             config: Arc::default(),
             state: None,
             requester: None,
+            http: None,
             limits: InvokeLimits {
                 timeout,
                 ..InvokeLimits::default()

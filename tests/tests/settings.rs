@@ -205,6 +205,22 @@ fn cases(dir: &Path) -> Vec<Case> {
             Some(("a..b", "a..b")),
         ),
         case(
+            "http_allow",
+            List,
+            [
+                "https://flag.example.com",
+                "https://*.env.example.com",
+                "http://127.0.0.1:8080",
+            ],
+            Some(("ftp://x", "not an HTTP origin")),
+        ),
+        case(
+            "http_allow_private",
+            Text,
+            ["true", "false", "true"],
+            Some(("maybe", "not true or false")),
+        ),
+        case(
             "plugin_config",
             List,
             ["k=flag", "k=env", "k=file"],
@@ -319,6 +335,18 @@ fn cases(dir: &Path) -> Vec<Case> {
             Number,
             ["5", "6", "7"],
             Some(("2000000", "out of range")),
+        ),
+        case(
+            "max_http_requests",
+            Number,
+            ["5", "6", "7"],
+            Some(("20000", "out of range")),
+        ),
+        case(
+            "max_http_response",
+            Text,
+            ["1MiB", "2MiB", "3MiB"],
+            Some(("2GiB", "out of range")),
         ),
     ];
     for c in &mut all {

@@ -1,7 +1,8 @@
 //! `sluice config check FILE`: validate a config file together with the
 //! SLUICE_* environment and flags, exactly as `sluice run` would, and print
 //! the effective configuration (every key, secrets masked, each setting
-//! followed by where its value came from) as TOML. `sluice config docs`
+//! followed by where its value came from) as TOML, then, as comments, the
+//! effective grants of the plugins in the plugin folder. `sluice config docs`
 //! prints the settings reference table generated from the declarations.
 
 use std::path::PathBuf;
@@ -41,6 +42,7 @@ pub fn config(args: ConfigArgs) -> anyhow::Result<ExitCode> {
                 file.display()
             );
             print!("{}", config::render_with_origins(&settings));
+            print!("{}", super::grants::effective_grants(&settings));
             Ok(ExitCode::SUCCESS)
         }
         ConfigCommand::Docs => {

@@ -155,6 +155,12 @@ pub async fn invoke(args: InvokeArgs) -> anyhow::Result<ExitCode> {
             // No NATS here: state calls and requests return `not-granted`.
             state: None,
             requester: None,
+            // HTTP goes to the manifest's origins (public addresses only).
+            http: manifest.as_ref().and_then(|m| {
+                crate::limits::SandboxPolicy::default()
+                    .http_policy_of(&name, &m.http)
+                    .map(Arc::new)
+            }),
             limits: InvokeLimits {
                 timeout: args.timeout,
                 ..InvokeLimits::default()

@@ -7,6 +7,7 @@ mod check;
 mod config_check;
 mod dev;
 mod dlq;
+mod grants;
 mod invoke;
 mod new;
 mod remote;

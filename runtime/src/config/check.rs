@@ -139,6 +139,18 @@ pub fn publish_allow(list: Option<Vec<String>>) -> Result<Option<Vec<String>>, S
     Ok(list)
 }
 
+/// `true` or `false`.
+pub fn switch(value: super::value::Switch) -> Result<bool, String> {
+    value.on()
+}
+
+/// HTTP origin patterns (`scheme://host[:port]`, see [`crate::host::http::origin`]).
+pub fn http_origins(list: Option<Vec<String>>) -> Result<Option<Vec<String>>, String> {
+    crate::host::http::origin::parse_all(list.as_deref().unwrap_or_default())
+        .map_err(|e| e.to_string())?;
+    Ok(list)
+}
+
 /// Every key letters, digits, `-`, `_` or `.` (what a plugin passes to `config.get`).
 pub fn config_values(values: Option<KeyValues>) -> Result<Option<KeyValues>, String> {
     for key in values.iter().flat_map(|v| v.keys()) {

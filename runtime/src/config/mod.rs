@@ -237,6 +237,8 @@ fn sandbox_policy(
             .overlay(&overrides.limits),
         publish_allow: values.publish_allow.clone(),
         request_allow: values.request_allow.clone(),
+        http_allow: values.http_allow.clone(),
+        http_allow_private: values.http_allow_private,
         plugin_config: values.plugin_config.clone(),
         plugin_secrets: values.plugin_secrets.clone(),
         state_bucket: values.state_bucket.0.clone(),

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use super::check;
 use super::declare::declare_settings;
-use super::value::{KeyValues, OrOff, Secret};
+use super::value::{KeyValues, OrOff, Secret, Switch};
 use super::{DedupStoreKind, LogFormat};
 use crate::delivery::breaker::BreakerOverrides;
 use crate::manifest::RetryOverrides;
@@ -38,6 +38,13 @@ declare_settings! {
         /// `request` grants.
         request_allow: Vec<String> as "PATTERNS", unset "none (the manifest's `request` grants apply)"
             => Option<Vec<String>> = check::publish_allow;
+        /// HTTP origins any plugin may call, comma-separated (`https://api.example.com`,
+        /// `https://*.example.com`, `http://127.0.0.1:*`), whatever its manifest's `http` origins.
+        http_allow: Vec<String> as "ORIGINS", unset "none (the manifest's `http` origins apply)"
+            => Option<Vec<String>> = check::http_origins;
+        /// Let plugins' HTTP requests reach private, loopback, link-local and unspecified addresses
+        /// (true or false); off, a host resolving to one is refused.
+        http_allow_private: Switch as "true|false" = Switch::from(false) => bool = check::switch;
         /// Configuration plugins read with `config.get`, replacing their manifest's `[config]` keys.
         plugin_config: KeyValues, unset "none (the manifest's `[config]` applies)"
             => Option<KeyValues> = check::config_values;

@@ -167,6 +167,64 @@ macro_rules! integer_value {
 }
 integer_value!(u32, usize);
 
+impl Show for bool {
+    fn show(&self) -> Option<toml::Value> {
+        Some(toml::Value::Boolean(*self))
+    }
+}
+
+/// A yes/no setting as given: `true` or `false` in the file (a TOML boolean
+/// or the same as text), flag or variable. Kept as written until the
+/// setting's check ([`Switch::on`]), so a bad value is refused naming the
+/// setting (and the plugin, in a `[plugin.<name>]` table).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Switch(pub String);
+
+impl Switch {
+    /// `true`/`false` (also `yes`/`no`, `on`/`off`, `1`/`0`), or what to write.
+    pub fn on(&self) -> Result<bool, String> {
+        match self.0.trim().to_ascii_lowercase().as_str() {
+            "true" | "yes" | "on" | "1" => Ok(true),
+            "false" | "no" | "off" | "0" => Ok(false),
+            _ => Err(format!("`{}` is not true or false", self.0)),
+        }
+    }
+}
+
+impl From<bool> for Switch {
+    fn from(on: bool) -> Switch {
+        Switch(on.to_string())
+    }
+}
+
+impl Show for Switch {
+    fn show(&self) -> Option<toml::Value> {
+        Some(match self.on() {
+            Ok(on) => toml::Value::Boolean(on),
+            Err(_) => toml::Value::String(self.0.clone()),
+        })
+    }
+}
+
+impl SettingValue for Switch {
+    const VALUE_NAME: &'static str = "BOOL";
+    fn parse(text: &str) -> Result<Self, String> {
+        Ok(Switch(text.to_string()))
+    }
+    fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Bool(bool),
+            Text(String),
+        }
+        Ok(match Raw::deserialize(d)? {
+            Raw::Bool(on) => Switch::from(on),
+            Raw::Text(text) => Switch(text),
+        })
+    }
+}
+
 impl Show for f64 {
     fn show(&self) -> Option<toml::Value> {
         Some(toml::Value::Float(*self))

@@ -190,6 +190,8 @@ pub enum Capability {
     State,
     /// Requests to other services (`sluice:plugin/requester`, 0.2.0).
     Request,
+    /// Outbound HTTP (`wasi:http/outgoing-handler`, 0.2.0).
+    Http,
 }
 
 impl Capability {
@@ -201,16 +203,22 @@ impl Capability {
             Capability::Config => "config",
             Capability::State => "state",
             Capability::Request => "request",
+            Capability::Http => "http",
         }
     }
 
     /// The capabilities among a component's imports (WASI imports are
-    /// linked for every plugin but grant nothing, so they are not listed).
+    /// linked for every plugin but grant nothing, so they are not listed;
+    /// `wasi:http/outgoing-handler` is, since it reaches out).
     pub fn of_imports<S: AsRef<str>>(imports: &[S]) -> Vec<Capability> {
         let mut caps: Vec<Capability> = imports
             .iter()
             .filter_map(|import| {
-                let name = import.as_ref().strip_prefix("sluice:plugin/")?;
+                let import = import.as_ref();
+                if import.starts_with("wasi:http/outgoing-handler@") {
+                    return Some(Capability::Http);
+                }
+                let name = import.strip_prefix("sluice:plugin/")?;
                 match name.split('@').next()? {
                     "logging" => Some(Capability::Logging),
                     "publisher" => Some(Capability::Publish),
@@ -431,10 +439,17 @@ mod tests {
             "sluice:plugin/config@0.2.0",
             "sluice:plugin/publisher@0.2.0",
             "sluice:plugin/types@0.2.0",
+            "wasi:http/types@0.2.12",
+            "wasi:http/outgoing-handler@0.2.12",
         ];
         assert_eq!(
             Capability::of_imports(&imports),
-            vec![Capability::Logging, Capability::Publish, Capability::Config]
+            vec![
+                Capability::Logging,
+                Capability::Publish,
+                Capability::Config,
+                Capability::Http
+            ]
         );
         assert!(Capability::of_imports(&["wasi:io/streams@0.2.0"]).is_empty());
     }

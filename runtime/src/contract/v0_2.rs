@@ -1,9 +1,12 @@
-//! `sluice:plugin@0.2.0` (WIT in `wit/0.2.0/`): 0.1.0 plus `config`, `state`
-//! and `requester`.
+//! `sluice:plugin@0.2.0` (WIT in `wit/0.2.0/`): 0.1.0 plus `config`, `state`,
+//! `requester` and `wasi:http/outgoing-handler`.
 //!
 //! The only module that sees this version's generated bindings: it converts
-//! them to and from the host's types ([`super`]) and serves the imports
-//! through [`PluginHost`].
+//! them to and from the host's types ([`super`]) and serves the sluice
+//! imports through [`PluginHost`]. The WASI imports of the world (`wasi:http`
+//! and what it uses) are the standard ones, linked with WASI by
+//! [`crate::host::linker`], so they are mapped to wasmtime's bindings here and
+//! only the sluice interfaces are added below.
 
 use wasmtime::AsContextMut;
 use wasmtime::component::Linker;
@@ -18,6 +21,11 @@ mod bindings {
         world: "consumer",
         exports: { default: async },
         imports: { "sluice:plugin/state": async, "sluice:plugin/requester": async },
+        with: {
+            "wasi:http": wasmtime_wasi_http::p2::bindings::http,
+            "wasi:io": wasmtime_wasi::p2::bindings::io,
+            "wasi:clocks": wasmtime_wasi::p2::bindings::clocks,
+        },
     });
 }
 
@@ -27,9 +35,18 @@ pub use bindings::{Consumer, ConsumerPre};
 /// The contract version this module serves.
 pub const VERSION: &str = "0.2.0";
 
-/// Add this version's imports to `linker`.
+/// Add this version's sluice imports to `linker` (its WASI imports are
+/// added with WASI).
 pub fn add_to_linker<T: PluginHost>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
-    Consumer::add_to_linker::<T, ServedBy<T>>(linker, |state| Served(state))
+    fn serve<T>(state: &mut T) -> Served<'_, T> {
+        Served(state)
+    }
+    types::add_to_linker::<T, ServedBy<T>>(linker, serve::<T>)?;
+    logging::add_to_linker::<T, ServedBy<T>>(linker, serve::<T>)?;
+    publisher::add_to_linker::<T, ServedBy<T>>(linker, serve::<T>)?;
+    config::add_to_linker::<T, ServedBy<T>>(linker, serve::<T>)?;
+    state::add_to_linker::<T, ServedBy<T>>(linker, serve::<T>)?;
+    requester::add_to_linker::<T, ServedBy<T>>(linker, serve::<T>)
 }
 
 super::surface_of_0_1!();

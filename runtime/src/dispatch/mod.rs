@@ -30,6 +30,7 @@ use crate::engine::component::CompiledPlugin;
 use crate::engine::invoke::{
     self, ClassCounters, ClassCounts, Failure, FailureClass, InvocationRequest, InvokeLimits,
 };
+use crate::host::http::HttpPolicy;
 use crate::host::requester::Requester;
 use crate::host::state::{self, StateSpace};
 use crate::host::{LogBudget, OutboundMessage, PluginConfig, PluginTag};
@@ -60,6 +61,7 @@ pub struct PluginStats {
     refused_publishes: AtomicU64,
     refused_state: AtomicU64,
     refused_requests: AtomicU64,
+    refused_http: AtomicU64,
     log_dropped: AtomicU64,
     failures: ClassCounters,
     gave_up_by: ClassCounters,
@@ -106,6 +108,8 @@ pub struct StatsSnapshot {
     pub refused_state: u64,
     /// Requests refused (not granted, reserved, invalid, over the limit).
     pub refused_requests: u64,
+    /// HTTP requests refused (origin not granted, private address, over a limit).
+    pub refused_http: u64,
     /// Plugin log lines dropped (per-event cap or rate limit).
     pub log_dropped: u64,
     /// Failed attempts per failure class.
@@ -137,6 +141,7 @@ impl PluginStats {
             refused_publishes: get(&self.refused_publishes),
             refused_state: get(&self.refused_state),
             refused_requests: get(&self.refused_requests),
+            refused_http: get(&self.refused_http),
             log_dropped: get(&self.log_dropped),
             failures: self.failures.snapshot(),
             gave_up_by: self.gave_up_by.snapshot(),
@@ -181,6 +186,8 @@ pub struct Route {
     pub state: Option<StateSpace>,
     /// Subjects the plugin may send requests to; `None`: none.
     pub request_grants: Option<Arc<PublishGrants>>,
+    /// What the plugin may reach over HTTP; `None`: nothing granted.
+    pub http: Option<Arc<HttpPolicy>>,
     /// Per-event limits.
     pub limits: InvokeLimits,
     /// Retry policy.
@@ -388,6 +395,7 @@ impl Dispatcher {
                     .request_grants
                     .clone()
                     .map(|grants| Requester::new(self.client.clone(), grants)),
+                http: route.http.clone(),
                 limits: route.limits,
                 log_budget: route.log_budget.clone(),
                 keep_logs: false,
@@ -417,8 +425,18 @@ impl Dispatcher {
             &route.stats.refused_requests,
             report.refused_requests.into(),
         );
+        bump(&route.stats.refused_http, report.refused_http.into());
         self.metrics
             .sandbox_refusals(name, report.refused_publishes, report.log_dropped);
+        self.metrics.capability_refusals(
+            name,
+            &[
+                ("publish", report.refused_publishes),
+                ("state", report.refused_state),
+                ("request", report.refused_requests),
+                ("http", report.refused_http),
+            ],
+        );
         let starved = report.cpu_starved();
         if let Err(failure) = report.outcome {
             bump(&route.stats.failed_attempts, 1);

@@ -40,7 +40,7 @@ pub enum ComponentError {
     },
     /// An import the host does not provide.
     #[error(
-        "the component needs imports this host does not provide: {0}. A plugin may import WASI 0.2 and the sluice:plugin interfaces of its contract version (0.1.0: logging, publisher; 0.2.0: also config)"
+        "the component needs imports this host does not provide: {0}. A plugin may import WASI 0.2 and the sluice:plugin interfaces of its contract version (0.1.0: logging, publisher; 0.2.0: also config, state, requester and wasi:http/outgoing-handler)"
     )]
     UnsatisfiedImport(String),
     /// Instantiation failed (start function trapped, resources exhausted).

@@ -19,6 +19,7 @@ use crate::contract::{self, HandlerError};
 use crate::engine::WasmEngine;
 use crate::engine::component::CompiledPlugin;
 use crate::engine::governor::CpuTicket;
+use crate::host::http::{HttpBudget, HttpLimits, HttpPolicy};
 use crate::host::requester::{RequestBudget, Requester};
 use crate::host::state::{StateSpace, StateWrite};
 use crate::host::{
@@ -55,6 +56,8 @@ pub struct InvokeLimits {
     pub publish: PublishLimits,
     /// Log records plus output lines kept per event; the rest are dropped and counted.
     pub max_log_lines: u32,
+    /// HTTP request count and response size caps.
+    pub http: HttpLimits,
 }
 
 impl Default for InvokeLimits {
@@ -253,6 +256,8 @@ pub struct InvocationReport {
     pub refused_state: u32,
     /// Requests the host refused during the call.
     pub refused_requests: u32,
+    /// HTTP requests the host refused during the call.
+    pub refused_http: u32,
     /// Log records and output lines dropped (per-event cap or rate limit).
     pub log_dropped: u32,
     /// Time spent instantiating (zero when the plugin was never instantiated).
@@ -292,6 +297,8 @@ pub struct InvocationRequest<'a> {
     pub state: Option<StateSpace>,
     /// What the plugin may ask (`requester`); `None`: nothing granted.
     pub requester: Option<Requester>,
+    /// What the plugin may reach over HTTP; `None`: nothing granted.
+    pub http: Option<Arc<HttpPolicy>>,
     /// Limits.
     pub limits: InvokeLimits,
     /// The plugin's log rate limit, shared by all its invocations.
@@ -377,6 +384,13 @@ pub async fn invoke_reusing(
     }
     let lane = ticket.lane_handle();
     let ticket = Arc::new(std::sync::Mutex::new(ticket));
+    // HTTP requests share the request deadline, for the same reason.
+    let http_budget = HttpBudget::new(
+        request.tag.name.clone(),
+        request.http,
+        limits.http,
+        request_deadline,
+    );
     let (mut store, consumer) = match warm {
         Some(WarmInstance {
             mut store,
@@ -387,6 +401,7 @@ pub async fn invoke_reusing(
             store.data_mut().config = request.config;
             store.data_mut().state.reset(request.state);
             store.data_mut().requests = RequestBudget::new(request.requester, request_deadline);
+            store.data_mut().http = http_budget;
             arm(&mut store, ticket.clone());
             (store, Some((consumer, uses)))
         }
@@ -412,6 +427,7 @@ pub async fn invoke_reusing(
             store.data_mut().config = request.config;
             store.data_mut().state.reset(request.state);
             store.data_mut().requests = RequestBudget::new(request.requester, request_deadline);
+            store.data_mut().http = http_budget;
             store.limiter(|s| &mut s.limiter);
             arm(&mut store, ticket.clone());
             (store, None)
@@ -513,6 +529,7 @@ pub async fn invoke_reusing(
     };
     let refused_state = state.state.refused();
     let refused_requests = state.requests.refused();
+    let refused_http = state.http.refused();
     let report = InvocationReport {
         outcome,
         published,
@@ -522,6 +539,7 @@ pub async fn invoke_reusing(
         state_writes,
         refused_state,
         refused_requests,
+        refused_http,
         log_dropped: state.log_gate.dropped(),
         instantiate_time,
         elapsed: started.elapsed(),
@@ -548,6 +566,7 @@ fn refused_before_start(started: Instant, failure: Failure) -> InvocationReport 
         state_writes: None,
         refused_state: 0,
         refused_requests: 0,
+        refused_http: 0,
         log_dropped: 0,
         instantiate_time: Duration::ZERO,
         elapsed: started.elapsed(),

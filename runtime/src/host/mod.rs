@@ -5,10 +5,13 @@
 //!
 //! WASI 0.2 is linked so that ordinary Rust, Python and JS components load,
 //! but the context grants nothing: no preopened directories, no environment,
-//! no arguments, no network. Clocks and random work; stdout and stderr are
-//! captured and forwarded to the host log.
+//! no arguments, no sockets. Clocks and random work; stdout and stderr are
+//! captured and forwarded to the host log. `wasi:http/outgoing-handler` is
+//! linked too (contract 0.2.0); [`http::HttpBudget`] lets a request out only
+//! to an origin the plugin is granted.
 
 pub mod config;
+pub mod http;
 pub mod limiter;
 pub mod logging;
 pub mod publisher;
@@ -22,6 +25,7 @@ use std::sync::Arc;
 
 use wasmtime::component::{Linker, ResourceTable};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use crate::contract::{self, Level, PluginHost, PublishError};
 use crate::subject::PublishGrants;
@@ -61,6 +65,9 @@ pub struct HostState {
     pub state: state::StateTxn,
     /// The attempt's requests (`requester`).
     pub requests: requester::RequestBudget,
+    http_ctx: WasiHttpCtx,
+    /// The attempt's outbound HTTP (`wasi:http`).
+    pub http: http::HttpBudget,
 }
 
 impl HostState {
@@ -97,6 +104,8 @@ impl HostState {
             config: Arc::default(),
             state: state::StateTxn::default(),
             requests: requester::RequestBudget::default(),
+            http_ctx: WasiHttpCtx::new(),
+            http: http::HttpBudget::default(),
         }
     }
 }
@@ -136,6 +145,16 @@ impl WasiView for HostState {
     }
 }
 
+impl WasiHttpView for HostState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http_ctx,
+            table: &mut self.table,
+            hooks: &mut self.http,
+        }
+    }
+}
+
 /// The host side of every contract version's imports (the version modules
 /// in [`crate::contract`] convert their generated types and call these).
 impl PluginHost for HostState {
@@ -165,11 +184,13 @@ impl PluginHost for HostState {
     }
 }
 
-/// The linker every plugin is instantiated with: WASI 0.2 plus the sluice
-/// imports of every contract version.
+/// The linker every plugin is instantiated with: WASI 0.2, `wasi:http`
+/// (only a component importing it is linked to it) and the sluice imports of
+/// every contract version.
 pub fn linker(engine: &wasmtime::Engine) -> wasmtime::Result<Linker<HostState>> {
     let mut linker = Linker::new(engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+    wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
     contract::add_to_linker(&mut linker)?;
     Ok(linker)
 }

@@ -54,6 +54,15 @@ struct LimitLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CapabilityLabels {
+    plugin: String,
+    capability: String,
+}
+
+/// Values of the `capability` label of `sluice_capability_refusals_total`.
+pub const CAPABILITIES: &[&str] = &["publish", "state", "request", "http"];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StateLabels {
     state: String,
 }
@@ -100,6 +109,7 @@ struct Inner {
     events_lost: Family<PluginLabels, Counter>,
     consumers_lost: Family<PluginLabels, Counter>,
     publish_refused: Family<PluginLabels, Counter>,
+    capability_refusals: Family<CapabilityLabels, Counter>,
     connected: AtomicBool,
     ever_connected: AtomicBool,
 }
@@ -266,6 +276,12 @@ impl Metrics {
             "Publishes a plugin attempted that the host refused (not granted, reserved, invalid or over a limit)",
             publish_refused.clone(),
         );
+        let capability_refusals = Family::<CapabilityLabels, Counter>::default();
+        registry.register(
+            "capability_refusals",
+            "Uses of a capability the host refused a plugin, per capability (publish, state, request, http): not granted, over a limit, a private address",
+            capability_refusals.clone(),
+        );
         let build = Family::<VersionLabels, Gauge>::default();
         build
             .get_or_create(&VersionLabels {
@@ -299,6 +315,7 @@ impl Metrics {
                 events_lost,
                 consumers_lost,
                 publish_refused,
+                capability_refusals,
                 connected: AtomicBool::new(false),
                 ever_connected: AtomicBool::new(false),
             }),
@@ -333,6 +350,12 @@ impl Metrics {
         drop(i.breaker_state.get_or_create(&p));
         drop(i.core_dropped.get_or_create(&p));
         drop(i.publish_refused.get_or_create(&p));
+        for capability in CAPABILITIES {
+            drop(
+                i.capability_refusals
+                    .get_or_create(&capability_labels(plugin, capability)),
+            );
+        }
         for limit in LIMITS {
             drop(
                 i.limit_violations
@@ -392,6 +415,17 @@ impl Metrics {
         }
         if log_dropped > 0 {
             self.limit_violation(plugin, "log");
+        }
+    }
+
+    /// An attempt of `plugin` had uses of capabilities refused:
+    /// `(capability, count)` pairs, zero counts skipped.
+    pub fn capability_refusals(&self, plugin: &str, refused: &[(&str, u32)]) {
+        for (capability, n) in refused.iter().filter(|(_, n)| *n > 0) {
+            self.inner
+                .capability_refusals
+                .get_or_create(&capability_labels(plugin, capability))
+                .inc_by((*n).into());
         }
     }
 
@@ -577,6 +611,13 @@ fn limit_labels(plugin: &str, limit: &str) -> LimitLabels {
     LimitLabels {
         plugin: plugin.to_string(),
         limit: limit.to_string(),
+    }
+}
+
+fn capability_labels(plugin: &str, capability: &str) -> CapabilityLabels {
+    CapabilityLabels {
+        plugin: plugin.to_string(),
+        capability: capability.to_string(),
     }
 }
 
