@@ -70,7 +70,7 @@ impl ElectionBackoff {
 
 /// Whether a confirmed publish to `subject` that failed with `error` may
 /// succeed if tried again: a lost or late ack, a connection failing over,
-/// a stream without a leader for now. A "no responders" is transient only
+/// too many acks outstanding, a stream without a leader for now. A "no responders" is transient only
 /// while a stream does capture `subject` (or the cluster cannot say yet);
 /// a payload over the limit, or a server refusal, is not.
 pub async fn publish_may_recover(
@@ -79,7 +79,9 @@ pub async fn publish_may_recover(
     error: &PublishError,
 ) -> bool {
     match error.kind() {
-        PublishErrorKind::TimedOut | PublishErrorKind::BrokenPipe => true,
+        PublishErrorKind::TimedOut
+        | PublishErrorKind::BrokenPipe
+        | PublishErrorKind::MaxAckPending => true,
         PublishErrorKind::StreamNotFound => match js.stream_by_subject(subject).await {
             Ok(_) => true,
             Err(e) => !matches!(
