@@ -145,7 +145,9 @@ impl DedupStore for KvStore {
             // a leader) may have landed: then the record holds exactly what
             // we wrote, and its revision is ours to write over next.
             Err(e) => match self.kv.entry(lease.slot.as_str()).await {
-                Ok(Some(entry)) if entry.operation == kv::Operation::Put && entry.value == value => {
+                Ok(Some(entry))
+                    if entry.operation == kv::Operation::Put && entry.value == value =>
+                {
                     entry.revision
                 }
                 _ => return Err(err(e)),
