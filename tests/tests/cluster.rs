@@ -312,7 +312,6 @@ async fn three_hosts_share_the_durable_consumer_and_each_order_has_one_effect() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "passed in 3 of 6 runs; the others hung after the node kill (one with the disk full and JetStream disabled, one on a publish blocked on a dead connection, now bounded; the last undiagnosed); run with --ignored"]
 async fn a_nats_node_killed_mid_run_and_restarted_loses_and_duplicates_nothing() {
     let (mut cluster, _client, js) = cluster_with_done_stream().await;
     let dir = PluginDir::new();

@@ -134,11 +134,25 @@ impl DedupStore for KvStore {
     }
 
     async fn write(&self, lease: &mut Lease, record: Record) -> Result<(), DedupError> {
-        let revision = self
+        let value = encode(&record)?;
+        let revision = match self
             .kv
-            .update(lease.slot.as_str(), encode(&record)?, lease.revision)
+            .update(lease.slot.as_str(), value.clone(), lease.revision)
             .await
-            .map_err(err)?;
+        {
+            Ok(revision) => revision,
+            // A write whose reply was lost (a timeout while the bucket elects
+            // a leader) may have landed: then the record holds exactly what
+            // we wrote, and its revision is ours to write over next.
+            Err(e) => match self.kv.entry(lease.slot.as_str()).await {
+                Ok(Some(entry))
+                    if entry.operation == kv::Operation::Put && entry.value == value =>
+                {
+                    entry.revision
+                }
+                _ => return Err(err(e)),
+            },
+        };
         lease.revision = revision;
         lease.record = record;
         Ok(())

@@ -35,7 +35,7 @@ use crate::host::requester::Requester;
 use crate::host::state::{self, StateSpace};
 use crate::host::{LogBudget, OutboundMessage, PluginConfig, PluginTag};
 use crate::manifest::KeySource;
-use crate::nats::convert;
+use crate::nats::{convert, election};
 use crate::subject::PublishGrants;
 use crate::telemetry::Metrics;
 use crate::telemetry::trace::Propagation;
@@ -554,20 +554,27 @@ impl Dispatcher {
                 }
                 let ack = self
                     .js
-                    .publish_with_headers(message.subject.clone(), headers, message.payload)
-                    .await
-                    .map_err(|e| fail(&message.subject, e.to_string()))?;
-                pending.push((message.subject, ack));
+                    .publish_with_headers(message.subject.clone(), headers, message.payload.clone())
+                    .await;
+                pending.push((index, message, ack));
             }
-            for (subject, ack) in pending {
-                ack.await.map_err(|e| {
-                    fail(
-                        &subject,
-                        format!(
-                            "{e} (with outbox.confirm a JetStream stream must capture the subject)"
-                        ),
-                    )
-                })?;
+            for (index, message, ack) in pending {
+                let acked = match ack {
+                    Ok(ack) => ack.await,
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = acked {
+                    self.confirm_again(route, key, trace, index, &message, e)
+                        .await
+                        .map_err(|e| {
+                            fail(
+                                &message.subject,
+                                format!(
+                                    "{e} (with outbox.confirm a JetStream stream must capture the subject)"
+                                ),
+                            )
+                        })?;
+                }
             }
         } else {
             for (index, message) in outbox.into_iter().enumerate() {
@@ -582,6 +589,46 @@ impl Dispatcher {
         bump(&route.stats.published, count);
         route.plugin_metrics.published(count);
         Ok(())
+    }
+
+    /// A confirmed publish of the outbox message at `index` failed with
+    /// `error`: while the failure is transient (a stream electing a leader,
+    /// a lost ack, a connection failing over), publish it again with the
+    /// same headers, so the same `Nats-Msg-Id` (the stream drops a copy
+    /// that did land), with backoff for at most [`election::RIDE_OUT`]; the
+    /// last error if it is not confirmed by then.
+    async fn confirm_again(
+        &self,
+        route: &Route,
+        key: &str,
+        trace: &Propagation,
+        index: usize,
+        message: &OutboundMessage,
+        mut error: async_nats::jetstream::context::PublishError,
+    ) -> Result<(), async_nats::jetstream::context::PublishError> {
+        let mut backoff = election::ElectionBackoff::new(election::RIDE_OUT);
+        loop {
+            if !election::publish_may_recover(&self.js, &message.subject, &error).await
+                || !backoff.pause().await
+            {
+                return Err(error);
+            }
+            tracing::debug!(subject = %message.subject, "confirmed publish failed ({error}); publishing again");
+            let mut headers = convert::outgoing_headers(message, key, &route.tag, index);
+            trace.apply(&mut headers);
+            let acked = match self
+                .js
+                .publish_with_headers(message.subject.clone(), headers, message.payload.clone())
+                .await
+            {
+                Ok(ack) => ack.await,
+                Err(e) => Err(e),
+            };
+            match acked {
+                Ok(_) => return Ok(()),
+                Err(e) => error = e,
+            }
+        }
     }
 
     /// Publish a dead letter and wait for its ack.

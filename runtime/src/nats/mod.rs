@@ -4,6 +4,7 @@
 
 pub mod auth;
 pub mod convert;
+pub mod election;
 pub mod jetstream;
 pub mod sync;
 

@@ -176,7 +176,7 @@ async fn consume(
                     // deleted consumer just times out): look now and then.
                     if received == 0 && last_check.elapsed() >= IDLE_CHECK {
                         last_check = tokio::time::Instant::now();
-                        if bound.consumer.get_info().await.is_err() {
+                        if consumer_gone(&bound.consumer).await {
                             rebind(&ctx, &setup, &mut bound, &condition, "no messages and the consumer is gone").await;
                         }
                     }
@@ -187,7 +187,7 @@ async fn consume(
                     // Did the consumer or its stream vanish? Then bind again
                     // (recreating them where the manifest allows).
                     last_check = tokio::time::Instant::now();
-                    if bound.consumer.get_info().await.is_err() {
+                    if consumer_gone(&bound.consumer).await {
                         rebind(&ctx, &setup, &mut bound, &condition, &e).await;
                     } else {
                         tracing::warn!(plugin = %setup.plugin, "JetStream pull request failed: {e}; retrying in {backoff:?}");
@@ -209,6 +209,17 @@ async fn consume(
     while let Some(message) = rx.recv().await {
         ack(&message, AckKind::Nak(None)).await;
     }
+}
+
+/// Whether the server says the consumer or its stream no longer exists.
+/// A timeout or no answer (a leader being elected, a node failing over) is
+/// not that: the pulls are retried with backoff and the consumer stays bound.
+async fn consumer_gone(consumer: &PullConsumer) -> bool {
+    use async_nats::jetstream::context::ConsumerInfoErrorKind as Kind;
+    consumer
+        .get_info()
+        .await
+        .is_err_and(|e| matches!(e.kind(), Kind::NotFound | Kind::StreamNotFound))
 }
 
 /// The consumer (or its stream) vanished: say so, count it, mark the host

@@ -1,0 +1,127 @@
+//! Riding out a JetStream leader election.
+//!
+//! On a cluster, a node going away leaves the streams, KV buckets and
+//! consumers it led without a leader for a few seconds (longer on a loaded
+//! machine) until the other replicas elect one. Meanwhile a publish to the
+//! stream finds no responder (async-nats says "no stream found for given
+//! subject"), or its ack or an API request times out, and the same request
+//! succeeds once a leader is elected. Such failures are transient: they are
+//! retried with backoff for a bounded time ([`ElectionBackoff`]) instead of
+//! failing an attempt that already ran (which would run the handler again and
+//! spend one of its attempts on the cluster's election).
+//!
+//! A "no responders" on a subject that no stream captures is not transient:
+//! it is a configuration error and fails at once, as it always did
+//! ([`publish_may_recover`] asks the cluster which case it is).
+
+use std::time::Duration;
+
+use async_nats::jetstream::context::{GetStreamByNameErrorKind, PublishError, PublishErrorKind};
+use tokio::time::Instant;
+
+/// How long a confirmed publish keeps retrying a transient failure: several
+/// elections' worth (an election takes seconds; a loaded machine stretches
+/// it), short enough that a cluster that stays down fails the attempt and
+/// the normal retry policy takes over.
+pub const RIDE_OUT: Duration = Duration::from_secs(20);
+/// First pause between tries.
+const FIRST: Duration = Duration::from_millis(100);
+/// Longest pause between tries.
+const LONGEST: Duration = Duration::from_secs(2);
+
+/// Backoff between tries while a leader is elected: 100 ms doubling to 2 s,
+/// until a deadline.
+pub struct ElectionBackoff {
+    next: Duration,
+    deadline: Instant,
+}
+
+impl ElectionBackoff {
+    /// Tries allowed for `within` from now.
+    pub fn new(within: Duration) -> ElectionBackoff {
+        ElectionBackoff {
+            next: FIRST,
+            deadline: Instant::now() + within,
+        }
+    }
+
+    /// Pause before the next try; `false` (without pausing) once the next
+    /// try would start after the deadline.
+    pub async fn pause(&mut self) -> bool {
+        match self.next_pause(Instant::now()) {
+            Some(pause) => {
+                tokio::time::sleep(pause).await;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The pause before the next try if it starts by the deadline, as of `now`.
+    fn next_pause(&mut self, now: Instant) -> Option<Duration> {
+        let pause = self.next;
+        if now + pause > self.deadline {
+            return None;
+        }
+        self.next = (self.next * 2).min(LONGEST);
+        Some(pause)
+    }
+}
+
+/// Whether a confirmed publish to `subject` that failed with `error` may
+/// succeed if tried again: a lost or late ack, a connection failing over,
+/// too many acks outstanding, a stream without a leader for now. A "no responders" is transient only
+/// while a stream does capture `subject` (or the cluster cannot say yet);
+/// a payload over the limit, or a server refusal, is not.
+pub async fn publish_may_recover(
+    js: &async_nats::jetstream::Context,
+    subject: &str,
+    error: &PublishError,
+) -> bool {
+    match error.kind() {
+        PublishErrorKind::TimedOut
+        | PublishErrorKind::BrokenPipe
+        | PublishErrorKind::MaxAckPending => true,
+        PublishErrorKind::StreamNotFound => match js.stream_by_subject(subject).await {
+            Ok(_) => true,
+            Err(e) => !matches!(
+                e.kind(),
+                GetStreamByNameErrorKind::NotFound | GetStreamByNameErrorKind::InvalidSubject
+            ),
+        },
+        PublishErrorKind::Other => unavailable(error),
+        _ => false,
+    }
+}
+
+/// A server answer saying JetStream is unavailable for now (HTTP-like code
+/// 503: no leader, cluster not available), not that the request is wrong.
+fn unavailable(error: &PublishError) -> bool {
+    std::error::Error::source(error)
+        .and_then(|s| s.downcast_ref::<async_nats::jetstream::Error>())
+        .is_some_and(|e| e.code() == 503)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_backoff_doubles_to_its_cap_and_stops_at_the_deadline() {
+        let start = Instant::now();
+        let mut backoff = ElectionBackoff::new(Duration::from_secs(10));
+        let mut now = start;
+        let mut pauses = Vec::new();
+        while let Some(pause) = backoff.next_pause(now) {
+            pauses.push(pause.as_millis());
+            now += pause;
+        }
+        assert_eq!(pauses, [100, 200, 400, 800, 1600, 2000, 2000, 2000]);
+        assert!(now - start <= Duration::from_secs(10));
+    }
+
+    #[test]
+    fn a_refusal_or_an_oversized_message_is_not_transient() {
+        assert!(!unavailable(&PublishError::new(PublishErrorKind::Other)));
+    }
+}
