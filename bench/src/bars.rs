@@ -261,10 +261,17 @@ mod tests {
         let peer = by_name("FastStream");
         assert_eq!((peer.measured, peer.pass), (Some(3.0), Some(true)));
         let reuse_kv = by_name("+ KV dedup");
-        assert_eq!((reuse_kv.measured, reuse_kv.pass), (Some(0.35), Some(false)));
+        assert_eq!(
+            (reuse_kv.measured, reuse_kv.pass),
+            (Some(0.35), Some(false))
+        );
         let reuse = by_name("dedup off, JetStream");
         assert_eq!((reuse.measured, reuse.pass), (Some(0.65), Some(true)));
         // No core-default scenario: its bars are not judged.
-        assert!(bars.iter().filter(|b| b.source.starts_with("core-default")).all(|b| b.pass.is_none()));
+        assert!(
+            bars.iter()
+                .filter(|b| b.source.starts_with("core-default"))
+                .all(|b| b.pass.is_none())
+        );
     }
 }

@@ -828,9 +828,7 @@ async fn default_path(opts: &Options, result: &mut ScenarioResult) -> anyhow::Re
         .push(js_baseline(&nats, &js, opts, Job::Noop).await?);
     match faststream_row(&nats, &js, opts).await {
         Ok(row) => result.rows.push(row),
-        Err(e) => result
-            .notes
-            .push(format!("FastStream peer skipped: {e:#}")),
+        Err(e) => result.notes.push(format!("FastStream peer skipped: {e:#}")),
     }
     for (label, extra, dedup) in DEFAULT_PATH_VARIANTS {
         let v = Variant {
@@ -925,7 +923,8 @@ async fn core_default(opts: &Options, result: &mut ScenarioResult) -> anyhow::Re
         &manifest(&subjects, &["mirror.>"], None, true, &extra),
     );
     for &rate in &rates {
-        let (host, _cache, _) = ready_host(&nats, dir.path(), opts, Duration::from_secs(60)).await?;
+        let (host, _cache, _) =
+            ready_host(&nats, dir.path(), opts, Duration::from_secs(60)).await?;
         let lat = latency_run(&client, opts, rate, "bench.orders", "mirror.bench.orders").await;
         let mut row = Row::new(format!(
             "sluice mirror, isolation = \"reuse\" latency @ {rate}/s"
