@@ -128,6 +128,82 @@ pub fn judge(results: &[ScenarioResult], rate: u64) -> Vec<Bar> {
         "ms",
         reload,
     ));
+    bars.extend(issue16(results, rate));
+    bars
+}
+
+/// A row's ratio to the baseline, by exact label: (ratio, label).
+fn row_ratio(s: Option<&ScenarioResult>, label: &str) -> (Option<f64>, String) {
+    let r = s.and_then(|s| s.rows.iter().find(|r| r.variant == label));
+    (r.and_then(|r| r.ratio_vs_baseline), label.to_string())
+}
+
+/// Issue 16's bars: the default path against native and FastStream, the
+/// fast modes against native, and core with reuse.
+fn issue16(results: &[ScenarioResult], rate: u64) -> Vec<Bar> {
+    let mut bars = Vec::new();
+    let js = find(results, "default-path");
+    for (label, what, bar) in [
+        (
+            "sluice default (fresh instance, KV dedup)",
+            "default config (fresh instance, KV dedup), JetStream no-op / native",
+            0.12,
+        ),
+        (
+            "sluice isolation = \"reuse\", KV dedup",
+            "isolation = \"reuse\" + KV dedup, JetStream no-op / native",
+            0.4,
+        ),
+        (
+            "sluice isolation = \"reuse\", dedup off",
+            "isolation = \"reuse\", dedup off, JetStream no-op / native",
+            0.6,
+        ),
+    ] {
+        let (v, row) = row_ratio(js, label);
+        bars.push(Bar::judge(
+            what,
+            &src("default-path", &row),
+            Direction::AtLeast,
+            bar,
+            "x",
+            v,
+        ));
+    }
+    let eps = |label: &str| {
+        js.and_then(|s| s.rows.iter().find(|r| r.variant == label))
+            .and_then(|r| r.events_per_s)
+    };
+    bars.push(Bar::judge(
+        "default config, JetStream no-op / FastStream (Python) in the same run",
+        "default-path",
+        Direction::AtLeast,
+        2.5,
+        "x",
+        crate::stats::ratio(
+            eps("sluice default (fresh instance, KV dedup)"),
+            eps(crate::scenarios::FASTSTREAM_ROW),
+        ),
+    ));
+    let core = find(results, "core-default");
+    let (v, row) = best_ratio(core, "sluice noop");
+    bars.push(Bar::judge(
+        "core no-op, isolation = \"reuse\" / native subscriber",
+        &src("core-default", &row),
+        Direction::AtLeast,
+        0.3,
+        "x",
+        v,
+    ));
+    let (v, row) = best_p99_ms(core, rate);
+    bars.push(Bar::judge(
+        "p99 publish->handled, core no-op (mirror) with reuse, at the fixed rate",
+        &src("core-default", &row),
+        Direction::Below,
+        1.0,
+        "ms",
+        v,
+    ));
     bars
 }
 
@@ -157,5 +233,45 @@ mod tests {
         assert!(bars[0].source.contains("fast isolation"));
         assert_eq!(bars[1].pass, Some(false));
         assert!(bars[2..].iter().all(|b| b.pass.is_none()));
+    }
+
+    #[test]
+    fn issue16_bars_read_the_default_path_rows_and_the_faststream_peer() {
+        let mut s = ScenarioResult {
+            name: "default-path".into(),
+            ..Default::default()
+        };
+        for (label, eps) in [
+            ("baseline: native", 200_000.0),
+            (crate::scenarios::FASTSTREAM_ROW, 10_000.0),
+            ("sluice default (fresh instance, KV dedup)", 30_000.0),
+            ("sluice fresh instance, dedup off", 40_000.0),
+            ("sluice isolation = \"reuse\", KV dedup", 70_000.0),
+            ("sluice isolation = \"reuse\", dedup off", 130_000.0),
+        ] {
+            let mut r = Row::new(label);
+            r.events_per_s = Some(eps);
+            s.rows.push(r);
+        }
+        s.fill_ratios();
+        let bars = issue16(&[s], 10_000);
+        let by_name = |part: &str| bars.iter().find(|b| b.name.contains(part)).unwrap();
+        let default = by_name("default config (fresh instance, KV dedup)");
+        assert_eq!((default.measured, default.pass), (Some(0.15), Some(true)));
+        let peer = by_name("FastStream");
+        assert_eq!((peer.measured, peer.pass), (Some(3.0), Some(true)));
+        let reuse_kv = by_name("+ KV dedup");
+        assert_eq!(
+            (reuse_kv.measured, reuse_kv.pass),
+            (Some(0.35), Some(false))
+        );
+        let reuse = by_name("dedup off, JetStream");
+        assert_eq!((reuse.measured, reuse.pass), (Some(0.65), Some(true)));
+        // No core-default scenario: its bars are not judged.
+        assert!(
+            bars.iter()
+                .filter(|b| b.source.starts_with("core-default"))
+                .all(|b| b.pass.is_none())
+        );
     }
 }

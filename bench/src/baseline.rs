@@ -27,6 +27,10 @@ pub enum Job {
     /// In JetStream mode the derived publish is confirmed by JetStream before
     /// the ack, like sluice's outbox with `confirm = true`.
     Enrich,
+    /// Republish the payload unchanged to `mirror.<subject>`, like
+    /// plugins/mirror (the smallest job whose completion is observable, for
+    /// no-op latency).
+    Mirror,
 }
 
 /// The derived subject of `plugins/enrich`: `a.b` -> `a.enriched.b`.
@@ -163,6 +167,11 @@ async fn consume(
                     && let Some((subject, body)) = enrich(&msg.subject, &msg.payload)
                 {
                     client.publish(subject, body).await?;
+                }
+                if job == Job::Mirror {
+                    client
+                        .publish(format!("mirror.{}", msg.subject), msg.payload.clone())
+                        .await?;
                 }
                 progress.fetch_add(1, Ordering::Relaxed);
             }

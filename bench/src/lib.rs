@@ -10,6 +10,7 @@
 
 pub mod bars;
 pub mod baseline;
+pub mod faststream;
 pub mod host;
 pub mod inproc;
 pub mod load;

@@ -15,7 +15,8 @@ use sluice_bench::scenarios::{self, Options};
 struct Args {
     /// Scenarios to run (`all`, or any of: floor core-noop core-realistic
     /// js-noop js-realistic dedup plugins-1 plugins-10 plugins-100
-    /// reload-small reload-2mb cold-start).
+    /// reload-small reload-2mb cold-start neighbours polyglot default-path
+    /// core-default).
     #[arg(default_value = "all")]
     scenarios: Vec<String>,
     /// Events per throughput run.

@@ -33,6 +33,8 @@ pub const ALL: &[&str] = &[
     "cold-start",
     "neighbours",
     "polyglot",
+    "default-path",
+    "core-default",
 ];
 
 /// Run parameters.
@@ -85,6 +87,8 @@ pub async fn run(name: &str, opts: &Options) -> ScenarioResult {
         "cold-start" => cold_start(opts, &mut result).await,
         "neighbours" => neighbours(opts, &mut result).await,
         "polyglot" => polyglot(opts, &mut result).await,
+        "default-path" => default_path(opts, &mut result).await,
+        "core-default" => core_default(opts, &mut result).await,
         other => Err(anyhow::anyhow!("unknown scenario `{other}`")),
     };
     if let Err(e) = outcome {
@@ -128,6 +132,12 @@ pub fn describe(name: &str) -> &'static str {
         }
         "polyglot" => {
             "the no-op plugin in Rust, Python (componentize-py) and JavaScript (componentize-js): in-process µs per fresh and warm call, compile time cold and cached, MiB per live instance; then JetStream no-op throughput and host RSS, fresh and reuse"
+        }
+        "default-path" => {
+            "issue 16's table, JetStream no-op from a preloaded stream: native pull + ack, FastStream (Python), and sluice default (fresh instance, KV dedup), fresh without dedup, reuse with and without KV dedup"
+        }
+        "core-default" => {
+            "issue 16's core bar: core no-op throughput with isolation = \"reuse\" vs the native subscriber, and publish->republished latency (plugins/mirror vs a native republisher) at the fixed rate"
         }
         _ => "",
     }
@@ -354,6 +364,7 @@ async fn core_baseline(
     let mut row = Row::new(match job {
         Job::Noop => "baseline: async-nats subscribe (no-op)",
         Job::Enrich => "baseline: async-nats subscribe + enrich + publish",
+        Job::Mirror => "baseline: async-nats subscribe + republish unchanged",
     });
     row.events_per_s = Some(rate?);
     Ok(row)
@@ -457,7 +468,7 @@ async fn js_baseline(
         load::wait_progress(&native.progress, opts.events, Duration::from_secs(10)).await?;
     native.stop()?;
     let mut row = Row::new(match job {
-        Job::Noop => "baseline: async-nats pull consumer + explicit ack (no-op)",
+        Job::Noop | Job::Mirror => "baseline: async-nats pull consumer + explicit ack (no-op)",
         Job::Enrich => {
             "baseline: async-nats pull + enrich + confirmed publish + ack (32 in flight)"
         }
@@ -784,6 +795,149 @@ async fn dedup(opts: &Options, result: &mut ScenarioResult) -> anyhow::Result<()
             .push(js_sluice(&nats, &js, opts, "noop", &[], &v).await?);
     }
     result.notes.push("ratios are not filled: compare the on/off rows of one mode; the baselines are in core-noop and js-noop".into());
+    Ok(())
+}
+
+// ---------------------------------------------------------------- issue 16
+
+/// The sluice rows of issue 16's table: (label, manifest text, dedup).
+const DEFAULT_PATH_VARIANTS: &[(&str, &str, bool)] = &[
+    ("sluice default (fresh instance, KV dedup)", "", true),
+    ("sluice fresh instance, dedup off", "", false),
+    (
+        "sluice isolation = \"reuse\", KV dedup",
+        "isolation = \"reuse\"",
+        true,
+    ),
+    (
+        "sluice isolation = \"reuse\", dedup off",
+        "isolation = \"reuse\"",
+        false,
+    ),
+];
+
+/// Label of the FastStream row.
+pub const FASTSTREAM_ROW: &str = "peer: FastStream (Python) pull consumer + ack each";
+
+async fn default_path(opts: &Options, result: &mut ScenarioResult) -> anyhow::Result<()> {
+    let nats = NatsServer::start();
+    let js = async_nats::jetstream::new(nats.client().await);
+    js_setup(&js).await;
+    result
+        .rows
+        .push(js_baseline(&nats, &js, opts, Job::Noop).await?);
+    match faststream_row(&nats, &js, opts).await {
+        Ok(row) => result.rows.push(row),
+        Err(e) => result.notes.push(format!("FastStream peer skipped: {e:#}")),
+    }
+    for (label, extra, dedup) in DEFAULT_PATH_VARIANTS {
+        let v = Variant {
+            label: label.to_string(),
+            extra: vec![opts.manifest_extra.clone(), extra.to_string()],
+            dedup: *dedup,
+        };
+        result
+            .rows
+            .push(js_sluice(&nats, &js, opts, "noop", &[], &v).await?);
+    }
+    result.notes.push(format!(
+        "{} events of ~190 B preloaded into a file-backed stream for each row, then consumed by a fresh durable; events/s from the first to the last acknowledged (sluice: handled) event; FastStream {} pulls {} per request, acks each message after its handler ({})",
+        opts.events,
+        crate::faststream::VERSION,
+        crate::faststream::BATCH,
+        "bench/faststream/consumer.py"
+    ));
+    Ok(())
+}
+
+/// FastStream on the BASE stream, preloaded afresh.
+async fn faststream_row(
+    nats: &NatsServer,
+    js: &async_nats::jetstream::Context,
+    opts: &Options,
+) -> anyhow::Result<Row> {
+    let python = crate::faststream::install()?;
+    purge(js, "BASE").await?;
+    load::preload_stream(js, &["base.orders".into()], opts.events).await?;
+    let peer = crate::faststream::Peer::spawn(
+        &python,
+        &nats.url(),
+        "BASE",
+        "base.orders",
+        &format!("faststream-{}", std::process::id()),
+    )?;
+    let (t0, t1, c0) =
+        load::wait_progress(&peer.progress, opts.events, Duration::from_secs(10)).await?;
+    drop(peer);
+    let mut row = Row::new(FASTSTREAM_ROW);
+    row.events_per_s = stats::rate(opts.events - c0, t1.duration_since(t0).as_secs_f64());
+    Ok(row)
+}
+
+async fn core_default(opts: &Options, result: &mut ScenarioResult) -> anyhow::Result<()> {
+    let nats = NatsServer::start();
+    let client = nats.client().await;
+    result
+        .rows
+        .push(core_baseline(&nats, &client, opts, &["base.orders".into()], Job::Noop).await?);
+    let reuse = "isolation = \"reuse\"".to_string();
+    let v = Variant {
+        label: "sluice noop, isolation = \"reuse\"".into(),
+        extra: vec![opts.manifest_extra.clone(), reuse.clone()],
+        dedup: true,
+    };
+    result.rows.push(
+        core_sluice(
+            &nats,
+            &client,
+            opts,
+            &["bench.orders".into()],
+            "noop",
+            &[],
+            &v,
+        )
+        .await?,
+    );
+    let rates: Vec<u64> = [opts.rate, opts.low_rate]
+        .into_iter()
+        .filter(|r| *r > 0)
+        .collect();
+    for &rate in &rates {
+        let native = baseline::spawn(
+            &nats.url(),
+            Source::Core(vec!["base.orders".into()]),
+            Job::Mirror,
+        )?;
+        let lat = latency_run(&client, opts, rate, "base.orders", "mirror.base.orders").await;
+        native.stop()?;
+        let mut row = Row::new(format!("baseline mirror latency @ {rate}/s"));
+        row.latency = Some(lat.context("baseline latency")?);
+        result.rows.push(row);
+    }
+    let dir = PluginDir::new();
+    let subjects = ["bench.orders".to_string()];
+    let extra = [opts.manifest_extra.as_str(), reuse.as_str()];
+    dir.add(
+        "latency",
+        "mirror",
+        &manifest(&subjects, &["mirror.>"], None, true, &extra),
+    );
+    for &rate in &rates {
+        let (host, _cache, _) =
+            ready_host(&nats, dir.path(), opts, Duration::from_secs(60)).await?;
+        let lat = latency_run(&client, opts, rate, "bench.orders", "mirror.bench.orders").await;
+        let mut row = Row::new(format!(
+            "sluice mirror, isolation = \"reuse\" latency @ {rate}/s"
+        ));
+        row.latency = Some(lat.with_context(|| row.variant.clone())?);
+        note_rss(&mut row, &host);
+        note_counters(&mut row, &host).await;
+        result.rows.push(row);
+    }
+    result.notes.push(format!(
+        "throughput: {} core events, at most {} ahead of completion, default key (per message) and dedup setting; latency: plugins/mirror republishes each event unchanged, publish -> republished event received by the harness, {:?} per rate",
+        opts.events, opts.window, opts.duration
+    ));
     Ok(())
 }
 

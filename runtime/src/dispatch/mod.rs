@@ -657,6 +657,35 @@ impl Dispatcher {
     }
 }
 
+/// An event's trace id ([`trace_id`]), worked out only when first asked
+/// for: the log span asks only when its level is enabled, a dead letter only
+/// when one is written, so most events never generate one.
+pub struct LazyTraceId<'a> {
+    headers: Option<&'a HeaderMap>,
+    id: std::sync::OnceLock<String>,
+}
+
+impl<'a> LazyTraceId<'a> {
+    /// The trace id of an event with `headers`.
+    pub fn of(headers: Option<&'a HeaderMap>) -> Self {
+        LazyTraceId {
+            headers,
+            id: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// The id (the same on every call).
+    pub fn get(&self) -> &str {
+        self.id.get_or_init(|| trace_id(self.headers))
+    }
+}
+
+impl std::fmt::Display for LazyTraceId<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.get())
+    }
+}
+
 /// The W3C trace id of `traceparent`, else a fresh random one.
 pub fn trace_id(headers: Option<&HeaderMap>) -> String {
     headers
@@ -726,5 +755,23 @@ mod tests {
         let generated = trace_id(None);
         assert_eq!(generated.len(), 32);
         assert_ne!(generated, trace_id(None));
+    }
+
+    #[test]
+    fn a_lazy_trace_id_is_generated_once_and_kept() {
+        let lazy = LazyTraceId::of(None);
+        let first = lazy.get().to_string();
+        assert_eq!(first.len(), 32);
+        assert_eq!(lazy.get(), first);
+        assert_eq!(lazy.to_string(), first);
+        let mut h = HeaderMap::new();
+        h.insert(
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        );
+        assert_eq!(
+            LazyTraceId::of(Some(&h)).get(),
+            "4bf92f3577b34da6a3ce929d0e0e4736"
+        );
     }
 }

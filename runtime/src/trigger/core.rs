@@ -29,7 +29,7 @@ use crate::delivery::breaker::Admission;
 use crate::delivery::dead_letter::replay_count_for;
 use crate::delivery::key::{Key, KeyInput, derive_key_for};
 use crate::delivery::settle::{self, Claimed, Decision, Gate, History, Mode, Outcome};
-use crate::dispatch::{Route, bump, count_dropped, dead_letter_for, trace_id};
+use crate::dispatch::{LazyTraceId, Route, bump, count_dropped, dead_letter_for};
 use crate::engine::invoke::{Failure, FailureClass};
 use crate::nats::convert;
 
@@ -221,7 +221,7 @@ async fn handle(
             hash_headers: &route.hash_headers,
         },
     );
-    let trace = trace_id(message.headers.as_ref());
+    let trace = LazyTraceId::of(message.headers.as_ref());
     let span = tracing::info_span!(
         "event", otel.kind = "consumer", plugin = %route.tag.name, version = %route.tag.version,
         subject = %message.subject, key = %key, trace_id = %trace
@@ -313,13 +313,13 @@ async fn handle(
                         _ = signals.deadline.cancelled() => {
                             // The grace is over with a retry pending.
                             let Decision::DeadLetter { class, history } = settle::at_deadline(Mode::Core, history) else { unreachable!() };
-                            dead_letter(ctx, route, message, &mut ledger, (&key, &trace), class, history, last_failure.take()).await;
+                            dead_letter(ctx, route, message, &mut ledger, (&key, trace.get()), class, history, last_failure.take()).await;
                             return;
                         }
                     }
                 }
                 Decision::DeadLetter { class, history } => {
-                    dead_letter(ctx, route, message, &mut ledger, (&key, &trace), class, history, last_failure.take()).await;
+                    dead_letter(ctx, route, message, &mut ledger, (&key, trace.get()), class, history, last_failure.take()).await;
                     return;
                 }
                 Decision::Shed => {

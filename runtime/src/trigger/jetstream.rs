@@ -22,7 +22,6 @@
 //! consumer or its stream vanished is noticed: warned, counted, `/readyz`
 //! not ready, and the consumer recreated with backoff.
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -39,7 +38,7 @@ use crate::delivery::breaker::Admission;
 use crate::delivery::dedup::epoch_ms;
 use crate::delivery::key::{KeyInput, StreamPosition, derive_key_for};
 use crate::delivery::settle::{self, Decision, Gate, History, Mode, Outcome};
-use crate::dispatch::{Route, bump, dead_letter_for, trace_id};
+use crate::dispatch::{LazyTraceId, Route, bump, dead_letter_for};
 use crate::engine::invoke::Failure;
 use crate::manifest::Manifest;
 use crate::nats::convert;
@@ -125,9 +124,6 @@ async fn consume(
     let mut pause_until: Option<tokio::time::Instant> = None;
     let condition = format!("plugin `{}` JetStream consumer", setup.plugin);
     let mut last_check = tokio::time::Instant::now();
-    // Messages waiting for a slot, in arrival order, each already kept
-    // alive (in-progress acks) so a long wait never lets ack_wait lapse.
-    let mut waiting: VecDeque<Waiting> = VecDeque::new();
     loop {
         if pause_until.is_some_and(|t| tokio::time::Instant::now() >= t) {
             pause_until = None;
@@ -155,18 +151,19 @@ async fn consume(
         }
         tokio::select! {
             Some(message) = rx.recv() => {
-                if stop.is_cancelled() {
-                    // Removed, resubscribed or shutting down: hand it back now.
-                    ack(&message, AckKind::Nak(None)).await;
-                    ctx.metrics.shutdown_requeued();
-                } else {
-                    waiting.push_back(Waiting::new(message, bound.stream_created_ms, bound.ack_wait));
-                }
-            }
-            // Slots go to waiting messages in arrival order.
-            permit = slot.load().concurrency.clone().acquire_owned(), if !waiting.is_empty() && !stop.is_cancelled() => {
-                if let (Ok(permit), Some(next)) = (permit, waiting.pop_front()) {
-                    spawn_event(&ctx, slot.load_full(), next, permit, &signals);
+                // Everything already received, in one turn of the loop.
+                let mut next = Some(message);
+                while let Some(message) = next {
+                    if stop.is_cancelled() {
+                        // Removed, resubscribed or shutting down: hand it back now.
+                        ack(&message, AckKind::Nak(None)).await;
+                        ctx.metrics.shutdown_requeued();
+                    } else {
+                        // Its task waits for a slot (in arrival order: the
+                        // semaphore is fair), kept alive meanwhile.
+                        spawn_event(&ctx, &slot, message, &bound, &signals);
+                    }
+                    next = rx.try_recv().ok();
                 }
             }
             Some(done) = pulls.join_next(), if !pulls.is_empty() => match done {
@@ -200,11 +197,8 @@ async fn consume(
         }
     }
     ctx.health.clear(&condition);
-    // Every pull has ended: whatever they delivered and was not started goes back.
-    for not_started in waiting {
-        ctx.metrics.shutdown_requeued();
-        ack(&not_started.message, AckKind::Nak(None)).await;
-    }
+    // Every pull has ended: whatever they delivered and was not started goes
+    // back (events waiting for a slot hand themselves back on `stop`).
     drop(tx);
     while let Some(message) = rx.recv().await {
         ack(&message, AckKind::Nak(None)).await;
@@ -280,62 +274,103 @@ async fn pull_batch(
     failed.map_or(Ok(received), Err)
 }
 
-/// A message waiting for a slot, kept alive meanwhile.
-struct Waiting {
-    message: Arc<Message>,
-    stream_created_ms: u64,
-    keepalive: tokio_util::sync::DropGuard,
+/// Start one event's task: it waits for a slot of the plugin's current
+/// version, then handles the event; from arrival until it settles, the
+/// message is kept alive (in-progress acks), so a long wait for a slot or an
+/// instance never lets `ack_wait` lapse into a second copy running at once.
+/// One task per event does both (no separate keepalive task).
+fn spawn_event(
+    ctx: &Arc<TriggerContext>,
+    slot: &Arc<ArcSwap<Route>>,
+    message: Message,
+    bound: &BoundConsumer,
+    signals: &StopSignals,
+) {
+    let route = slot.load_full();
+    let (ctx2, slot, signals) = (ctx.clone(), slot.clone(), signals.clone());
+    let (stream_created_ms, ack_wait) = (bound.stream_created_ms, bound.ack_wait);
+    ctx.tasks.spawn(async move {
+        let every = (ack_wait / 3).max(Duration::from_millis(200));
+        kept_alive(&message, every, async {
+            let Some((route, permit)) = wait_for_slot(&slot, route, &signals).await else {
+                // Removed, resubscribed or shutting down before it started.
+                ack(&message, AckKind::Nak(None)).await;
+                ctx2.metrics.shutdown_requeued();
+                return;
+            };
+            let _in_flight = super::started(&route);
+            let lease_for = route.limits.timeout + LEASE_MARGIN;
+            handle(
+                &ctx2,
+                &route,
+                &message,
+                stream_created_ms,
+                permit,
+                lease_for,
+                &signals,
+            )
+            .await;
+        })
+        .await;
+    });
 }
 
-impl Waiting {
-    fn new(message: Message, stream_created_ms: u64, ack_wait: Duration) -> Waiting {
-        let message = Arc::new(message);
-        // Keep the server's ack timer alive from now until the event settles.
-        let keepalive = tokio_util::sync::CancellationToken::new();
-        tokio::spawn(progress_acks(message.clone(), ack_wait, keepalive.clone()));
-        Waiting {
-            message,
-            stream_created_ms,
-            keepalive: keepalive.drop_guard(),
+/// A slot of the version in `slot` (a free one at once, else the first one
+/// freed, in arrival order), and that version; `None` when stopping first.
+async fn wait_for_slot(
+    slot: &ArcSwap<Route>,
+    mut route: Arc<Route>,
+    signals: &StopSignals,
+) -> Option<(Arc<Route>, OwnedSemaphorePermit)> {
+    loop {
+        if signals.stop.is_cancelled() {
+            return None;
         }
+        let permit = match route.concurrency.clone().try_acquire_owned() {
+            Ok(permit) => permit,
+            Err(_) => tokio::select! {
+                permit = route.concurrency.clone().acquire_owned() => permit.ok()?,
+                _ = signals.stop.cancelled() => return None,
+            },
+        };
+        // A reload swapped the version while it waited: the new one runs it.
+        let current = slot.load_full();
+        if Arc::ptr_eq(&current, &route) {
+            return Some((route, permit));
+        }
+        route = current;
     }
 }
 
-fn spawn_event(
-    ctx: &Arc<TriggerContext>,
-    route: Arc<Route>,
-    waiting: Waiting,
-    permit: OwnedSemaphorePermit,
-    signals: &StopSignals,
+/// Run `work`, telling the server every `every` that `message` is in
+/// progress until it ends.
+async fn kept_alive<F: std::future::Future<Output = ()>>(
+    message: &Message,
+    every: Duration,
+    work: F,
 ) {
-    let (ctx2, signals, route2) = (ctx.clone(), signals.clone(), route.clone());
-    super::spawn_event(ctx, &route, async move {
-        let route = route2;
-        let Waiting {
-            message,
-            stream_created_ms,
-            keepalive,
-        } = waiting;
-        let lease_for = route.limits.timeout + LEASE_MARGIN;
-        handle(
-            &ctx2,
-            &route,
-            &message,
-            stream_created_ms,
-            permit,
-            lease_for,
-            &signals,
-        )
-        .await;
-        drop(keepalive);
-    });
+    tokio::pin!(work);
+    let tick = tokio::time::sleep(every);
+    tokio::pin!(tick);
+    loop {
+        tokio::select! {
+            biased;
+            () = &mut work => return,
+            () = &mut tick => {
+                tick.as_mut().reset(tokio::time::Instant::now() + every);
+                if let Err(e) = message.ack_with(AckKind::Progress).await {
+                    tracing::debug!("in-progress ack not sent: {e}");
+                }
+            }
+        }
+    }
 }
 
 /// One event, top to bottom.
 async fn handle(
     ctx: &TriggerContext,
     route: &Route,
-    message: &Arc<Message>,
+    message: &Message,
     stream_created_ms: u64,
     permit: OwnedSemaphorePermit,
     lease_for: Duration,
@@ -374,7 +409,7 @@ async fn handle(
         },
     )
     .value;
-    let trace = trace_id(message.headers.as_ref());
+    let trace = LazyTraceId::of(message.headers.as_ref());
     let span = tracing::info_span!(
         "event", otel.kind = "consumer", plugin = %route.tag.name, version = %route.tag.version,
         subject = %message.subject, key = %key, stream = %stream, seq = sequence, trace_id = %trace
@@ -519,7 +554,7 @@ async fn handle(
                     history.attempts,
                     &failure,
                     (history.first_failure.unwrap_or(now), now),
-                    &trace,
+                    trace.get(),
                 );
                 if deliver_dead_letter(&ctx.dispatcher, route, &letter, &signals.stop).await {
                     ledger.dead_lettered(history).await;
@@ -537,26 +572,6 @@ async fn handle(
     }
     .instrument(span)
     .await;
-}
-
-/// Tell the server every third of `ack_wait` that the message is in
-/// progress, until `done`.
-async fn progress_acks(
-    message: Arc<Message>,
-    ack_wait: Duration,
-    done: tokio_util::sync::CancellationToken,
-) {
-    let every = (ack_wait / 3).max(Duration::from_millis(200));
-    loop {
-        tokio::select! {
-            _ = done.cancelled() => return,
-            _ = tokio::time::sleep(every) => {
-                if let Err(e) = message.ack_with(AckKind::Progress).await {
-                    tracing::debug!("in-progress ack not sent: {e}");
-                }
-            }
-        }
-    }
 }
 
 async fn ack(message: &Message, kind: AckKind) {

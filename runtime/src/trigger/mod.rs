@@ -59,13 +59,19 @@ pub(crate) fn spawn_event<F>(ctx: &TriggerContext, route: &Arc<Route>, handle: F
 where
     F: std::future::Future<Output = ()> + Send + 'static,
 {
-    bump(&route.stats.received, 1);
-    route.plugin_metrics.event_received();
-    let in_flight = crate::dispatch::InFlight::new(route.clone());
+    let in_flight = started(route);
     ctx.tasks.spawn(async move {
         let _in_flight = in_flight;
         handle.await;
     });
+}
+
+/// Count an event of `route` as received and started, and in flight for as
+/// long as the guard lives.
+pub(crate) fn started(route: &Arc<Route>) -> crate::dispatch::InFlight {
+    bump(&route.stats.received, 1);
+    route.plugin_metrics.event_received();
+    crate::dispatch::InFlight::new(route.clone())
 }
 
 /// When a subscription stops (host shutdown, plugin removed or
