@@ -10,6 +10,8 @@
 #   - `sluice dev` on an empty plugin folder, .demo/plugins,
 # and runs the driver (orders-demo): it deploys the plugins by copying them
 # into the folder and plays the five scenes. Everything stops at the end.
+# DEMO_KEEP=1 keeps the application running afterwards, placing the orders
+# you type (docs/tutorial.md), until Ctrl-D.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT="$PWD"
@@ -89,7 +91,7 @@ echo "demo: host serving; admin endpoint http://$ADMIN (/plugins, /metrics)"
 
 STARTED=$SECONDS
 "$ROOT/target/debug/orders-demo" --nats "$NATS_URL" --payments "$PAYMENTS_URL" --admin "$ADMIN" \
-    --plugins "$DEMO/plugins" --build "$BUILD" --sluice "$SLUICE"
+    --plugins "$DEMO/plugins" --build "$BUILD" --sluice "$SLUICE" ${DEMO_KEEP:+--keep}
 
 echo
 echo "demo: a few counters from http://$ADMIN/metrics:"

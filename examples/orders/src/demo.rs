@@ -27,6 +27,7 @@ pub struct Args {
     plugins: PathBuf,
     build: PathBuf,
     sluice: PathBuf,
+    keep: bool,
 }
 
 impl Args {
@@ -35,7 +36,12 @@ impl Args {
         let mut args = std::env::args().skip(1);
         let (mut nats, mut pay, mut adm, mut plugins, mut build, mut sluice) =
             (None, None, None, None, None, None);
+        let mut keep = false;
         while let Some(flag) = args.next() {
+            if flag == "--keep" {
+                keep = true;
+                continue;
+            }
             let value = args.next().with_context(|| format!("{flag} needs a value"))?;
             match flag.as_str() {
                 "--nats" => nats = Some(value),
@@ -47,7 +53,7 @@ impl Args {
                 other => bail!("unknown flag {other}"),
             }
         }
-        let usage = "usage: orders-demo --nats URL --payments URL --admin IP:PORT --plugins DIR --build DIR --sluice BIN";
+        let usage = "usage: orders-demo --nats URL --payments URL --admin IP:PORT --plugins DIR --build DIR --sluice BIN [--keep]";
         Ok(Args {
             nats: nats.context(usage)?,
             payments: pay.context(usage)?,
@@ -55,6 +61,7 @@ impl Args {
             plugins: plugins.context(usage)?,
             build: build.context(usage)?,
             sluice: sluice.context(usage)?,
+            keep,
         })
     }
 }
@@ -232,6 +239,39 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         bail!("the counts do not add up");
     }
     println!("\n\x1b[1mall orders settled, every charge made once, nothing lost\x1b[0m");
+    if args.keep {
+        interactive(&js, &observer).await?;
+    }
+    Ok(())
+}
+
+/// `--keep`: place the orders typed on stdin (one JSON object a line) and
+/// show where each ends, until end of input (the stack keeps running).
+async fn interactive(js: &jetstream::Context, observer: &Observer) -> anyhow::Result<()> {
+    use tokio::io::AsyncBufReadExt;
+    println!(
+        "\nThe application keeps running. Type an order (JSON, one line) to place it, e.g.\n  \
+         {}\nCtrl-D stops.",
+        order("o-9001", &[("MUG-1", 1)], GOOD_CARD, "AQ")
+    );
+    let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+    while let Some(line) = lines.next_line().await? {
+        let Ok(o) = serde_json::from_str::<Value>(&line) else {
+            if !line.trim().is_empty() {
+                say("not JSON; an order looks like the example above");
+            }
+            continue;
+        };
+        let Some(id) = o.get("id").and_then(Value::as_str).map(str::to_string) else {
+            say("an order needs an \"id\"");
+            continue;
+        };
+        saga::place(js, &o).await?;
+        match observer.settled(&[id.clone()], Duration::from_secs(60)).await {
+            Ok(trails) => say(format!("{id}: {} {}", trails[0].path(), trails[0].last)),
+            Err(e) => say(format!("{e:#} (see `sluice dlq list`)")),
+        }
+    }
     Ok(())
 }
 
