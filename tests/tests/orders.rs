@@ -87,8 +87,16 @@ async fn the_order_saga_settles_every_order_on_every_path() {
         &polyglot_wasm("orders-validate"),
         &manifest("orders-validate"),
     );
-    dir.add("orders-inventory", "orders-inventory", &manifest("orders-inventory"));
-    dir.add("orders-payment", "orders-payment", &manifest("orders-payment"));
+    dir.add(
+        "orders-inventory",
+        "orders-inventory",
+        &manifest("orders-inventory"),
+    );
+    dir.add(
+        "orders-payment",
+        "orders-payment",
+        &manifest("orders-payment"),
+    );
     dir.add_file(
         "orders-shipping",
         &polyglot_wasm("orders-shipping"),
@@ -102,10 +110,27 @@ async fn the_order_saga_settles_every_order_on_every_path() {
     let mut placed = Vec::new();
 
     // 1. Success through every step.
-    let t = run(&js, &observer, &mut placed, &[order("o-1", &[("MUG-1", 2), ("TEE-1", 1)], GOOD_CARD, "NZ")]).await;
-    assert_eq!(steps(&t[0]), ["placed", "validated", "reserved", "paid", "completed"], "{:?}", t[0]);
+    let t = run(
+        &js,
+        &observer,
+        &mut placed,
+        &[order("o-1", &[("MUG-1", 2), ("TEE-1", 1)], GOOD_CARD, "NZ")],
+    )
+    .await;
+    assert_eq!(
+        steps(&t[0]),
+        ["placed", "validated", "reserved", "paid", "completed"],
+        "{:?}",
+        t[0]
+    );
     assert_eq!(t[0].last["amount_cents"], 2 * 1200 + 2500);
-    assert!(t[0].last["charge_id"].as_str().is_some_and(|c| c.starts_with("ch_")), "{}", t[0].last);
+    assert!(
+        t[0].last["charge_id"]
+            .as_str()
+            .is_some_and(|c| c.starts_with("ch_")),
+        "{}",
+        t[0].last
+    );
     assert_eq!(t[0].last["tracking"], "TRK-o-1-NZ");
 
     // 2. Permanent failures later in the saga are compensated in reverse;
@@ -121,25 +146,65 @@ async fn the_order_saga_settles_every_order_on_every_path() {
         ],
     )
     .await;
-    assert_eq!(steps(&t[0]), ["placed", "validated", "reserved", "payment_declined", "cancelled"]);
+    assert_eq!(
+        steps(&t[0]),
+        [
+            "placed",
+            "validated",
+            "reserved",
+            "payment_declined",
+            "cancelled"
+        ]
+    );
     assert_eq!(t[0].last["released"], true);
     assert_eq!(
         steps(&t[1]),
-        ["placed", "validated", "reserved", "paid", "shipping_failed", "refunded", "cancelled"]
+        [
+            "placed",
+            "validated",
+            "reserved",
+            "paid",
+            "shipping_failed",
+            "refunded",
+            "cancelled"
+        ]
     );
     assert!(t[1].last["refund_id"].as_str().is_some(), "{}", t[1].last);
     assert_eq!(steps(&t[2]), ["placed", "rejected"]);
-    assert!(t[2].last["reason"].as_str().unwrap().contains("qty"), "{}", t[2].last);
+    assert!(
+        t[2].last["reason"].as_str().unwrap().contains("qty"),
+        "{}",
+        t[2].last
+    );
     let stats = payments.stats().unwrap();
     assert_eq!((stats.declines, stats.refunds), (1, 1), "{stats:?}");
 
     //    The declined order's 30 posters (of 50) were released: 40 fit now,
     //    and then 20 more do not.
-    let t = run(&js, &observer, &mut placed, &[order("o-5", &[("POSTER-1", 40)], GOOD_CARD, "IE")]).await;
+    let t = run(
+        &js,
+        &observer,
+        &mut placed,
+        &[order("o-5", &[("POSTER-1", 40)], GOOD_CARD, "IE")],
+    )
+    .await;
     assert_eq!(t[0].outcome(), Some("completed"), "{:?}", t[0]);
-    let t = run(&js, &observer, &mut placed, &[order("o-6", &[("POSTER-1", 20)], GOOD_CARD, "IE")]).await;
+    let t = run(
+        &js,
+        &observer,
+        &mut placed,
+        &[order("o-6", &[("POSTER-1", 20)], GOOD_CARD, "IE")],
+    )
+    .await;
     assert_eq!(steps(&t[0]), ["placed", "validated", "cancelled"]);
-    assert!(t[0].last["reason"].as_str().unwrap().contains("out of stock"), "{}", t[0].last);
+    assert!(
+        t[0].last["reason"]
+            .as_str()
+            .unwrap()
+            .contains("out of stock"),
+        "{}",
+        t[0].last
+    );
 
     // 3. An outage: the breaker opens, events wait, none is dead-lettered,
     //    all complete once the service is back.
@@ -155,45 +220,87 @@ async fn the_order_saga_settles_every_order_on_every_path() {
         "the breaker opened during the outage"
     );
     assert!(payments.stats().unwrap().unavailable >= 3);
-    assert_eq!(dead_letters(&js).await, 0, "nothing dead-lettered by the outage");
+    assert_eq!(
+        dead_letters(&js).await,
+        0,
+        "nothing dead-lettered by the outage"
+    );
 
     // A slow service: the attempt times out, the retry carries the same
     // Idempotency-Key and is answered from the first request: one charge.
     let before = payments.stats().unwrap();
     payments.slow_ms(3500).unwrap();
-    saga::place(&js, &order("o-slow", &[("TEE-1", 1)], GOOD_CARD, "US")).await.unwrap();
+    saga::place(&js, &order("o-slow", &[("TEE-1", 1)], GOOD_CARD, "US"))
+        .await
+        .unwrap();
     placed.push("o-slow".into());
     sluice_e2e::eventually(Duration::from_secs(60), "a retried charge request", || {
         payments.stats().unwrap().replayed > before.replayed
     })
     .await;
     payments.slow_ms(0).unwrap();
-    let t = observer.settled(&["o-slow".to_string()], Duration::from_secs(60)).await.unwrap();
+    let t = observer
+        .settled(&["o-slow".to_string()], Duration::from_secs(60))
+        .await
+        .unwrap();
     assert_eq!(t[0].outcome(), Some("completed"), "{:?}", t[0]);
     let after = payments.stats().unwrap();
     assert_eq!(after.charges, before.charges + 1, "{before:?} -> {after:?}");
 
     // 4. A poison event: dead-lettered by inventory v1, listed, fixed by
     //    copying v2 over the file, replayed, completed.
-    saga::place(&js, &order("o-poison", &[("mug-1", 1)], GOOD_CARD, "US")).await.unwrap();
+    saga::place(&js, &order("o-poison", &[("mug-1", 1)], GOOD_CARD, "US"))
+        .await
+        .unwrap();
     placed.push("o-poison".into());
     let js2 = js.clone();
-    sluice_e2e::eventually_async!(Duration::from_secs(30), "the poison event dead-lettered", dead_letters(&js2).await == 1);
+    sluice_e2e::eventually_async!(
+        Duration::from_secs(30),
+        "the poison event dead-lettered",
+        dead_letters(&js2).await == 1
+    );
     let (ok, listed) = sluice(&nats, &["dlq", "list"]);
-    assert!(ok && listed.contains("orders-inventory") && listed.contains("unknown SKU `mug-1`"), "{listed}");
+    assert!(
+        ok && listed.contains("orders-inventory") && listed.contains("unknown SKU `mug-1`"),
+        "{listed}"
+    );
     let version = |host: &sluice::service::HostHandle| {
-        host.plugins().into_iter().find(|p| p.name == "orders-inventory").and_then(|p| p.version)
+        host.plugins()
+            .into_iter()
+            .find(|p| p.name == "orders-inventory")
+            .and_then(|p| p.version)
     };
     let v1 = version(&host);
-    std::fs::copy(plugin_wasm("orders-inventory-v2"), dir.path().join("orders-inventory.wasm")).unwrap();
-    sluice_e2e::eventually(Duration::from_secs(60), "inventory v2 serving", || version(&host) != v1).await;
-    let (ok, replayed) = sluice(&nats, &["dlq", "replay", "--plugin", "orders-inventory", "--all"]);
+    std::fs::copy(
+        plugin_wasm("orders-inventory-v2"),
+        dir.path().join("orders-inventory.wasm"),
+    )
+    .unwrap();
+    sluice_e2e::eventually(Duration::from_secs(60), "inventory v2 serving", || {
+        version(&host) != v1
+    })
+    .await;
+    let (ok, replayed) = sluice(
+        &nats,
+        &["dlq", "replay", "--plugin", "orders-inventory", "--all"],
+    );
     assert!(ok, "{replayed}");
-    let t = observer.settled(&["o-poison".to_string()], Duration::from_secs(60)).await.unwrap();
-    assert_eq!(steps(&t[0]), ["placed", "validated", "reserved", "paid", "completed"], "{:?}", t[0]);
+    let t = observer
+        .settled(&["o-poison".to_string()], Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(
+        steps(&t[0]),
+        ["placed", "validated", "reserved", "paid", "completed"],
+        "{:?}",
+        t[0]
+    );
 
     // 5. The counts.
-    let settled = observer.settled(&placed, Duration::from_secs(30)).await.unwrap();
+    let settled = observer
+        .settled(&placed, Duration::from_secs(30))
+        .await
+        .unwrap();
     assert_eq!(settled.len(), placed.len());
     let stats = payments.stats().unwrap();
     // o-1, o-3, o-5, 6 in the outage, o-slow, o-poison.
@@ -201,6 +308,10 @@ async fn the_order_saga_settles_every_order_on_every_path() {
     assert_eq!(stats.charges, stats.unique_keys, "{stats:?}");
     assert_eq!(dead_letters(&js).await, 0);
     let js3 = js.clone();
-    sluice_e2e::eventually_async!(Duration::from_secs(30), "every consumer drained", saga::backlog(&js3).await.unwrap() == 0);
+    sluice_e2e::eventually_async!(
+        Duration::from_secs(30),
+        "every consumer drained",
+        saga::backlog(&js3).await.unwrap() == 0
+    );
     host.shutdown().await.expect("host stops cleanly");
 }

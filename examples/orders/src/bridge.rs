@@ -45,7 +45,10 @@ pub async fn spawn(
                 .await
                 .unwrap_or_else(|e| json!({ "status": 0, "error": e.to_string() }));
                 let _ = client
-                    .publish(reply, serde_json::to_vec(&answer).unwrap_or_default().into())
+                    .publish(
+                        reply,
+                        serde_json::to_vec(&answer).unwrap_or_default().into(),
+                    )
                     .await;
             });
         }
@@ -58,7 +61,10 @@ fn forward(service_url: &str, payload: &[u8], key: Option<&str>) -> Value {
         Ok(v) => v,
         Err(e) => return json!({ "status": 400, "body": format!("bad bridge request: {e}") }),
     };
-    let url = request.get("url").and_then(Value::as_str).unwrap_or_default();
+    let url = request
+        .get("url")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
     if !url.starts_with(service_url) {
         return json!({ "status": 403, "body": format!("the bridge forwards only to {service_url}") });
     }

@@ -42,7 +42,9 @@ impl Args {
                 keep = true;
                 continue;
             }
-            let value = args.next().with_context(|| format!("{flag} needs a value"))?;
+            let value = args
+                .next()
+                .with_context(|| format!("{flag} needs a value"))?;
             match flag.as_str() {
                 "--nats" => nats = Some(value),
                 "--payments" => pay = Some(value),
@@ -105,12 +107,17 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 
     deploy(&args).await?;
 
-    scene(1, "A successful order: validate (Python) -> reserve stock (Rust, KV state) -> charge (Rust, HTTP) -> ship (JavaScript)");
+    scene(
+        1,
+        "A successful order: validate (Python) -> reserve stock (Rust, KV state) -> charge (Rust, HTTP) -> ship (JavaScript)",
+    );
     let o = order("o-1001", &[("MUG-1", 2), ("TEE-1", 1)], GOOD_CARD, "NZ");
     say(format!("placing {o}"));
     saga::place(&js, &o).await?;
     placed.push("o-1001".into());
-    let trail = &observer.settled(&placed[..1], Duration::from_secs(60)).await?[0];
+    let trail = &observer
+        .settled(&placed[..1], Duration::from_secs(60))
+        .await?[0];
     expect(trail, "completed")?;
     say(format!("o-1001: {}", trail.path()));
     say(format!(
@@ -118,7 +125,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         trail.last["amount_cents"], trail.last["charge_id"], trail.last["tracking"]
     ));
 
-    scene(2, "A later step fails for good: the compensations run in reverse");
+    scene(
+        2,
+        "A later step fails for good: the compensations run in reverse",
+    );
     let declined = order("o-1002", &[("POSTER-1", 3)], DECLINED_CARD, "GB");
     let unshippable = order("o-1003", &[("TEE-1", 2)], GOOD_CARD, "AQ");
     let invalid = order("o-1004", &[("MUG-1", 0)], GOOD_CARD, "FR");
@@ -142,7 +152,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         }
     }
 
-    scene(3, "The payment service goes down for 6 s: the breaker opens, events wait in the stream");
+    scene(
+        3,
+        "The payment service goes down for 6 s: the breaker opens, events wait in the stream",
+    );
     let opened_before = admin::stat(&args.admin, "orders-payment", "breaker_opened");
     payments::admin(&args.payments, serde_json::json!({ "fail_for_ms": 6000 }))?;
     say("payment service answers 503 for the next 6 s; placing 8 orders");
@@ -151,9 +164,14 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         saga::place(&js, &order(id, &[("MUG-1", 1)], GOOD_CARD, "DE")).await?;
     }
     placed.extend(burst.iter().cloned());
-    until(Duration::from_secs(20), "the payment breaker to open", || {
-        (admin::stat(&args.admin, "orders-payment", "breaker_opened") > opened_before).then_some(())
-    })
+    until(
+        Duration::from_secs(20),
+        "the payment breaker to open",
+        || {
+            (admin::stat(&args.admin, "orders-payment", "breaker_opened") > opened_before)
+                .then_some(())
+        },
+    )
     .await?;
     let waiting = saga::backlog(&js).await?;
     say(format!(
@@ -173,16 +191,26 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         saga::stream_messages(&js, saga::DLQ_STREAM).await?
     ));
 
-    scene(4, "A poison event: dead-lettered, fixed by hot-deploying v2, replayed");
+    scene(
+        4,
+        "A poison event: dead-lettered, fixed by hot-deploying v2, replayed",
+    );
     let dlq_before = saga::stream_messages(&js, saga::DLQ_STREAM).await?;
     let poison = order("o-3001", &[("mug-1", 1)], GOOD_CARD, "US");
-    say("placing o-3001 with sku `mug-1`: validation accepts any case, inventory v1 matches exactly (the bug)");
+    say(
+        "placing o-3001 with sku `mug-1`: validation accepts any case, inventory v1 matches exactly (the bug)",
+    );
     saga::place(&js, &poison).await?;
     placed.push("o-3001".into());
     let js2 = js.clone();
     wait_async(Duration::from_secs(30), "the dead letter", || {
         let js = js2.clone();
-        async move { saga::stream_messages(&js, saga::DLQ_STREAM).await.unwrap_or(0) > dlq_before }
+        async move {
+            saga::stream_messages(&js, saga::DLQ_STREAM)
+                .await
+                .unwrap_or(0)
+                > dlq_before
+        }
     })
     .await?;
     sluice(&args, &["dlq", "list"])?;
@@ -190,14 +218,26 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let v2 = args.build.join("orders-inventory-v2.wasm");
     std::fs::copy(&v2, args.plugins.join("orders-inventory.wasm"))
         .with_context(|| format!("copying {}", v2.display()))?;
-    say(format!("cp orders-inventory-v2.wasm {}/orders-inventory.wasm", args.plugins.display()));
-    let new = until(Duration::from_secs(60), "orders-inventory v2 to serve", || {
-        admin::field(&args.admin, "orders-inventory", "version").filter(|v| *v != old)
-    })
+    say(format!(
+        "cp orders-inventory-v2.wasm {}/orders-inventory.wasm",
+        args.plugins.display()
+    ));
+    let new = until(
+        Duration::from_secs(60),
+        "orders-inventory v2 to serve",
+        || admin::field(&args.admin, "orders-inventory", "version").filter(|v| *v != old),
+    )
     .await?;
-    say(format!("orders-inventory hot-reloaded: version {old} -> {new}, nothing restarted"));
-    sluice(&args, &["dlq", "replay", "--plugin", "orders-inventory", "--all"])?;
-    let trail = &observer.settled(&placed[placed.len() - 1..], Duration::from_secs(30)).await?[0];
+    say(format!(
+        "orders-inventory hot-reloaded: version {old} -> {new}, nothing restarted"
+    ));
+    sluice(
+        &args,
+        &["dlq", "replay", "--plugin", "orders-inventory", "--all"],
+    )?;
+    let trail = &observer
+        .settled(&placed[placed.len() - 1..], Duration::from_secs(30))
+        .await?[0];
     expect(trail, "completed")?;
     say(format!("o-3001: {}", trail.path()));
 
@@ -205,10 +245,14 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let settled = observer.settled(&placed, Duration::from_secs(30)).await?;
     let count = |o: &str| settled.iter().filter(|t| t.outcome() == Some(o)).count();
     let js3 = js.clone();
-    wait_async(Duration::from_secs(30), "every consumer to be drained", || {
-        let js = js3.clone();
-        async move { saga::backlog(&js).await.map(|n| n == 0).unwrap_or(false) }
-    })
+    wait_async(
+        Duration::from_secs(30),
+        "every consumer to be drained",
+        || {
+            let js = js3.clone();
+            async move { saga::backlog(&js).await.map(|n| n == 0).unwrap_or(false) }
+        },
+    )
     .await?;
     let dead = saga::stream_messages(&js, saga::DLQ_STREAM).await?;
     let stats = payments::stats(&args.payments)?;
@@ -222,9 +266,16 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     ));
     say(format!(
         "charges {} = unique idempotency keys {} (from {} charge requests: {} answered from an earlier key), {} refund, {} declined",
-        stats.charges, stats.unique_keys, stats.charge_requests, stats.replayed, stats.refunds, stats.declines
+        stats.charges,
+        stats.unique_keys,
+        stats.charge_requests,
+        stats.replayed,
+        stats.refunds,
+        stats.declines
     ));
-    say(format!("dead letters left {dead}; events waiting in the stream 0"));
+    say(format!(
+        "dead letters left {dead}; events waiting in the stream 0"
+    ));
     for name in PLUGINS {
         let s = |k| admin::stat(&args.admin, name, k);
         say(format!(
@@ -267,7 +318,10 @@ async fn interactive(js: &jetstream::Context, observer: &Observer) -> anyhow::Re
             continue;
         };
         saga::place(js, &o).await?;
-        match observer.settled(&[id.clone()], Duration::from_secs(60)).await {
+        match observer
+            .settled(std::slice::from_ref(&id), Duration::from_secs(60))
+            .await
+        {
             Ok(trails) => say(format!("{id}: {} {}", trails[0].path(), trails[0].last)),
             Err(e) => say(format!("{e:#} (see `sluice dlq list`)")),
         }
@@ -278,7 +332,11 @@ async fn interactive(js: &jetstream::Context, observer: &Observer) -> anyhow::Re
 /// Fail unless `trail` ended as `outcome`.
 fn expect(trail: &saga::Trail, outcome: &str) -> anyhow::Result<()> {
     if trail.outcome() != Some(outcome) {
-        bail!("expected `{outcome}`, got {} ({})", trail.path(), trail.last);
+        bail!(
+            "expected `{outcome}`, got {} ({})",
+            trail.path(),
+            trail.last
+        );
     }
     Ok(())
 }
@@ -302,16 +360,24 @@ where
 /// Copy the four plugins (manifest first, then the component) into the
 /// watched folder and wait until the host serves them all.
 async fn deploy(args: &Args) -> anyhow::Result<()> {
-    scene(0, "Deploying the application: copying 4 plugins into the watched folder");
+    scene(
+        0,
+        "Deploying the application: copying 4 plugins into the watched folder",
+    );
     for name in PLUGINS {
         for ext in ["toml", "wasm"] {
             let from = args.build.join(format!("{name}.{ext}"));
             std::fs::copy(&from, args.plugins.join(format!("{name}.{ext}")))
                 .with_context(|| format!("copying {}", from.display()))?;
         }
-        say(format!("cp {name}.toml {name}.wasm {}/", args.plugins.display()));
+        say(format!(
+            "cp {name}.toml {name}.wasm {}/",
+            args.plugins.display()
+        ));
     }
-    say("waiting for the host to load them (the Python and JavaScript components take a while to compile the first time; cached after)");
+    say(
+        "waiting for the host to load them (the Python and JavaScript components take a while to compile the first time; cached after)",
+    );
     until(Duration::from_secs(300), "the 4 plugins to serve", || {
         let plugins = admin::plugins(&args.admin).ok()?;
         let serving = |name: &str| {
@@ -346,4 +412,3 @@ fn sluice(args: &Args, rest: &[&str]) -> anyhow::Result<()> {
     }
     Ok(())
 }
-

@@ -110,7 +110,11 @@ pub fn stats(url: &str) -> anyhow::Result<Stats> {
 pub fn admin(url: &str, command: Value) -> anyhow::Result<()> {
     let response = http::post_json(&format!("{url}/admin"), &command)?;
     if response.status != 200 {
-        bail!("payment service admin {command}: {} {}", response.status, response.text());
+        bail!(
+            "payment service admin {command}: {} {}",
+            response.status,
+            response.text()
+        );
     }
     Ok(())
 }

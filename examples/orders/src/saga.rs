@@ -48,7 +48,10 @@ pub async fn create_stream(js: &jetstream::Context) -> anyhow::Result<()> {
 /// Publish `order` to `orders.placed` (with `Nats-Msg-Id: order-<id>`, so
 /// placing it twice is one order) and wait for the stream's ack.
 pub async fn place(js: &jetstream::Context, order: &Value) -> anyhow::Result<()> {
-    let id = order.get("id").and_then(Value::as_str).context("order id")?;
+    let id = order
+        .get("id")
+        .and_then(Value::as_str)
+        .context("order id")?;
     let mut headers = HeaderMap::new();
     headers.insert("Nats-Msg-Id", format!("order-{id}").as_str());
     js.publish_with_headers("orders.placed", headers, serde_json::to_vec(order)?.into())
@@ -137,7 +140,12 @@ impl Observer {
 
     /// The trail of order `id` so far.
     pub fn trail(&self, id: &str) -> Trail {
-        self.trails.lock().unwrap().get(id).cloned().unwrap_or_default()
+        self.trails
+            .lock()
+            .unwrap()
+            .get(id)
+            .cloned()
+            .unwrap_or_default()
     }
 
     /// Every order seen, with its trail.
@@ -175,7 +183,10 @@ impl Observer {
                 return Ok(trail);
             }
             if Instant::now() > deadline {
-                bail!("order {id} did not reach `{step}` within {within:?}: {}", trail.path());
+                bail!(
+                    "order {id} did not reach `{step}` within {within:?}: {}",
+                    trail.path()
+                );
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
         }

@@ -34,14 +34,19 @@ impl Answer {
 pub fn post(base: &str, path: &str, body: &Value, key: &str) -> Result<Answer, HandlerError> {
     let request = json!({ "url": format!("{base}{path}"), "body": body });
     let bytes = serde_json::to_vec(&request).unwrap_or_default();
-    let reply = sluice_sdk::request_with("payments.http", bytes, &[("Idempotency-Key", key)], None)?;
-    let answer: Value = serde_json::from_slice(&reply.payload)
-        .map_err(|e| HandlerError::retryable(format!("the payment bridge answered garbage: {e}")))?;
+    let reply =
+        sluice_sdk::request_with("payments.http", bytes, &[("Idempotency-Key", key)], None)?;
+    let answer: Value = serde_json::from_slice(&reply.payload).map_err(|e| {
+        HandlerError::retryable(format!("the payment bridge answered garbage: {e}"))
+    })?;
     let status = answer.get("status").and_then(Value::as_u64).unwrap_or(0);
     if status == 0 {
         return Err(HandlerError::retryable(format!(
             "the payment service did not answer: {}",
-            answer.get("error").and_then(Value::as_str).unwrap_or("unknown error")
+            answer
+                .get("error")
+                .and_then(Value::as_str)
+                .unwrap_or("unknown error")
         )));
     }
     Ok(Answer {
