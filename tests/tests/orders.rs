@@ -47,7 +47,7 @@ async fn run(
         .expect("orders settle")
 }
 
-fn sluice(nats: &NatsServer, args: &[&str]) -> (bool, String) {
+fn sluice_cli(nats: &NatsServer, args: &[&str]) -> (bool, String) {
     let mut cmd: Command = sluice_command(env!("CARGO_BIN_EXE_sluice-e2e-host"));
     let out = cmd
         .args(args)
@@ -259,7 +259,7 @@ async fn the_order_saga_settles_every_order_on_every_path() {
         "the poison event dead-lettered",
         dead_letters(&js2).await == 1
     );
-    let (ok, listed) = sluice(&nats, &["dlq", "list"]);
+    let (ok, listed) = sluice_cli(&nats, &["dlq", "list"]);
     assert!(
         ok && listed.contains("orders-inventory") && listed.contains("unknown SKU `mug-1`"),
         "{listed}"
@@ -280,7 +280,7 @@ async fn the_order_saga_settles_every_order_on_every_path() {
         version(&host) != v1
     })
     .await;
-    let (ok, replayed) = sluice(
+    let (ok, replayed) = sluice_cli(
         &nats,
         &["dlq", "replay", "--plugin", "orders-inventory", "--all"],
     );
