@@ -25,8 +25,7 @@ free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1
 NATS_URL="${SLUICE_DEMO_NATS:-nats://127.0.0.1:$(free_port)}"
 
 echo "demo: building the plugins (Rust for wasm32-wasip2, Python with componentize-py, JavaScript with componentize-js), the host and the driver"
-cargo build --quiet --release --target wasm32-wasip2 --manifest-path plugins/Cargo.toml --target-dir plugins/target \
-    -p orders-inventory -p orders-inventory-v2 -p orders-payment
+cargo build --quiet --release --target wasm32-wasip2 --manifest-path plugins/Cargo.toml --target-dir plugins/target
 cargo build --quiet -p sluice --bin sluice -p sluice-orders --bin orders-demo
 SLUICE="$ROOT/target/debug/sluice"
 RUST_OUT="plugins/target/wasm32-wasip2/release"

@@ -109,7 +109,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 
     scene(
         1,
-        "A successful order: validate (Python) -> reserve stock (Rust, KV state) -> charge (Rust, HTTP) -> ship (JavaScript)",
+        "A successful order: validate (Python) -> reserve stock (Rust, KV state) -> charge (Rust; HTTP through a NATS bridge) -> ship (JavaScript)",
     );
     let o = order("o-1001", &[("MUG-1", 2), ("TEE-1", 1)], GOOD_CARD, "NZ");
     say(format!("placing {o}"));
