@@ -1,8 +1,8 @@
 # The two commands of the README. Both install what they need on a fresh machine.
 .PHONY: demo test lint plugins
 
-## Run the demo: a local nats-server (if none is reachable), the example
-## plugins, the host, sample events, then a clean stop.
+## Run the demo: the order saga (examples/orders, docs/tutorial.md) on a
+## local nats-server, the host and a fake payment service, then a clean stop.
 demo:
 	./scripts/demo.sh
 

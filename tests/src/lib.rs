@@ -307,6 +307,22 @@ pub async fn start_host_configured(nats_url: &str, plugins: &Path, config: &str)
     start_host_from(overrides, file).await
 }
 
+/// Like [`start_host_configured`], waiting up to 5 minutes for the host to
+/// be ready (for interpreter plugins, see [`start_host_patient`]).
+pub async fn start_host_configured_patient(
+    nats_url: &str,
+    plugins: &Path,
+    config: &str,
+) -> HostHandle {
+    let file: FileConfig = toml::from_str(config).expect("valid test host config");
+    let overrides = Overrides {
+        nats_url: Some(nats_url.to_string()),
+        plugins: Some(plugins.to_path_buf()),
+        ..Overrides::default()
+    };
+    start_host_within(overrides, file, Duration::from_secs(300)).await
+}
+
 /// Start a host in-process with `overrides` (64 instances unless set), and
 /// wait until it is subscribed.
 pub async fn start_host_with(overrides: Overrides) -> HostHandle {
