@@ -100,10 +100,13 @@ pub(super) async fn send(request: http::Request<WasiBody>, target: Target) -> Re
     )
     .await
     .map_err(|_| Error::ConnectionTimeout)??;
-    // The connection is driven beside the exchange and never outlives the deadline.
-    let deadline = target.deadline;
+    // The connection is driven beside the exchange and never outlives the
+    // deadline by more than a moment. It must outlive it a little: dropped
+    // at the very deadline, it would race the exchange's own timeout, and a
+    // slow server would look like a protocol error instead of a timeout.
+    let drive_until = target.deadline + CONNECTION_GRACE;
     let driver = tokio::spawn(async move {
-        let _ = timeout_at(deadline, connection).await;
+        let _ = timeout_at(drive_until, connection).await;
     });
     let (mut parts, body) = request.into_parts();
     // On the wire, the request line carries the path only (origin form).
@@ -149,6 +152,10 @@ fn too_large(target: &Target, declared: Option<u64>) -> Error {
     );
     Error::HttpResponseBodySize(Some(target.max_body))
 }
+
+/// How long the connection is driven past the deadline, so the exchange's
+/// own timeout is what ends a slow exchange.
+const CONNECTION_GRACE: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// The body, at most `max_body` bytes, read by the deadline.
 async fn read_limited(mut body: hyper::body::Incoming, target: &Target) -> Result<Bytes, Error> {
