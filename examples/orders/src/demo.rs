@@ -9,7 +9,7 @@ use anyhow::{Context, bail};
 use async_nats::jetstream;
 use serde_json::Value;
 use sluice_orders::saga::{self, DECLINED_CARD, GOOD_CARD, Observer, order};
-use sluice_orders::{admin, bridge, payments};
+use sluice_orders::{admin, payments};
 
 /// The plugins of the application, deployed in this order.
 const PLUGINS: [&str; 4] = [
@@ -101,7 +101,6 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .with_context(|| format!("connecting to {}", args.nats))?;
     let js = jetstream::new(client.clone());
     saga::create_stream(&js).await?;
-    let _bridge = bridge::spawn(client.clone(), args.payments.clone()).await?;
     let observer = Observer::start(&client).await?;
     let mut placed: Vec<String> = Vec::new();
 
@@ -109,7 +108,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 
     scene(
         1,
-        "A successful order: validate (Python) -> reserve stock (Rust, KV state) -> charge (Rust; HTTP through a NATS bridge) -> ship (JavaScript)",
+        "A successful order: validate (Python) -> reserve stock (Rust, KV state) -> charge (Rust; outbound HTTP) -> ship (JavaScript)",
     );
     let o = order("o-1001", &[("MUG-1", 2), ("TEE-1", 1)], GOOD_CARD, "NZ");
     say(format!("placing {o}"));

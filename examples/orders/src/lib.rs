@@ -4,7 +4,6 @@
 //!
 //! - [`payments`]: the fake payment service (a Python script) as a child
 //!   process, its admin switches and counters;
-//! - [`bridge`]: the NATS-to-HTTP bridge the payment step calls through;
 //! - [`saga`]: the `ORDERS` stream, placing orders, and an observer that
 //!   follows each order to its outcome;
 //! - [`http`]: a tiny loopback HTTP client;
@@ -14,7 +13,6 @@
 //! (`tests/tests/orders.rs`) are both built from these pieces.
 
 pub mod admin;
-pub mod bridge;
 pub mod http;
 pub mod payments;
 pub mod saga;

@@ -35,7 +35,7 @@ fn handle(event: Event) -> HandlerResult {
                 "amount_cents": order.get("amount_cents"),
                 "card": order.get("card"),
             });
-            let response = transport::post(base, "/charges", &request, &event.idempotency_key)?;
+            let response = transport::post(base, "/charges", &request)?;
             match response.status {
                 200..=299 => {
                     let receipt = response.json()?;
@@ -57,7 +57,7 @@ fn handle(event: Event) -> HandlerResult {
                 "amount_cents": order.get("amount_cents"),
                 "charge_id": order.get("charge_id"),
             });
-            let response = transport::post(base, "/refunds", &request, &event.idempotency_key)?;
+            let response = transport::post(base, "/refunds", &request)?;
             if !response.is_success() {
                 return Err(failure(response.status, &response, "refund"));
             }

@@ -1,11 +1,12 @@
-//! How the payment step reaches the payment service: a POST with the event's
-//! idempotency key, answered with a status and a body.
+//! How the payment step reaches the payment service: an HTTP POST through
+//! the host's outbound HTTP (contract 0.2.0, `wasi:http`), answered with a
+//! status and a body.
 //!
-//! This version goes through a NATS request to `payments.http`, answered by
-//! a small bridge next to the service (examples/orders, `bridge`), because
-//! the host's outbound HTTP (contract 0.2.0 `wasi:http`) is not merged yet.
-use serde_json::{Value, json};
-use sluice_sdk::HandlerError;
+//! The SDK sends the event's idempotency key as `Idempotency-Key` on every
+//! request by default, so the service charges an order once however often
+//! the event is retried, redelivered or replayed.
+use serde_json::Value;
+use sluice_sdk::{HandlerError, http};
 
 /// The service's answer.
 pub struct Answer {
@@ -29,33 +30,13 @@ impl Answer {
     }
 }
 
-/// POST `body` to `path` of the service at `base`, with `Idempotency-Key: key`.
-/// No answer in time (service or bridge down) is retryable.
-pub fn post(base: &str, path: &str, body: &Value, key: &str) -> Result<Answer, HandlerError> {
-    let request = json!({ "url": format!("{base}{path}"), "body": body });
-    let bytes = serde_json::to_vec(&request).unwrap_or_default();
-    let reply =
-        sluice_sdk::request_with("payments.http", bytes, &[("Idempotency-Key", key)], None)?;
-    let answer: Value = serde_json::from_slice(&reply.payload).map_err(|e| {
-        HandlerError::retryable(format!("the payment bridge answered garbage: {e}"))
-    })?;
-    let status = answer.get("status").and_then(Value::as_u64).unwrap_or(0);
-    if status == 0 {
-        return Err(HandlerError::retryable(format!(
-            "the payment service did not answer: {}",
-            answer
-                .get("error")
-                .and_then(Value::as_str)
-                .unwrap_or("unknown error")
-        )));
-    }
+/// POST `body` as JSON to `path` of the service at `base`. No answer in
+/// time or no connection (the service is down) is a retryable error; a
+/// refusal by the host (origin not granted) is permanent.
+pub fn post(base: &str, path: &str, body: &Value) -> Result<Answer, HandlerError> {
+    let response = http::post_json(&format!("{base}{path}"), body)?;
     Ok(Answer {
-        status: status as u16,
-        body: answer
-            .get("body")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .as_bytes()
-            .to_vec(),
+        status: response.status,
+        body: response.body,
     })
 }
