@@ -31,6 +31,17 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 pub struct BareState {
     wasi: WasiCtx,
     table: ResourceTable,
+    http: wasmtime_wasi_http::WasiHttpCtx,
+}
+
+impl wasmtime_wasi_http::WasiHttpView for BareState {
+    fn http(&mut self) -> wasmtime_wasi_http::WasiHttpCtxView<'_> {
+        wasmtime_wasi_http::WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: wasmtime_wasi_http::default_hooks(),
+        }
+    }
 }
 
 impl WasiView for BareState {
@@ -81,9 +92,12 @@ impl Floor {
         let component = Component::new(engine.engine(), wasm)?;
         let mut bare_linker: Linker<BareState> = Linker::new(engine.engine());
         wasmtime_wasi::p2::add_to_linker_async(&mut bare_linker)?;
+        // Linked like the host's (a 0.2.0 component's WASI imports are
+        // resolved against both), never called by the floor's plugin.
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut bare_linker)?;
         // The sluice imports (log, publish) trap if called; the floor is
         // measured with a plugin that calls neither.
-        bare_linker.define_unknown_imports_as_traps(&component)?;
+        define_sluice_imports_as_traps(&mut bare_linker, &component)?;
         let version = &plugin.info.contract_version;
         let bare = Pre::new(version, bare_linker.instantiate_pre(&component)?)
             .map_err(|e| anyhow::anyhow!("the component is not a sluice consumer: {e:#}"))?;
@@ -114,6 +128,7 @@ impl Floor {
         let state = BareState {
             wasi: WasiCtx::builder().build(),
             table: ResourceTable::new(),
+            http: wasmtime_wasi_http::WasiHttpCtx::new(),
         };
         let mut store = Store::new(self.engine.engine(), state);
         store.set_epoch_deadline(1 << 40);
@@ -267,4 +282,49 @@ pub async fn component_cost(wasm: &[u8], live: usize) -> anyhow::Result<Componen
 fn self_rss_mb() -> Option<f64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     crate::report::kb_field(&status, "VmRSS:").map(|kb| kb as f64 / 1024.0)
+}
+
+/// Defines every `sluice:*` import of `component` as a function that traps
+/// (and its resources as empty host resources). Wasmtime's
+/// `define_unknown_imports_as_traps` would do it for every unknown import,
+/// but it also takes WASI interfaces a newer WIT names by a patch version
+/// the linker serves semver-compatibly for unknown, and its stand-ins then
+/// clash with the real WASI resources.
+fn define_sluice_imports_as_traps(
+    linker: &mut Linker<BareState>,
+    component: &Component,
+) -> anyhow::Result<()> {
+    use wasmtime::component::types::ComponentItem;
+    let engine = component.engine().clone();
+    for (name, item) in component.component_type().imports(&engine) {
+        let ComponentItem::ComponentInstance(instance) = item.ty else {
+            continue;
+        };
+        if !name.starts_with("sluice:") {
+            continue;
+        }
+        let mut root = linker.root();
+        let mut linked = root.instance(name)?;
+        for (export, item) in instance.exports(&engine) {
+            match item.ty {
+                ComponentItem::ComponentFunc(_) => {
+                    let what = format!("{name}#{export}");
+                    linked.func_new(export, move |_, _, _, _| {
+                        Err(wasmtime::Error::msg(format!(
+                            "the floor does not implement {what}"
+                        )))
+                    })?;
+                }
+                ComponentItem::Resource(_) => {
+                    linked.resource(
+                        export,
+                        wasmtime::component::ResourceType::host::<()>(),
+                        |_, _| Ok(()),
+                    )?;
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(())
 }
