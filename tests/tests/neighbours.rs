@@ -16,10 +16,12 @@ use sluice_e2e::neighbours::{report, run_phases};
 /// entitled to its share of the CPU too: with two plugins both wanting CPU
 /// on a 2-core machine that also runs nats-server and the publisher, the
 /// neighbour's fair share is about half its solo throughput, and a bound
-/// *at* the fair share failed on noise alone (47% and 49% seen, three
-/// samples each). 40% still fails a neighbour that is starved rather than
-/// sharing. The benchmark reports the real figures in release mode.
-const CI_MIN_RATIO: f64 = 0.4;
+/// *at* the fair share failed on noise alone (47% and 49% seen on a quiet
+/// machine, 29% with a compile running beside it, three samples each). 30%
+/// still fails a neighbour that is starved (a hog that held the pool or the
+/// runtime threads would leave it near 0%). The benchmark reports the real
+/// figures in release mode.
+const CI_MIN_RATIO: f64 = 0.3;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_healthy_neighbour_keeps_its_throughput_beside_each_hostile_plugin() {
