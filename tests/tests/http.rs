@@ -31,6 +31,47 @@ fn fetch_manifest(origins: &[String], extra: &str) -> String {
     )
 }
 
+/// One `fetch` plugin on its own nats-server and host, with a subscriber on
+/// what it publishes. Fields drop in order: the host stops before its broker.
+struct FetchRig {
+    host: HostHandle,
+    client: async_nats::Client,
+    out: async_nats::Subscriber,
+    _dir: PluginDir,
+    _nats: NatsServer,
+}
+
+impl FetchRig {
+    async fn start(manifest: &str, config: &str) -> FetchRig {
+        let nats = NatsServer::start();
+        let dir = PluginDir::new();
+        dir.add("fetch", "fetch", manifest);
+        let host = start_host_configured(&nats.url(), dir.path(), config).await;
+        let client = nats.client().await;
+        let out = client.subscribe("fetched.out").await.unwrap();
+        client.flush().await.unwrap();
+        FetchRig {
+            host,
+            client,
+            out,
+            _dir: dir,
+            _nats: nats,
+        }
+    }
+
+    /// Asks the plugin to fetch `urls` (one per line).
+    async fn fetch(&self, urls: String) {
+        self.client
+            .publish("fetch.in", Bytes::from(urls))
+            .await
+            .unwrap();
+    }
+
+    async fn fetched(&mut self, what: &str) -> Bytes {
+        next_message(&mut self.out, WAIT, what).await.payload
+    }
+}
+
 /// A server answering `200 hello` to everything.
 async fn hello_server() -> TestHttpServer {
     TestHttpServer::start(|_, _| Reply::new(200, "hello")).await
@@ -129,33 +170,27 @@ fn check_lists_http_and_config_check_shows_the_effective_grants() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_granted_origin_is_reached_and_an_ungranted_one_is_refused_and_counted() {
-    let nats = NatsServer::start();
     let granted = hello_server().await;
     let other = hello_server().await;
-    let dir = PluginDir::new();
-    dir.add(
-        "fetch",
-        "fetch",
+    let mut rig = FetchRig::start(
         &fetch_manifest(
             &[granted.origin()],
             "[retry]\nmax_attempts = 3\ninitial_delay = \"10ms\"",
         ),
-    );
-    let host = start_host_configured(&nats.url(), dir.path(), ALLOW_PRIVATE).await;
-    let client = nats.client().await;
-    let mut out = client.subscribe("fetched.out").await.unwrap();
-    client.flush().await.unwrap();
+        ALLOW_PRIVATE,
+    )
+    .await;
 
     // Keyed and unkeyed (`-` prefix) requests both reach the granted origin.
     let mut headers = HeaderMap::new();
     headers.insert("Nats-Msg-Id", "fetch-1");
     let urls = format!("{0}/a\n-{0}/b", granted.origin());
-    client
+    rig.client
         .publish_with_headers("fetch.in", headers, Bytes::from(urls))
         .await
         .unwrap();
-    let msg = next_message(&mut out, WAIT, "what the plugin fetched").await;
-    assert_eq!(&msg.payload[..], b"200 5\n200 5\n");
+    let fetched = rig.fetched("what the plugin fetched").await;
+    assert_eq!(&fetched[..], b"200 5\n200 5\n");
     let seen = granted.received();
     assert_eq!(seen.len(), 2, "{seen:?}");
     assert_eq!(
@@ -165,92 +200,65 @@ async fn a_granted_origin_is_reached_and_an_ungranted_one_is_refused_and_counted
     assert_eq!(seen[0].header("idempotency-key"), Some("fetch-1"));
     assert_eq!(seen[1].header("idempotency-key"), None, "opted out");
     assert_eq!(
-        http_refusals(&host, "fetch"),
+        http_refusals(&rig.host, "fetch"),
         format!("sluice_capability_refusals_total{{plugin=\"fetch\",capability=\"http\"}} 0")
     );
 
     // Another port of the same host is another origin: refused, not retried.
-    client
-        .publish("fetch.in", Bytes::from(format!("{}/x", other.origin())))
-        .await
-        .unwrap();
-    let why = gave_up(&host, "fetch").await;
+    rig.fetch(format!("{}/x", other.origin())).await;
+    let why = gave_up(&rig.host, "fetch").await;
     assert!(
         why.contains("refused") && why.contains(&other.origin()) && why.contains("http"),
         "{why}"
     );
     assert!(other.received().is_empty(), "nothing left the sandbox");
-    let stats = host.stats("fetch").unwrap();
+    let stats = rig.host.stats("fetch").unwrap();
     assert_eq!(stats.refused_http, 1);
     assert_eq!(
         stats.failed_attempts, 1,
         "a refusal is permanent: {stats:?}"
     );
-    assert!(http_refusals(&host, "fetch").ends_with(" 1"));
+    assert!(http_refusals(&rig.host, "fetch").ends_with(" 1"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_operators_http_allow_beats_the_manifest() {
-    let nats = NatsServer::start();
     let allowed = hello_server().await;
     let capped = hello_server().await;
-    let dir = PluginDir::new();
     // The manifest asks for every port of loopback; the operator allows one.
-    dir.add(
-        "fetch",
-        "fetch",
-        &fetch_manifest(&["http://127.0.0.1:*".into()], ""),
-    );
     let config = format!(
         "{ALLOW_PRIVATE}[plugin.fetch]\nhttp_allow = [\"{}\"]\n",
         allowed.origin()
     );
-    let host = start_host_configured(&nats.url(), dir.path(), &config).await;
-    let client = nats.client().await;
-    let mut out = client.subscribe("fetched.out").await.unwrap();
-    client.flush().await.unwrap();
-    client
-        .publish("fetch.in", Bytes::from(format!("{}/ok", allowed.origin())))
-        .await
-        .unwrap();
-    let msg = next_message(&mut out, WAIT, "the allowed fetch").await;
-    assert_eq!(&msg.payload[..], b"200 5\n");
-    client
-        .publish("fetch.in", Bytes::from(format!("{}/no", capped.origin())))
-        .await
-        .unwrap();
-    let why = gave_up(&host, "fetch").await;
+    let mut rig =
+        FetchRig::start(&fetch_manifest(&["http://127.0.0.1:*".into()], ""), &config).await;
+    rig.fetch(format!("{}/ok", allowed.origin())).await;
+    assert_eq!(&rig.fetched("the allowed fetch").await[..], b"200 5\n");
+    rig.fetch(format!("{}/no", capped.origin())).await;
+    let why = gave_up(&rig.host, "fetch").await;
     assert!(why.contains("refused"), "{why}");
     assert!(capped.received().is_empty());
-    assert_eq!(host.stats("fetch").unwrap().refused_http, 1);
+    assert_eq!(rig.host.stats("fetch").unwrap().refused_http, 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn loopback_is_refused_unless_the_operator_allows_private_addresses() {
-    let nats = NatsServer::start();
     let server = hello_server().await;
-    let dir = PluginDir::new();
-    dir.add("fetch", "fetch", &fetch_manifest(&[server.origin()], ""));
     // No `http_allow_private`: granted by the manifest, but loopback.
-    let host = start_host_configured(&nats.url(), dir.path(), "").await;
-    let client = nats.client().await;
-    client
-        .publish("fetch.in", Bytes::from(format!("{}/x", server.origin())))
-        .await
-        .unwrap();
-    let why = gave_up(&host, "fetch").await;
+    let rig = FetchRig::start(&fetch_manifest(&[server.origin()], ""), "").await;
+    rig.fetch(format!("{}/x", server.origin())).await;
+    let why = gave_up(&rig.host, "fetch").await;
     assert!(
         why.contains("private") && why.contains("http_allow_private"),
         "{why}"
     );
     assert!(server.received().is_empty(), "never connected");
-    assert_eq!(host.stats("fetch").unwrap().refused_http, 1);
-    assert!(http_refusals(&host, "fetch").ends_with(" 1"));
+    assert_eq!(rig.host.stats("fetch").unwrap().refused_http, 1);
+    assert!(http_refusals(&rig.host, "fetch").ends_with(" 1"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_attempts_deadline_cuts_a_slow_response_and_the_host_carries_on() {
-    let nats = NatsServer::start();
     let server = TestHttpServer::start(|r, _| {
         if r.path == "/slow" {
             Reply::new(200, "late").after(Duration::from_secs(30))
@@ -259,26 +267,18 @@ async fn the_attempts_deadline_cuts_a_slow_response_and_the_host_carries_on() {
         }
     })
     .await;
-    let dir = PluginDir::new();
-    dir.add(
-        "fetch",
-        "fetch",
+    let mut rig = FetchRig::start(
         &fetch_manifest(
             &[server.origin()],
             "timeout = \"1s\"\n[retry]\nmax_attempts = 2\ninitial_delay = \"10ms\"",
         ),
-    );
-    let host = start_host_configured(&nats.url(), dir.path(), ALLOW_PRIVATE).await;
-    let client = nats.client().await;
-    let mut out = client.subscribe("fetched.out").await.unwrap();
-    client.flush().await.unwrap();
-    client
-        .publish("fetch.in", Bytes::from(format!("{}/slow", server.origin())))
-        .await
-        .unwrap();
-    let why = gave_up(&host, "fetch").await;
+        ALLOW_PRIVATE,
+    )
+    .await;
+    rig.fetch(format!("{}/slow", server.origin())).await;
+    let why = gave_up(&rig.host, "fetch").await;
     assert!(why.contains("did not answer in time"), "{why}");
-    let stats = host.stats("fetch").unwrap();
+    let stats = rig.host.stats("fetch").unwrap();
     assert_eq!(
         stats.failed_attempts, 2,
         "retried once, then given up: {stats:?}"
@@ -293,89 +293,66 @@ async fn the_attempts_deadline_cuts_a_slow_response_and_the_host_carries_on() {
         "each attempt asked again"
     );
     // The host is fine: the next event goes through.
-    client
-        .publish("fetch.in", Bytes::from(format!("{}/ok", server.origin())))
-        .await
-        .unwrap();
-    let msg = next_message(&mut out, WAIT, "a fetch after the slow one").await;
-    assert_eq!(&msg.payload[..], b"200 5\n");
+    rig.fetch(format!("{}/ok", server.origin())).await;
+    let fetched = rig.fetched("a fetch after the slow one").await;
+    assert_eq!(&fetched[..], b"200 5\n");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_response_over_the_size_limit_is_refused() {
-    let nats = NatsServer::start();
     let server = TestHttpServer::start(|r, _| match r.path.as_str() {
         "/big" => Reply::new(200, vec![b'x'; 64 << 10]),
         "/big-chunked" => Reply::new(200, vec![b'x'; 64 << 10]).chunked(),
         _ => Reply::new(200, vec![b'x'; 1000]),
     })
     .await;
-    let dir = PluginDir::new();
-    dir.add(
-        "fetch",
-        "fetch",
+    let mut rig = FetchRig::start(
         &fetch_manifest(
             &[server.origin()],
             "max_http_response = \"1KiB\"\n[retry]\nmax_attempts = 1",
         ),
-    );
-    let host = start_host_configured(&nats.url(), dir.path(), ALLOW_PRIVATE).await;
-    let client = nats.client().await;
-    let mut out = client.subscribe("fetched.out").await.unwrap();
-    client.flush().await.unwrap();
-    client
-        .publish(
-            "fetch.in",
-            Bytes::from(format!("{}/small", server.origin())),
-        )
-        .await
-        .unwrap();
-    let msg = next_message(&mut out, WAIT, "a response under the limit").await;
-    assert_eq!(&msg.payload[..], b"200 1000\n");
+        ALLOW_PRIVATE,
+    )
+    .await;
+    rig.fetch(format!("{}/small", server.origin())).await;
+    let fetched = rig.fetched("a response under the limit").await;
+    assert_eq!(&fetched[..], b"200 1000\n");
     for (n, path) in [(1, "/big"), (2, "/big-chunked")] {
-        client
-            .publish(
-                "fetch.in",
-                Bytes::from(format!("{}{path}", server.origin())),
-            )
-            .await
-            .unwrap();
+        rig.fetch(format!("{}{path}", server.origin())).await;
         eventually(WAIT, "the oversized response refused", || {
-            host.stats("fetch").is_some_and(|s| s.dead_lettered == n)
+            rig.host
+                .stats("fetch")
+                .is_some_and(|s| s.dead_lettered == n)
         })
         .await;
-        let why = host.last_gave_up("fetch").unwrap().message;
+        let why = rig.host.last_gave_up("fetch").unwrap().message;
         assert!(
             why.contains("larger than the plugin's limit of 1024 bytes")
                 && why.contains("max_http_response"),
             "{path}: {why}"
         );
     }
-    assert_eq!(host.stats("fetch").unwrap().refused_http, 2);
+    assert_eq!(rig.host.stats("fetch").unwrap().refused_http, 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_per_event_request_limit_holds() {
-    let nats = NatsServer::start();
     let server = hello_server().await;
-    let dir = PluginDir::new();
-    dir.add(
-        "fetch",
-        "fetch",
+    let rig = FetchRig::start(
         &fetch_manifest(
             &[server.origin()],
             "max_http_requests = 2\n[retry]\nmax_attempts = 1",
         ),
-    );
-    let host = start_host_configured(&nats.url(), dir.path(), ALLOW_PRIVATE).await;
-    let client = nats.client().await;
-    let urls = format!("{0}/1\n{0}/2\n{0}/3", server.origin());
-    client.publish("fetch.in", Bytes::from(urls)).await.unwrap();
-    let why = gave_up(&host, "fetch").await;
+        ALLOW_PRIVATE,
+    )
+    .await;
+    rig.fetch(format!("{0}/1\n{0}/2\n{0}/3", server.origin()))
+        .await;
+    let why = gave_up(&rig.host, "fetch").await;
     assert!(why.contains("max_http_requests"), "{why}");
     let paths: Vec<String> = server.received().into_iter().map(|r| r.path).collect();
     assert_eq!(paths, vec!["/1", "/2"], "the third never left");
-    assert_eq!(host.stats("fetch").unwrap().refused_http, 1);
+    assert_eq!(rig.host.stats("fetch").unwrap().refused_http, 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

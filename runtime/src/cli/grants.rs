@@ -47,37 +47,40 @@ fn quoted(items: impl IntoIterator<Item = impl std::fmt::Display>) -> String {
     format!("[{}]", items.join(", "))
 }
 
+/// A subject grant list, with the operator cap that bounds it: the plugin's own
+/// `[plugin.<name>]` cap wins over the host-wide one, as in `SandboxPolicy`.
+fn capped(
+    patterns: impl IntoIterator<Item = impl std::fmt::Display>,
+    own_cap: Option<&Vec<String>>,
+    host_cap: &Option<Vec<String>>,
+    key: &str,
+) -> String {
+    let mut line = quoted(patterns);
+    if let Some(allow) = own_cap.or(host_cap.as_ref()) {
+        let _ = write!(line, " (capped by {key} = {})", quoted(allow));
+    }
+    line
+}
+
 fn plugin_grants(out: &mut String, policy: &SandboxPolicy, name: &str, manifest: &Manifest) {
     let _ = writeln!(out, "# [{name}]");
     let rules = policy.rules.get(name);
-    let cap = |own: Option<&Vec<String>>, host: &Option<Vec<String>>, key: &str| match own
-        .or(host.as_ref())
-    {
-        Some(allow) => format!(" (capped by {key} = {})", quoted(allow)),
-        None => String::new(),
-    };
     let publish = policy
         .resolve(name, &manifest.limits, &manifest.publish)
         .grants;
-    let _ = writeln!(
-        out,
-        "#   publish = {}{}",
-        quoted(publish.patterns()),
-        cap(
-            rules.and_then(|r| r.publish_allow.as_ref()),
-            &policy.publish_allow,
-            "publish_allow"
-        )
+    let publish = capped(
+        publish.patterns(),
+        rules.and_then(|r| r.publish_allow.as_ref()),
+        &policy.publish_allow,
+        "publish_allow",
     );
+    let _ = writeln!(out, "#   publish = {publish}");
     let request = match policy.request_grants_of(name, &manifest.request) {
-        Some(grants) => format!(
-            "{}{}",
-            quoted(grants.patterns()),
-            cap(
-                rules.and_then(|r| r.request_allow.as_ref()),
-                &policy.request_allow,
-                "request_allow"
-            )
+        Some(grants) => capped(
+            grants.patterns(),
+            rules.and_then(|r| r.request_allow.as_ref()),
+            &policy.request_allow,
+            "request_allow",
         ),
         None => "[]".into(),
     };
