@@ -1,15 +1,19 @@
 //! The harness's fault proxy (tests/src/fault_proxy.rs) against a real
 //! nats-server, and `dlq replay` when looking up the subject's stream fails
-//! (issue 12, failure 11), made with it.
+//! (issue 12, failure 11), made with it; and a host whose JetStream setup
+//! goes unanswered at start (issue 15: a cluster electing a leader while a
+//! host starts), which binds its consumer once the server answers.
 
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use futures::StreamExt;
+use sluice::config::Overrides;
 use sluice::delivery::dead_letter::{self, DEFAULT_DLQ_STREAM, DeadLetter};
 use sluice_e2e::fault_proxy::FaultProxy;
 use sluice_e2e::{
-    NatsServer, create_stream, eventually, next_message, stream_messages, subscribed,
+    NatsServer, PluginDir, create_stream, eventually, eventually_async, next_message,
+    start_host_with, stream_messages, subscribed,
 };
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -246,4 +250,62 @@ async fn a_subject_no_stream_captures_is_still_replayed_on_core() {
     let replayed = next_message(&mut on_core, WAIT, "the replay on core").await;
     assert_eq!(replayed.payload, "j-1");
     assert_eq!(stream_messages(&js, DEFAULT_DLQ_STREAM).await, 0);
+}
+
+/// A JetStream plugin whose stream lookup goes unanswered while the host
+/// starts (the request times out, as it does while a cluster elects a
+/// leader) is not given up on: the host asks again with backoff and, once
+/// the server answers, creates the stream, binds the consumer and handles
+/// the events. Before, the plugin stayed unbound until its file changed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jetstream_plugin_whose_setup_goes_unanswered_at_start_consumes_once_the_server_answers()
+{
+    let nats = NatsServer::start();
+    let direct_js = async_nats::jetstream::new(nats.client().await);
+    create_stream(&direct_js, "DONE", &["orders.enriched.>"]).await;
+    let proxy = FaultProxy::start(&nats.url()).await;
+    // Every lookup of the plugin's stream lands, and its answer is lost.
+    proxy.lose_replies_to("$JS.API.STREAM.INFO.ORDERS");
+    let dir = PluginDir::new();
+    dir.add(
+        "enrich",
+        "enrich",
+        "subjects = [\"orders.created\"]\npublish = [\"orders.enriched.>\"]\n\
+         mode = \"jetstream\"\n[jetstream]\nstream = \"ORDERS\"\ncreate_stream = true\n",
+    );
+    let host = start_host_with(Overrides {
+        nats_url: Some(proxy.url()),
+        plugins: Some(dir.path().to_path_buf()),
+        ..Overrides::default()
+    })
+    .await;
+    // A second lookup means the first one timed out and was tried again.
+    eventually_async!(
+        WAIT,
+        "the stream lookup asked again after going unanswered",
+        proxy.replies_lost() >= 2
+    );
+    proxy.clear_rules();
+
+    eventually_async!(
+        WAIT,
+        "the host created the plugin's stream once the server answered",
+        direct_js.get_stream("ORDERS").await.is_ok()
+    );
+    direct_js
+        .publish(
+            "orders.created",
+            r#"{"order_id":1,"quantity":2,"unit_price":1.5}"#.into(),
+        )
+        .await
+        .unwrap()
+        .await
+        .expect("ORDERS accepts the order");
+    eventually_async!(
+        WAIT,
+        "the derived event in DONE",
+        stream_messages(&direct_js, "DONE").await == 1
+    );
+    assert_eq!(host.stats("enrich").unwrap().succeeded, 1);
+    host.shutdown().await.unwrap();
 }

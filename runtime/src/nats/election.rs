@@ -10,6 +10,11 @@
 //! failing an attempt that already ran (which would run the handler again and
 //! spend one of its attempts on the cluster's election).
 //!
+//! The same holds for the API requests that set up a plugin's consumer
+//! ([`api_unavailable`]): a host starting (or reloading a plugin) while the
+//! cluster elects a leader binds the consumer once it can, instead of giving
+//! up on the plugin until its file changes.
+//!
 //! A "no responders" on a subject that no stream captures is not transient:
 //! it is a configuration error and fails at once, as it always did
 //! ([`publish_may_recover`] asks the cluster which case it is).
@@ -102,6 +107,76 @@ fn unavailable(error: &PublishError) -> bool {
         .is_some_and(|e| e.code() == 503)
 }
 
+/// Whether a JetStream API request (creating or looking up a stream or a
+/// consumer) failed for want of an answer rather than being refused: it
+/// timed out, found no responder, or the server said JetStream is
+/// unavailable for now (503: no meta leader, a stream without a leader).
+/// Such a request succeeds once the cluster has elected its leaders; a
+/// refusal (a stream that does not exist, a setting it rejects) does not.
+pub fn api_unavailable(error: &(dyn std::error::Error + 'static)) -> bool {
+    use async_nats::jetstream::context::{
+        CreateStreamError, CreateStreamErrorKind as Create, GetStreamError,
+        GetStreamErrorKind as Get, RequestError as JsRequestError, RequestErrorKind as JsRequest,
+    };
+    use async_nats::jetstream::stream::{
+        ConsumerError, ConsumerErrorKind as Consumer, ConsumerUpdateError,
+        ConsumerUpdateErrorKind as Update,
+    };
+    use async_nats::{RequestError, RequestErrorKind as Request};
+    let mut next = Some(error);
+    while let Some(e) = next {
+        let answered_no = if let Some(e) = e.downcast_ref::<async_nats::jetstream::Error>() {
+            no_leader(e)
+        } else if let Some(e) = e.downcast_ref::<CreateStreamError>() {
+            match e.kind() {
+                Create::TimedOut | Create::JetStreamUnavailable => true,
+                Create::JetStream(e) => no_leader(&e),
+                _ => false,
+            }
+        } else if let Some(e) = e.downcast_ref::<GetStreamError>() {
+            match e.kind() {
+                Get::Request => true,
+                Get::JetStream(e) => no_leader(&e),
+                _ => false,
+            }
+        } else if let Some(e) = e.downcast_ref::<JsRequestError>() {
+            matches!(e.kind(), JsRequest::TimedOut | JsRequest::NoResponders)
+        } else if let Some(e) = e.downcast_ref::<RequestError>() {
+            matches!(e.kind(), Request::TimedOut | Request::NoResponders)
+        } else if let Some(e) = e.downcast_ref::<ConsumerError>() {
+            match e.kind() {
+                Consumer::TimedOut | Consumer::Request => true,
+                Consumer::JetStream(e) => no_leader(&e),
+                _ => false,
+            }
+        } else if let Some(e) = e.downcast_ref::<ConsumerUpdateError>() {
+            match e.kind() {
+                Update::TimedOut | Update::Request => true,
+                Update::JetStream(e) => no_leader(&e),
+                _ => false,
+            }
+        } else {
+            false
+        };
+        if answered_no {
+            return true;
+        }
+        next = e.source();
+    }
+    false
+}
+
+/// A 503 that means "no leader for now", not "JetStream is not enabled"
+/// (also a 503, but a configuration the operator must change).
+fn no_leader(error: &async_nats::jetstream::Error) -> bool {
+    use async_nats::jetstream::ErrorCode;
+    error.code() == 503
+        && !matches!(
+            error.error_code(),
+            ErrorCode::JETSTREAM_NOT_ENABLED | ErrorCode::JETSTREAM_NOT_ENABLED_FOR_ACCOUNT
+        )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -118,6 +193,19 @@ mod tests {
         }
         assert_eq!(pauses, [100, 200, 400, 800, 1600, 2000, 2000, 2000]);
         assert!(now - start <= Duration::from_secs(10));
+    }
+
+    #[test]
+    fn a_timed_out_api_request_is_unavailable_and_a_missing_stream_is_not() {
+        use async_nats::jetstream::context::{CreateStreamError, CreateStreamErrorKind};
+        let timed_out = CreateStreamError::new(CreateStreamErrorKind::TimedOut);
+        assert!(api_unavailable(&timed_out));
+        let missing = CreateStreamError::new(CreateStreamErrorKind::NotFound);
+        assert!(!api_unavailable(&missing));
+        let boxed: async_nats::Error = Box::new(async_nats::RequestError::new(
+            async_nats::RequestErrorKind::TimedOut,
+        ));
+        assert!(api_unavailable(boxed.as_ref()));
     }
 
     #[test]

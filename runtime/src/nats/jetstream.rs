@@ -13,6 +13,7 @@ use std::time::Duration;
 use async_nats::jetstream::{self, consumer, stream};
 use thiserror::Error;
 
+use super::election;
 use crate::manifest::Manifest;
 
 /// Why a plugin's JetStream consumer could not be set up.
@@ -61,6 +62,18 @@ pub enum JetStreamSetupError {
         /// Server message.
         message: String,
     },
+    /// The cluster did not answer a setup request (timed out, no leader
+    /// yet): the same request succeeds once it has elected its leaders, so
+    /// the host tries again ([`JetStreamSetupError::is_transient`]).
+    #[error(
+        "JetStream cannot set up stream `{stream}` or its consumer for now ({message}); retrying until the cluster answers"
+    )]
+    Unavailable {
+        /// Stream name.
+        stream: String,
+        /// Client or server message.
+        message: String,
+    },
     /// Creating or binding the consumer failed.
     #[error("cannot create durable consumer `{durable}` on stream `{stream}`: {message}")]
     Consumer {
@@ -71,6 +84,31 @@ pub enum JetStreamSetupError {
         /// Server message.
         message: String,
     },
+}
+
+impl JetStreamSetupError {
+    /// Whether trying again later may succeed (the cluster did not answer),
+    /// as opposed to a refusal or a manifest error, which needs a change.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, JetStreamSetupError::Unavailable { .. })
+    }
+}
+
+/// `or_else(error)`, unless `error` only says the cluster did not answer:
+/// then [`JetStreamSetupError::Unavailable`].
+fn setup_error(
+    stream: &str,
+    error: &(dyn std::error::Error + 'static),
+    or_else: impl FnOnce(String) -> JetStreamSetupError,
+) -> JetStreamSetupError {
+    if election::api_unavailable(error) {
+        JetStreamSetupError::Unavailable {
+            stream: stream.to_string(),
+            message: error.to_string(),
+        }
+    } else {
+        or_else(error.to_string())
+    }
 }
 
 /// Parameters of a plugin's consumer.
@@ -151,25 +189,33 @@ pub async fn durable_consumer(
             ..Default::default()
         })
         .await
-        .map_err(|e| JetStreamSetupError::StreamCreate {
-            stream: stream_name.clone(),
-            message: e.to_string(),
+        .map_err(|e| {
+            setup_error(&stream_name, &e, |message| {
+                JetStreamSetupError::StreamCreate {
+                    stream: stream_name.clone(),
+                    message,
+                }
+            })
         })?
     } else {
-        js.get_stream(&stream_name)
-            .await
-            .map_err(|e| JetStreamSetupError::StreamMissing {
-                stream: stream_name.clone(),
-                message: e.to_string(),
-            })?
+        js.get_stream(&stream_name).await.map_err(|e| {
+            setup_error(&stream_name, &e, |message| {
+                JetStreamSetupError::StreamMissing {
+                    stream: stream_name.clone(),
+                    message,
+                }
+            })
+        })?
     };
     let stream_created_ms = match stream.info().await {
         Ok(info) => created_ms(info),
         Err(e) => {
-            return Err(JetStreamSetupError::StreamMissing {
-                stream: stream_name,
-                message: e.to_string(),
-            });
+            return Err(setup_error(&stream_name, &e, |message| {
+                JetStreamSetupError::StreamMissing {
+                    stream: stream_name.clone(),
+                    message,
+                }
+            }));
         }
     };
     let durable = spec
@@ -198,23 +244,22 @@ pub async fn durable_consumer(
                 durable,
                 "updating the durable consumer to the manifest's settings"
             );
-            stream
-                .update_consumer(config)
-                .await
-                .map_err(|e| JetStreamSetupError::Update {
+            stream.update_consumer(config).await.map_err(|e| {
+                setup_error(&stream_name, &e, |message| JetStreamSetupError::Update {
                     stream: stream_name.clone(),
                     durable: durable.clone(),
-                    message: e.to_string(),
-                })?
+                    message,
+                })
+            })?
         }
         Ok(_) => stream
             .get_consumer(&durable)
             .await
-            .map_err(|e| consumer_error(e.to_string()))?,
+            .map_err(|e| setup_error(&stream_name, e.as_ref(), consumer_error))?,
         Err(_) => stream
             .get_or_create_consumer(&durable, config)
             .await
-            .map_err(|e| consumer_error(e.to_string()))?,
+            .map_err(|e| setup_error(&stream_name, &e, consumer_error))?,
     };
     Ok(BoundConsumer {
         consumer,

@@ -20,7 +20,9 @@
 //! `max_ack_pending` bounds what is out. Nothing is pulled while the breaker
 //! is open, only the probes while half-open. A pull that fails because the
 //! consumer or its stream vanished is noticed: warned, counted, `/readyz`
-//! not ready, and the consumer recreated with backoff.
+//! not ready, and the consumer recreated with backoff. A consumer that
+//! cannot be set up at all because the cluster does not answer (no leader
+//! yet) is bound in the background the same way, never given up on.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -90,7 +92,10 @@ impl ConsumerSetup {
 
 /// Set up the plugin's consumer and start pulling for the route in `slot`
 /// until `stop`. An error (stream missing, consumer not updatable, ack_wait
-/// too short) leaves nothing running.
+/// too short) leaves nothing running. A cluster that does not answer yet
+/// (a host starting while a leader is elected, or on a loaded machine) is
+/// not such an error: the consumer is bound in the background, with
+/// backoff, and the host is not ready until it is.
 pub async fn start(
     ctx: Arc<TriggerContext>,
     setup: ConsumerSetup,
@@ -98,14 +103,68 @@ pub async fn start(
     stop: tokio_util::sync::CancellationToken,
     subscriptions: &tokio_util::task::TaskTracker,
 ) -> Result<(), JetStreamSetupError> {
-    let bound = setup.bind().await?;
-    tracing::info!(
-        plugin = %setup.plugin, stream = %bound.stream,
-        durable = ?setup.manifest.durable_name(&setup.plugin), "consuming (JetStream)"
-    );
+    let bound = match setup.bind().await {
+        Ok(bound) => Some(bound),
+        Err(e) if e.is_transient() => None,
+        Err(e) => return Err(e),
+    };
     let signals = StopSignals::new(&ctx, stop);
-    subscriptions.spawn(consume(ctx, setup, bound, slot, signals));
+    subscriptions.spawn(async move {
+        let bound = match bound {
+            Some(bound) => bound,
+            None => match bind_when_answered(&ctx, &setup, &signals.stop).await {
+                Some(bound) => bound,
+                None => return,
+            },
+        };
+        tracing::info!(
+            plugin = %setup.plugin, stream = %bound.stream,
+            durable = ?setup.manifest.durable_name(&setup.plugin), "consuming (JetStream)"
+        );
+        consume(ctx, setup, bound, slot, signals).await;
+    });
     Ok(())
+}
+
+/// Bind the consumer once the cluster answers: tried again with backoff
+/// (100 ms doubling to 5 s) while the failure is transient, with a warning
+/// and `/readyz` not ready meanwhile. `None` when stopped first, or when
+/// the cluster answers with a refusal (logged and shown in `/readyz`: the
+/// manifest or the server must change).
+async fn bind_when_answered(
+    ctx: &TriggerContext,
+    setup: &ConsumerSetup,
+    stop: &tokio_util::sync::CancellationToken,
+) -> Option<BoundConsumer> {
+    let condition = format!("plugin `{}` JetStream consumer", setup.plugin);
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match setup.bind().await {
+            Ok(bound) => {
+                ctx.health.clear(&condition);
+                return Some(bound);
+            }
+            Err(e) if e.is_transient() => {
+                tracing::warn!(plugin = %setup.plugin, "{e}; trying again in {backoff:?}");
+                ctx.health.set(&condition, &e.to_string());
+            }
+            Err(e) => {
+                tracing::error!(plugin = %setup.plugin, "{e}; the plugin does not consume until this is fixed");
+                ctx.health.set(&condition, &e.to_string());
+                stop.cancelled().await;
+                ctx.health.clear(&condition);
+                return None;
+            }
+        }
+        tokio::select! {
+            _ = stop.cancelled() => {
+                ctx.health.clear(&condition);
+                return None;
+            }
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
 }
 
 /// The pull loop.
