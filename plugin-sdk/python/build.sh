@@ -25,7 +25,7 @@ fi
 # Build into a temp file so a failed build never leaves a half-written OUT.
 TMP="$(mktemp "${OUT}.XXXXXX")"
 trap 'rm -f "$TMP"' EXIT
-"${TOOL[@]}" -d "$ROOT/wit" -w consumer componentize \
+"${TOOL[@]}" -d "$ROOT/wit/0.2.0" -w consumer componentize \
     -p "$SDK" -p "$DIR" sluice_entry -o "$TMP" >&2
 chmod 644 "$TMP"
 mv "$TMP" "$OUT"

@@ -13,9 +13,10 @@ import traceback
 import handler as _plugin
 from componentize_py_types import Err
 from wit_world import exports
-from wit_world.imports import types
+from wit_world.imports import sluice_plugin_types as types
 
 from sluice import Event, Permanent, Retryable
+from sluice import _capabilities
 
 _handle = getattr(_plugin, "handle", None)
 if not callable(_handle):
@@ -25,6 +26,7 @@ if not callable(_handle):
 class Handler(exports.Handler):
     def handle(self, event: types.Event) -> None:
         try:
+            _capabilities.set_current_key(event.idempotency_key)
             _handle(Event.from_wit(event))
         except Retryable as e:
             raise Err(

@@ -23,6 +23,18 @@ the Rust SDK (``plugin-sdk/src/lib.rs``) and ``publish_json`` writes the same
 bytes as the Rust SDK's ``publish_json`` of a ``serde_json::Value``.
 """
 
+from ._capabilities import (
+    Entry,
+    RequestFailed,
+    RequestRefused,
+    Response,
+    StateRefused,
+    StateUnavailable,
+    config,
+    idempotency_key,
+    request,
+    state,
+)
 from ._contract import LEVELS
 from ._errors import Permanent, PublishRefused, Retryable
 from ._event import Delivery, Event, Header
@@ -31,6 +43,16 @@ from ._host import debug, error, info, log, publish, publish_json, reply, trace,
 
 __all__ = [
     "Delivery",
+    "Entry",
+    "RequestFailed",
+    "RequestRefused",
+    "Response",
+    "StateRefused",
+    "StateUnavailable",
+    "config",
+    "idempotency_key",
+    "request",
+    "state",
     "Event",
     "Header",
     "LEVELS",

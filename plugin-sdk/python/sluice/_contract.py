@@ -12,11 +12,12 @@ Outside a component (unit tests of the pure helpers) the bindings are absent.
 
 try:
     from componentize_py_types import Err
-    from wit_world.imports import logging, publisher, types
+    from wit_world.imports import config, logging, publisher, requester, state
+    from wit_world.imports import sluice_plugin_types as types
 except ImportError:  # not inside componentize-py
-    Err = logging = publisher = types = None
+    Err = config = logging = publisher = requester = state = types = None
 
-CONTRACT_VERSION = "0.1.0"
+CONTRACT_VERSION = "0.2.0"
 
 #: Log levels accepted by :func:`sluice.log`, lowest first.
 LEVELS = ("trace", "debug", "info", "warn", "error")
@@ -27,3 +28,10 @@ def bindings():
     if types is None:
         raise RuntimeError("the sluice contract bindings exist only inside a component built by build.sh")
     return types, logging, publisher
+
+
+def capabilities():
+    """The generated 0.2.0 capability modules ``(config, state, requester)``."""
+    if types is None:
+        raise RuntimeError("the sluice contract bindings exist only inside a component built by build.sh")
+    return config, state, requester
