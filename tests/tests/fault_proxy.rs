@@ -309,3 +309,77 @@ async fn a_jetstream_plugin_whose_setup_goes_unanswered_at_start_consumes_once_t
     assert_eq!(host.stats("enrich").unwrap().succeeded, 1);
     host.shutdown().await.unwrap();
 }
+
+/// A held lease's write (renewal, release, completion: `KvStore::write`)
+/// that lands but whose reply is lost: the re-read finds exactly what was
+/// written, the lease takes that revision, and its next compare-and-set
+/// write succeeds (before, every later write of the lease failed on the stale
+/// revision). A write that never reached the server stays an error, and the
+/// lease keeps the revision it had.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kv_lease_write_whose_reply_is_lost_adopts_the_revision_it_landed_at() {
+    use sluice::delivery::dedup::{DedupStore, Record, State};
+    use sluice::delivery::dedup_kv::KvStore;
+
+    let nats = NatsServer::start();
+    let proxy = FaultProxy::start(&nats.url()).await;
+    let mut js = async_nats::jetstream::new(client_through(&proxy, Duration::from_secs(1)).await);
+    js.set_timeout(Duration::from_secs(1));
+    let store = KvStore::open(&js, "lost-replies", Duration::from_secs(600), 1)
+        .await
+        .expect("the bucket opens");
+    let record = |state: State, attempts: u32| Record {
+        state,
+        lease_until_ms: None,
+        holder: Some("holder-1".into()),
+        attempts,
+        first_failure_ms: None,
+        replay: 0,
+        gave_up: None,
+    };
+    let mut lease = store
+        .create("plugin", "key-1", record(State::InProgress, 1))
+        .await
+        .expect("the record is created");
+    let created = lease.revision;
+
+    proxy.lose_replies_to("$KV.lost-replies.");
+    store
+        .write(&mut lease, record(State::InProgress, 2))
+        .await
+        .expect("a write that landed is ours although its reply was lost");
+    assert_eq!(proxy.replies_lost(), 1, "the write's reply was lost");
+    proxy.clear_rules();
+    assert!(lease.revision > created, "the lease took the new revision");
+    let direct = async_nats::jetstream::new(nats.client().await);
+    let kv = direct.get_key_value("lost-replies").await.unwrap();
+    let slot = kv
+        .keys()
+        .await
+        .unwrap()
+        .next()
+        .await
+        .expect("one record")
+        .unwrap();
+    let stored = kv.entry(slot.as_str()).await.unwrap().expect("the record");
+    assert_eq!(stored.revision, lease.revision);
+
+    // The lease's next write is a compare-and-set on that revision: it succeeds.
+    store
+        .write(&mut lease, record(State::Completed, 2))
+        .await
+        .expect("the next write of the lease succeeds");
+    let stored = kv.entry(slot.as_str()).await.unwrap().unwrap();
+    let written: Record = serde_json::from_slice(&stored.value).unwrap();
+    assert_eq!(written.state, State::Completed);
+
+    // A write that never arrived is an error; the lease is unchanged.
+    let before = lease.clone();
+    proxy.lose_requests_to("$KV.lost-replies.");
+    let lost = store.write(&mut lease, record(State::Open, 3)).await;
+    proxy.clear_rules();
+    assert!(lost.is_err(), "a lost write is not taken as written");
+    assert_eq!(lease, before);
+    let stored = kv.entry(slot.as_str()).await.unwrap().unwrap();
+    assert_eq!(stored.revision, lease.revision, "nothing was written");
+}
