@@ -73,7 +73,7 @@ try {
   );
   const { component } = await componentize({
     sourcePath: join(stage, "__sluice_entry.js"),
-    witPath: join(root, "wit"),
+    witPath: join(root, "wit/0.2.0"),
     worldName: "consumer",
     disableFeatures: ["http", "fetch-event"],
   });

@@ -23,7 +23,18 @@
 //
 // Contract imports live in ./contract.js (one place per contract version).
 
-import { hostLog, hostPublish, LEVELS } from "./contract.js";
+import {
+  hostConfigGet,
+  hostLog,
+  hostPublish,
+  hostRequest,
+  hostStateCas,
+  hostStateDelete,
+  hostStateGet,
+  hostStateListKeys,
+  hostStateSet,
+  LEVELS,
+} from "./contract.js";
 import { dumps, float, JsonFloat } from "./json.js";
 
 export { dumps as jsonBytes, float, JsonFloat, LEVELS };
@@ -177,12 +188,146 @@ export const info = (message, fields) => log("info", message, fields);
 export const warn = (message, fields) => log("warn", message, fields);
 export const error = (message, fields) => log("error", message, fields);
 
+// ---- contract 0.2.0 capabilities: config, state, request, idempotency key.
+// A refusal throws a Retryable or a Permanent exactly where the Rust SDK's `?`
+// gives a retryable or permanent HandlerError, so leaving it uncaught fails
+// the event the same way.
+
+let currentKey;
+
+/** The idempotency key of the event being handled; undefined outside one. */
+export function idempotencyKey() {
+  return currentKey;
+}
+
+/** The plugin's `[config]` table (manifest, operator overrides, secrets). */
+export const config = {
+  /** The value of `key`, or undefined when it is not set. */
+  get(key) {
+    return hostConfigGet(String(key));
+  },
+  /** The value of `key`; throws Permanent naming the key when it is not set. */
+  require(key) {
+    const value = config.get(key);
+    if (value === undefined) {
+      throw new Permanent(`config key '${key}' is not set: add it to the plugin's [config] table`);
+    }
+    return value;
+  },
+};
+
+const STATE_PREFIX = {
+  unavailable: "state unavailable",
+  "not-granted": "state not granted",
+  "invalid-key": "invalid state key",
+  "limit-exceeded": "state limit exceeded",
+};
+
+/** The state store could not be reached: retry the event later (a Retryable). */
+export class StateUnavailable extends Retryable {
+  constructor(kind, detail) {
+    super(`${STATE_PREFIX[kind] ?? "state unavailable"}: ${detail}`);
+    this.name = "StateUnavailable";
+    this.kind = kind;
+    this.detail = detail;
+  }
+}
+
+/** The state call is not allowed (not granted, bad key, limit): a Permanent. */
+export class StateRefused extends Permanent {
+  constructor(kind, detail) {
+    super(`${STATE_PREFIX[kind] ?? "state refused"}: ${detail}`);
+    this.name = "StateRefused";
+    this.kind = kind;
+    this.detail = detail;
+  }
+}
+
+function stateResult(r) {
+  if (r.err === undefined) return r.ok;
+  const { tag, val } = r.err;
+  throw tag === "unavailable" ? new StateUnavailable(tag, val) : new StateRefused(tag, val);
+}
+
+function toBytes(value) {
+  return typeof value === "string" ? encoder.encode(value) : value;
+}
+
+function optionalU64(name, ms) {
+  if (ms === undefined || ms === null) return undefined;
+  const v = BigInt(ms);
+  if (v < 0n) throw new RangeError(`${name} must not be negative, got ${ms}`);
+  return v;
+}
+
+/** The plugin's key/value state (needs `state = true` in the manifest). */
+export const state = {
+  /** `{value: Uint8Array, revision: bigint}` under `key`, or null. */
+  get(key) {
+    const e = stateResult(hostStateGet(String(key)));
+    return e === undefined || e === null ? null : { value: e.value, revision: e.revision };
+  },
+  /** Store `value` (bytes or a string, as UTF-8) under `key` at commit. */
+  set(key, value, { ttlMs } = {}) {
+    stateResult(hostStateSet(String(key), toBytes(value), optionalU64("ttlMs", ttlMs)));
+  },
+  /** Store `value` at commit only if `key` is then still at `revision` (0: absent). */
+  cas(key, revision, value, { ttlMs } = {}) {
+    stateResult(
+      hostStateCas(String(key), optionalU64("revision", revision), toBytes(value), optionalU64("ttlMs", ttlMs)),
+    );
+  },
+  /** Delete `key` at commit. */
+  delete(key) {
+    stateResult(hostStateDelete(String(key)));
+  },
+  /** The keys starting with `prefix`, sorted. */
+  listKeys(prefix = "") {
+    return stateResult(hostStateListKeys(String(prefix)));
+  },
+};
+
+/** Nobody answered in time, or the connection failed: a Retryable. */
+export class RequestFailed extends Retryable {
+  constructor(kind, detail) {
+    super(`request failed: ${detail}`);
+    this.name = "RequestFailed";
+    this.kind = kind;
+    this.detail = detail;
+  }
+}
+
+/** The request is not allowed (not granted, bad subject, limit): a Permanent. */
+export class RequestRefused extends Permanent {
+  constructor(kind, detail) {
+    super(`request refused: ${detail}`);
+    this.name = "RequestRefused";
+    this.kind = kind;
+    this.detail = detail;
+  }
+}
+
+/**
+ * Send `payload` to `subject` (granted by the manifest's `request` list) and
+ * wait for the first answer, at most `timeoutMs` (default and cap: the
+ * attempt's time limit). Sent at once, not at commit. Returns
+ * `{payload: Uint8Array, headers: {name, value}[]}`.
+ */
+export function request(subject, payload, { timeoutMs, headers } = {}) {
+  const r = hostRequest(String(subject), toBytes(payload), headerList(headers), optionalU64("timeoutMs", timeoutMs));
+  if (r.err === undefined) return { payload: r.ok.payload, headers: r.ok.headers };
+  const { tag, val } = r.err;
+  if (tag === "no-responders" || tag === "timed-out" || tag === "unavailable") throw new RequestFailed(tag, val);
+  throw new RequestRefused(tag, val);
+}
+
 /**
  * Run `handle` on one raw contract event; returns the contract's error
  * variant, or undefined when the handler succeeded. Other exceptions escape.
  * Used by the generated entry module; not part of the author-facing API.
  */
 export function dispatch(handle, raw) {
+  currentKey = raw.idempotencyKey;
   try {
     handle(new Event(raw));
     return undefined;
@@ -192,5 +337,7 @@ export function dispatch(handle, raw) {
     }
     if (e instanceof Permanent) return { tag: "permanent", val: e.message };
     throw e;
+  } finally {
+    currentKey = undefined;
   }
 }

@@ -1,6 +1,6 @@
-//! Contract 0.2.0 capabilities from the Python SDK, against the Rust plugin
-//! they mirror: `plugins/totals-py` keeps the same state totals as
-//! `plugins/totals` (a failed attempt's write vanishes, a success commits
+//! Contract 0.2.0 capabilities from the Python and JavaScript SDKs, against
+//! the Rust plugin they mirror: `plugins/totals-py` and `plugins/totals-js`
+//! keep the same state totals as `plugins/totals` (a failed attempt's write vanishes, a success commits
 //! the compare-and-swap), and state refused to a plugin that did not ask is
 //! counted and permanent in both.
 
@@ -22,6 +22,7 @@ const TOTALS: &str =
 enum Totals {
     Rust,
     Python,
+    Js,
 }
 
 impl Totals {
@@ -29,6 +30,7 @@ impl Totals {
         match self {
             Totals::Rust => dir.add("totals", "totals", manifest),
             Totals::Python => dir.add_file("totals", &polyglot_wasm("totals-py"), manifest),
+            Totals::Js => dir.add_file("totals", &polyglot_wasm("totals-js"), manifest),
         };
     }
 }
@@ -131,4 +133,16 @@ async fn python_totals_match_rust_totals() {
 async fn python_state_is_refused_without_the_grant_like_rust() {
     state_refused_without_the_grant(Totals::Rust).await;
     state_refused_without_the_grant(Totals::Python).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn js_totals_match_rust_totals() {
+    totals_sum_and_a_failed_write_vanishes(Totals::Rust).await;
+    totals_sum_and_a_failed_write_vanishes(Totals::Js).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn js_state_is_refused_without_the_grant_like_rust() {
+    state_refused_without_the_grant(Totals::Rust).await;
+    state_refused_without_the_grant(Totals::Js).await;
 }
