@@ -77,3 +77,87 @@ export class JsonFloat {
 export function float(x: number): JsonFloat;
 /** Encode `value` as JSON bytes, byte-identical to serde_json. */
 export function jsonBytes(value: unknown): Uint8Array;
+
+// ---- contract 0.2.0 capabilities. A refusal throws a Retryable or a
+// Permanent where the Rust SDK's `?` gives a retryable or permanent error.
+
+/** The plugin's `[config]` table (manifest, operator overrides, secrets). */
+export const config: {
+  /** The value of `key`, or undefined when it is not set. */
+  get(key: string): string | undefined;
+  /** The value of `key`; throws Permanent naming the key when it is not set. */
+  require(key: string): string;
+};
+
+/** A stored value and the revision to pass to `state.cas`. */
+export interface Entry {
+  value: Uint8Array;
+  revision: bigint;
+}
+
+export type StateErrorKind = "not-granted" | "invalid-key" | "limit-exceeded" | "unavailable";
+
+/** The state store could not be reached (kind "unavailable"): a Retryable. */
+export class StateUnavailable extends Retryable {
+  readonly kind: StateErrorKind;
+  readonly detail: string;
+}
+
+/** The state call is not allowed (not granted, bad key, limit): a Permanent. */
+export class StateRefused extends Permanent {
+  readonly kind: StateErrorKind;
+  readonly detail: string;
+}
+
+/** The plugin's key/value state (needs `state = true` in the manifest). Writes commit only if `handle` returns. */
+export const state: {
+  /** The entry under `key`, or null. */
+  get(key: string): Entry | null;
+  /** Store `value` (a string is stored as UTF-8) under `key`. */
+  set(key: string, value: Uint8Array | string, options?: { ttlMs?: number | bigint }): void;
+  /** Store `value` only if `key` is then still at `revision` (0: absent). */
+  cas(key: string, revision: number | bigint, value: Uint8Array | string, options?: { ttlMs?: number | bigint }): void;
+  /** Delete `key`. */
+  delete(key: string): void;
+  /** The keys starting with `prefix`, sorted. */
+  listKeys(prefix?: string): string[];
+};
+
+export type RequestErrorKind =
+  | "not-granted"
+  | "invalid-subject"
+  | "no-responders"
+  | "timed-out"
+  | "limit-exceeded"
+  | "unavailable";
+
+/** No responders, timed out or unavailable: a Retryable. */
+export class RequestFailed extends Retryable {
+  readonly kind: RequestErrorKind;
+  readonly detail: string;
+}
+
+/** Not granted, bad subject or limit: a Permanent. */
+export class RequestRefused extends Permanent {
+  readonly kind: RequestErrorKind;
+  readonly detail: string;
+}
+
+/** The first answer to a request. */
+export interface Response {
+  payload: Uint8Array;
+  headers: Header[];
+}
+
+/**
+ * Send `payload` to `subject` (granted by the manifest's `request` list) and
+ * wait for the first answer; sent at once, not at commit.
+ */
+export function request(
+  subject: string,
+  payload: Uint8Array | string,
+  options?: { timeoutMs?: number | bigint; headers?: Headers },
+): Response;
+
+/** The idempotency key of the event being handled; undefined outside one. */
+export function idempotencyKey(): string | undefined;

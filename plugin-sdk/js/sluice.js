@@ -21,6 +21,10 @@
 // helpers mirror the Rust SDK (plugin-sdk/src/lib.rs); `publishJson` writes
 // the bytes the Rust SDK's `publish_json` writes for a serde_json::Value.
 //
+// Contract 0.2.0 capabilities: `config.get/require`, `state.get/set/cas/
+// delete/listKeys`, `request(subject, payload, {timeoutMs, headers})` and
+// `idempotencyKey()` (see the bottom of this file and docs/writing-plugins.md).
+//
 // Contract imports live in ./contract.js (one place per contract version).
 
 import {
