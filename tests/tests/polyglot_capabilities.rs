@@ -10,7 +10,7 @@ use async_nats::HeaderMap;
 use async_nats::jetstream::{self, kv};
 use bytes::Bytes;
 use sluice_e2e::polyglot::polyglot_wasm;
-use sluice_e2e::{NatsServer, PluginDir, eventually, next_message, start_host};
+use sluice_e2e::{NatsServer, PluginDir, eventually, next_message, start_host_patient};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -54,7 +54,7 @@ async fn totals_sum_and_a_failed_write_vanishes(totals: Totals) {
     let nats = NatsServer::start();
     let dir = PluginDir::new();
     totals.install(&dir, &format!("{TOTALS}[retry]\nmax_attempts = 1\n"));
-    let host = start_host(&nats.url(), dir.path()).await;
+    let host = start_host_patient(&nats.url(), dir.path()).await;
     let client = nats.client().await;
     let kv = jetstream::new(client.clone())
         .get_key_value("sluice-state")
@@ -104,7 +104,7 @@ async fn state_refused_without_the_grant(totals: Totals) {
         &dir,
         "subjects = [\"totals.add.*\"]\npublish = [\"totals.updated.*\"]\n",
     );
-    let host = start_host(&nats.url(), dir.path()).await;
+    let host = start_host_patient(&nats.url(), dir.path()).await;
     let client = nats.client().await;
     client
         .publish("totals.add.x", Bytes::from_static(b"1"))
