@@ -62,6 +62,20 @@ pub fn replay_count(headers: Option<&HeaderMap>) -> u32 {
         .unwrap_or(0)
 }
 
+/// The plugin a `sluice dlq replay` addressed this message to: `None` for
+/// an original event, and for a replay made before `Sluice-Replay-Plugin`
+/// existed (such a replay is for every plugin on the subject).
+pub fn replay_target(headers: Option<&HeaderMap>) -> Option<&str> {
+    let headers = headers?;
+    headers
+        .get(REPLAY_KEY_HEADER)
+        .filter(|key| !key.as_str().is_empty())?;
+    headers
+        .get(REPLAY_PLUGIN_HEADER)
+        .map(|target| target.as_str())
+        .filter(|target| !target.is_empty())
+}
+
 /// The `Sluice-Replay` count of a message as `plugin` should see it: a
 /// replay addressed to another plugin (`Sluice-Replay-Plugin`) is, for this
 /// one, the original event again, with the original's count (one less), so

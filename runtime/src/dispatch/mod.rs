@@ -356,6 +356,11 @@ impl Dispatcher {
         &self.js
     }
 
+    /// The host's NATS connection.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
     /// One attempt: invoke, then commit the outbox on success.
     pub(crate) async fn attempt(
         &self,

@@ -205,6 +205,9 @@ async fn handle(
     mut permit: Option<OwnedSemaphorePermit>,
     signals: &StopSignals,
 ) {
+    if super::skip_replay_for_another_plugin(route, message.headers.as_ref()) {
+        return;
+    }
     let lookup = |name: &str| convert::first_header(message.headers.as_ref(), name);
     let Key {
         value: key,

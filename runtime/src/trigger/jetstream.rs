@@ -443,6 +443,10 @@ async fn handle(
             return;
         }
     };
+    if super::skip_replay_for_another_plugin(route, message.headers.as_ref()) {
+        ack(message, AckKind::Ack).await;
+        return;
+    }
     let (stream, sequence, delivered) = (
         info.stream.to_string(),
         info.stream_sequence,
@@ -558,6 +562,17 @@ async fn handle(
         };
 
         match decision {
+            Decision::Ack if ledger.is_unclaimed() => {
+                // A first delivery keyed by its own stream position: only a
+                // redelivery of this very message can meet the key again
+                // (replays addressed to another plugin are skipped by name),
+                // and a confirmed ack rules that out. The confirmation is
+                // the record; one is written only when it does not come.
+                if let Err(e) = confirmed_ack(ctx, message).await {
+                    tracing::debug!("acknowledgement not confirmed ({e}); recording completion so a redelivery is skipped");
+                    tokio::join!(ledger.completed(), ack(message, AckKind::Ack));
+                }
+            }
             Decision::Ack => {
                 // Either order is safe (a redelivery before the record lands
                 // runs again, its publishes deduplicated by id), so the two
@@ -631,6 +646,22 @@ async fn handle(
     }
     .instrument(span)
     .await;
+}
+
+/// Acknowledge `message` and wait for the server to confirm it (an ack
+/// with a reply subject, answered once the consumer applied it). A request
+/// on the connection's shared inbox: no subscription per ack, unlike
+/// `Message::double_ack`.
+async fn confirmed_ack(ctx: &TriggerContext, message: &Message) -> Result<(), String> {
+    let Some(reply) = message.reply.clone() else {
+        return Err("not a JetStream message (no reply subject)".into());
+    };
+    ctx.dispatcher
+        .client()
+        .request(reply, bytes::Bytes::from_static(b"+ACK"))
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string())
 }
 
 async fn ack(message: &Message, kind: AckKind) {

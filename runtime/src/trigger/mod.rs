@@ -74,6 +74,26 @@ pub(crate) fn started(route: &Arc<Route>) -> crate::dispatch::InFlight {
     crate::dispatch::InFlight::new(route.clone())
 }
 
+/// A replay that `sluice dlq replay` addressed to another plugin: this
+/// plugin already had the original event, so the replay is a duplicate for
+/// it and is skipped without running the handler or asking the store
+/// (counted as a dedup hit). `true` when skipped.
+pub(crate) fn skip_replay_for_another_plugin(
+    route: &Route,
+    headers: Option<&async_nats::HeaderMap>,
+) -> bool {
+    let Some(target) = crate::delivery::dead_letter::replay_target(headers) else {
+        return false;
+    };
+    if target == &*route.tag.name {
+        return false;
+    }
+    bump(&route.stats.dedup_hits, 1);
+    route.metrics.dedup_hit(&route.tag.name);
+    tracing::debug!(plugin = %route.tag.name, replay_for = target, "a replay addressed to another plugin; skipped");
+    true
+}
+
 /// When a subscription stops (host shutdown, plugin removed or
 /// resubscribed) and when its grace is over.
 #[derive(Clone)]
@@ -160,6 +180,12 @@ impl<'a> Ledger<'a> {
             self.unclaimed = Some(replay);
         }
         Claimed::Ours(History::default())
+    }
+
+    /// Whether the claim was skipped and no record written yet: the key is
+    /// the first delivery's own stream position (see [`assume_unclaimed`](Self::assume_unclaimed)).
+    pub fn is_unclaimed(&self) -> bool {
+        self.unclaimed.is_some() && self.lease.is_none()
     }
 
     /// Whether a store keeps this event's record.
