@@ -227,3 +227,72 @@ async fn a_replay_runs_again_only_for_the_plugin_that_dead_lettered_it() {
     );
     host.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jetstream_replay_for_one_plugin_is_skipped_by_the_other_without_a_record() {
+    // Issue 16: `audit` settles the original by a confirmed ack (no
+    // completion record: its key is the message's own stream position), so
+    // it recognises the replay addressed to `billing` by name and skips it.
+    const WAIT: Duration = Duration::from_secs(30);
+    let nats = NatsServer::start();
+    let client = nats.client().await;
+    let js = async_nats::jetstream::new(client.clone());
+    sluice_e2e::create_stream(&js, "PAY", &["pay.*"]).await;
+    sluice_e2e::create_stream(&js, "COUNTED", &["counted.>"]).await;
+    let dir = PluginDir::new();
+    let jetstream = "mode = \"jetstream\"\n[jetstream]\nstream = \"PAY\"";
+    dir.add(
+        "billing",
+        "reject",
+        &format!("subjects = [\"pay.*\"]\npublish = [\"pay.*.ok\"]\n{jetstream}"),
+    )
+    .add(
+        "audit",
+        "counter",
+        &format!("subjects = [\"pay.*\"]\npublish = [\"counted.>\"]\n{jetstream}"),
+    );
+    let host = start_host(&nats.url(), dir.path()).await;
+    js.publish("pay.x", Bytes::from_static(b"not json"))
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    eventually(WAIT, "audit counted it, billing dead-lettered it", || {
+        host.stats("audit").is_some_and(|s| s.succeeded == 1)
+            && host.stats("billing").is_some_and(|s| s.dead_lettered == 1)
+    })
+    .await;
+
+    let entries = sluice::dlq::list(
+        &js,
+        sluice::delivery::dead_letter::DEFAULT_DLQ_STREAM,
+        &Default::default(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(entries.len(), 1);
+    sluice::dlq::replay_one(
+        &client,
+        &js,
+        sluice::delivery::dead_letter::DEFAULT_DLQ_STREAM,
+        &entries[0],
+    )
+    .await
+    .unwrap();
+    eventually(WAIT, "billing ran the replay", || {
+        host.stats("billing").is_some_and(|s| s.dead_lettered == 2)
+    })
+    .await;
+    eventually(WAIT, "audit skipped the replay", || {
+        host.stats("audit").is_some_and(|s| s.dedup_hits == 1)
+    })
+    .await;
+    let audit = host.stats("audit").unwrap();
+    assert_eq!(audit.succeeded, 1, "audit ran only once: {audit:?}");
+    assert_eq!(
+        sluice_e2e::stream_messages(&js, "COUNTED").await,
+        1,
+        "audit published nothing for the replay"
+    );
+    host.shutdown().await.unwrap();
+}

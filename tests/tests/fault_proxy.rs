@@ -383,3 +383,85 @@ async fn a_kv_lease_write_whose_reply_is_lost_adopts_the_revision_it_landed_at()
     let stored = kv.entry(slot.as_str()).await.unwrap().unwrap();
     assert_eq!(stored.revision, lease.revision, "nothing was written");
 }
+
+/// Issue 16: the first delivery of a JetStream message keyed by its own
+/// stream position is settled by a confirmed ack, without a completion
+/// record (one KV round trip per event saved); when the ack's confirmation
+/// is lost, the host cannot know the ack landed, so it records the
+/// completion instead and a redelivery would be skipped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_delivery_is_settled_by_a_confirmed_ack_and_recorded_only_when_the_confirmation_is_lost()
+ {
+    const DEDUP: &str = "KV_sluice-dedup";
+    let nats = NatsServer::start();
+    let direct_js = async_nats::jetstream::new(nats.client().await);
+    create_stream(&direct_js, "DONE", &["orders.enriched.>"]).await;
+    let proxy = FaultProxy::start(&nats.url()).await;
+    let dir = PluginDir::new();
+    dir.add(
+        "enrich",
+        "enrich",
+        "subjects = [\"orders.created\"]\npublish = [\"orders.enriched.>\"]\n\
+         mode = \"jetstream\"\n[jetstream]\nstream = \"ORDERS\"\ncreate_stream = true\n",
+    );
+    let host = start_host_with(Overrides {
+        nats_url: Some(proxy.url()),
+        plugins: Some(dir.path().to_path_buf()),
+        ..Overrides::default()
+    })
+    .await;
+    eventually_async!(
+        WAIT,
+        "the host created the plugin's stream",
+        direct_js.get_stream("ORDERS").await.is_ok()
+    );
+    let order = |id: u32| format!(r#"{{"order_id":{id},"quantity":2,"unit_price":1.5}}"#);
+    let publish = |id: u32| {
+        let js = direct_js.clone();
+        let payload = order(id);
+        async move {
+            js.publish("orders.created", payload.into())
+                .await
+                .unwrap()
+                .await
+                .expect("ORDERS accepts the order")
+        }
+    };
+
+    // Confirmed: acknowledged, and the dedup bucket holds nothing.
+    publish(1).await;
+    eventually_async!(
+        WAIT,
+        "the first event handled and acknowledged",
+        stream_messages(&direct_js, "DONE").await == 1
+            && sluice_e2e::consumer_backlog(&direct_js, "ORDERS", "sluice-enrich").await == (0, 0)
+    );
+    assert_eq!(
+        stream_messages(&direct_js, DEDUP).await,
+        0,
+        "a confirmed first delivery writes no completion record"
+    );
+
+    // The confirmation is lost: the completion is recorded instead.
+    proxy.lose_replies_to("$JS.ACK.");
+    publish(2).await;
+    eventually(WAIT, "the ack's confirmation was lost", || {
+        proxy.replies_lost() >= 1
+    })
+    .await;
+    eventually_async!(
+        WAIT,
+        "the completion recorded after the unconfirmed ack",
+        stream_messages(&direct_js, DEDUP).await == 1
+    );
+    proxy.clear_rules();
+    eventually_async!(
+        WAIT,
+        "the second event acknowledged",
+        sluice_e2e::consumer_backlog(&direct_js, "ORDERS", "sluice-enrich").await == (0, 0)
+    );
+    let stats = host.stats("enrich").unwrap();
+    assert_eq!(stats.succeeded, 2, "each event ran once: {stats:?}");
+    assert_eq!(stream_messages(&direct_js, "DONE").await, 2);
+    host.shutdown().await.unwrap();
+}

@@ -105,8 +105,11 @@ pub fn derive_key(input: &KeyInput<'_>) -> Key {
 /// [`REPLAY_PLUGIN_HEADER`] (or by every plugin when a replay names none,
 /// as replays made before that header did).
 ///
-/// A replay addressed to another plugin is, for this one, the original event
-/// again: its key is derived from the original's `Nats-Msg-Id` and stream
+/// The triggers skip a replay addressed to another plugin by name before
+/// deriving a key (`trigger::skip_replay_for_another_plugin`); this
+/// derivation is what such a replay would mean for another plugin if it were
+/// handled. A replay addressed to another plugin is, for this one, the
+/// original event again: its key is derived from the original's `Nats-Msg-Id` and stream
 /// sequence (carried by the replay in `Sluice-Original-Msg-Id` and
 /// `Sluice-Sequence`, with `Sluice-Stream`) instead of the replay's own, so
 /// this plugin finds the key it already completed and skips the replay

@@ -193,7 +193,8 @@ fn spawn_event(
 ) {
     let (ctx2, signals, route2) = (ctx.clone(), signals.clone(), route.clone());
     super::spawn_event(ctx, &route, async move {
-        handle(&ctx2, &route2, &message, permit, &signals).await;
+        // Boxed when it starts (see the JetStream trigger): the task stays small.
+        Box::pin(handle(&ctx2, &route2, &message, permit, &signals)).await;
     });
 }
 
@@ -278,7 +279,7 @@ async fn handle(
                     Some(slot) => {
                         let event = convert::core_event(message, &key, attempt);
                         let outcome = tokio::select! {
-                            result = ctx.dispatcher.attempt(route, &key, &event, admission) => match result {
+                            result = Box::pin(ctx.dispatcher.attempt(route, &key, &event, admission)) => match result {
                                 Ok(()) => Outcome::Succeeded,
                                 Err(failure) => {
                                     let outcome = Outcome::Failed { class: failure.class, retry_after: failure.retry_after };

@@ -55,6 +55,9 @@ const PULLS_IN_FLIGHT: usize = 2;
 /// it is renewed every third of its length while the attempt runs, so only
 /// a crashed host's lease ever expires.
 const LEASE_MARGIN: Duration = Duration::from_secs(5);
+/// How long a confirmed ack waits for the server's answer before the
+/// completion is recorded instead (as long as a JetStream publish waits).
+const ACK_CONFIRM_WAIT: Duration = Duration::from_secs(5);
 /// How often an idle consumer checks that it still exists.
 const IDLE_CHECK: Duration = Duration::from_secs(2);
 
@@ -359,7 +362,10 @@ fn spawn_event(
             };
             let _in_flight = super::started(&route);
             let lease_for = route.limits.timeout + LEASE_MARGIN;
-            handle(
+            // Boxed here, when it starts: the handling future is kilobytes,
+            // and the task would otherwise carry it (and tokio copy it)
+            // from the moment the message arrives.
+            Box::pin(handle(
                 &ctx2,
                 &route,
                 &message,
@@ -367,7 +373,7 @@ fn spawn_event(
                 permit,
                 lease_for,
                 &signals,
-            )
+            ))
             .await;
         })
         .await;
@@ -530,8 +536,7 @@ async fn handle(
                     },
                 };
                 let outcome = {
-                    let attempt_run = ctx.dispatcher.attempt(route, &key, &event, admission);
-                    tokio::pin!(attempt_run);
+                    let mut attempt_run = Box::pin(ctx.dispatcher.attempt(route, &key, &event, admission));
                     let renew_every = lease_for / 3;
                     loop {
                         tokio::select! {
@@ -656,12 +661,15 @@ async fn confirmed_ack(ctx: &TriggerContext, message: &Message) -> Result<(), St
     let Some(reply) = message.reply.clone() else {
         return Err("not a JetStream message (no reply subject)".into());
     };
-    ctx.dispatcher
+    let request = ctx
+        .dispatcher
         .client()
-        .request(reply, bytes::Bytes::from_static(b"+ACK"))
-        .await
-        .map(|_| ())
-        .map_err(|e| e.to_string())
+        .request(reply, bytes::Bytes::from_static(b"+ACK"));
+    match tokio::time::timeout(ACK_CONFIRM_WAIT, request).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("no confirmation within {ACK_CONFIRM_WAIT:?}")),
+    }
 }
 
 async fn ack(message: &Message, kind: AckKind) {
