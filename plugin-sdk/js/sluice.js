@@ -218,7 +218,9 @@ export const config = {
   require(key) {
     const value = config.get(key);
     if (value === undefined) {
-      throw new Permanent(`config key '${key}' is not set: add it to the plugin's [config] table`);
+      throw new Permanent(
+        `configuration key \`${key}\` is not set: add it to the manifest's [config] or the operator's plugin_config / plugin_secrets`,
+      );
     }
     return value;
   },
