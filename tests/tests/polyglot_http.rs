@@ -5,7 +5,8 @@
 //! (or not, when asked), and fail a refused origin and a timeout with the
 //! Rust plugin's failure (class and message); `plugins/charge-py` and
 //! `plugins/charge-js` post the Rust `charge` plugin's JSON bytes with the
-//! same key on every retry and dead-letter a declined card with its text.
+//! same key on every retry, dead-letter a declined card with its text, and
+//! fail a missing `url` (`config.require`) with the Rust plugin's failure.
 
 use std::time::Duration;
 
@@ -279,6 +280,17 @@ async fn python_and_js_charge_like_rust_with_one_idempotency_key_per_event() {
                 &manifest(lang, "declined"),
             ),
         };
+        // And as `nourl-<tag>`, without the `url` it requires.
+        let nourl = format!("nourl-{}", lang.tag());
+        let bare = format!(
+            "subjects = [\"orders.{}.nourl\"]\npublish = [\"charges.done\"]\n",
+            lang.tag()
+        );
+        match lang {
+            Lang::Rust => dir.add(&nourl, "charge", &bare),
+            Lang::Python => dir.add_file(&nourl, &polyglot_wasm("charge-py"), &bare),
+            Lang::Js => dir.add_file(&nourl, &polyglot_wasm("charge-js"), &bare),
+        };
     }
     let host = start_host_configured_patient(&nats.url(), dir.path(), ALLOW_PRIVATE).await;
     let client = nats.client().await;
@@ -286,6 +298,7 @@ async fn python_and_js_charge_like_rust_with_one_idempotency_key_per_event() {
     client.flush().await.unwrap();
 
     let mut declines = Vec::new();
+    let mut unset = Vec::new();
     for lang in LANGS {
         let tag = lang.tag();
         let plugin = format!("charge-{tag}");
@@ -376,7 +389,23 @@ async fn python_and_js_charge_like_rust_with_one_idempotency_key_per_event() {
         );
         assert_eq!(host.stats(&decline).unwrap().failed_attempts, 1, "{lang:?}");
         declines.push(failure);
+
+        // `config.require` of an unset key: permanent, naming the key.
+        client
+            .publish(format!("orders.{tag}.nourl"), Bytes::from_static(b"{}"))
+            .await
+            .unwrap();
+        let nourl = format!("nourl-{tag}");
+        let failure = gave_up(&host, &nourl, 1).await;
+        assert!(
+            failure.message.contains("`url` is not set"),
+            "{lang:?}: {failure:?}"
+        );
+        assert_eq!(host.stats(&nourl).unwrap().failed_attempts, 1, "{lang:?}");
+        unset.push(failure);
     }
+    assert_eq!(unset[1], unset[0], "Python requires as Rust does");
+    assert_eq!(unset[2], unset[0], "JavaScript requires as Rust does");
     assert_eq!(declines[1], declines[0], "Python declines as Rust does");
     assert_eq!(declines[2], declines[0], "JavaScript declines as Rust does");
 }
