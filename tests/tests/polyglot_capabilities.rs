@@ -195,7 +195,9 @@ async fn settings_read(lang: Totals) -> Bytes {
         )
         .await
         .unwrap();
-    let payload = next_message(&mut out, WAIT, "the settings read").await.payload;
+    let payload = next_message(&mut out, WAIT, "the settings read")
+        .await
+        .payload;
     drop(host);
     payload
 }

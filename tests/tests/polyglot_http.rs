@@ -125,9 +125,13 @@ impl FetchRig {
     }
 
     async fn fetched(&mut self, lang: Lang) -> Bytes {
-        next_message(&mut self.out, WAIT, &format!("what fetch-{} fetched", lang.tag()))
-            .await
-            .payload
+        next_message(
+            &mut self.out,
+            WAIT,
+            &format!("what fetch-{} fetched", lang.tag()),
+        )
+        .await
+        .payload
     }
 }
 
@@ -156,9 +160,17 @@ async fn python_and_js_fetch_like_rust_and_are_refused_like_rust() {
             ("GET", "/a"),
             "{lang:?}"
         );
-        assert_eq!(seen[0].header("idempotency-key"), Some(id.as_str()), "{lang:?}");
+        assert_eq!(
+            seen[0].header("idempotency-key"),
+            Some(id.as_str()),
+            "{lang:?}"
+        );
         assert_eq!(seen[1].path, "/b", "{lang:?}");
-        assert_eq!(seen[1].header("idempotency-key"), None, "{lang:?}: opted out");
+        assert_eq!(
+            seen[1].header("idempotency-key"),
+            None,
+            "{lang:?}: opted out"
+        );
 
         // Another port of loopback is another origin: refused, permanent.
         let plugin = rig.name(lang).to_string();
