@@ -607,7 +607,7 @@ function httpSend(method, url, headers, body, timeoutMs) {
   try {
     for (const [what, set] of [
       ["the method", () => outgoing.setMethod(witMethod)],
-      ["the scheme", () => outgoing.setScheme({ tag: scheme })],
+      ["the scheme", () => outgoing.setScheme({ tag: scheme.toUpperCase() })],
       ["the host and port", () => outgoing.setAuthority(authority)],
       ["the path", () => outgoing.setPathWithQuery(path === "" ? "/" : path)],
     ]) {
