@@ -531,7 +531,7 @@ function codeName(tag) {
 }
 
 function debugCode(code) {
-  const name = codeName(code.tag);
+  const name = `ErrorCode::${codeName(code.tag)}`;
   if (!("val" in code)) return name;
   const v = code.val;
   return `${name}(${typeof v === "object" && v !== null ? JSON.stringify(v, (_, x) => (typeof x === "bigint" ? String(x) : x)) : v})`;
@@ -570,11 +570,11 @@ function errorOf(url, code) {
     case "DnsTimeout":
       return httpError(
         "timeout",
-        `\`${url}\` did not answer in time (the attempt's time limit cuts every request): ${name}`,
+        `\`${url}\` did not answer in time (the attempt's time limit cuts every request): ${debugCode(code)}`,
       );
     case "HttpRequestUriInvalid":
     case "HttpRequestMethodInvalid":
-      return httpError("invalid", `\`${url}\`: ${name}`);
+      return httpError("invalid", `\`${url}\`: ${debugCode(code)}`);
     case "InternalError":
       if (code.val !== undefined && code.val !== null) return httpError("transport", `\`${url}\`: ${code.val}`);
       return httpError("transport", `\`${url}\`: ${debugCode(code)}`);
@@ -593,7 +593,7 @@ function httpSend(method, url, headers, body, timeoutMs) {
     } catch (e) {
       const err = errPayload(e);
       drop(fields);
-      throw httpError("invalid", `${what}: ${codeName(err && err.tag)}`);
+      throw httpError("invalid", `${what}: HeaderError::${codeName(err && err.tag)}`);
     }
   };
   for (const [name, value] of headers) append(name, value, `header \`${name}\``);

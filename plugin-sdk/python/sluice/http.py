@@ -298,12 +298,12 @@ def _send(method: str, url: str, headers: List[Tuple[str, str]], body: bytes, ti
             try:
                 fields.append(name, value.encode("utf-8"))
             except Err as e:
-                raise http_error("invalid", f"header `{name}`: {_variant_name(e.value, 'HeaderError_')}") from None
+                raise http_error("invalid", f"header `{name}`: HeaderError::{_variant_name(e.value, 'HeaderError_')}") from None
         if body and not any(n.lower() == "content-length" for n, _ in headers):
             try:
                 fields.append("content-length", str(len(body)).encode("ascii"))
             except Err as e:
-                raise http_error("invalid", f"content-length: {_variant_name(e.value, 'HeaderError_')}") from None
+                raise http_error("invalid", f"content-length: HeaderError::{_variant_name(e.value, 'HeaderError_')}") from None
     except HttpError:
         _drop(fields)
         raise
@@ -453,8 +453,8 @@ def _variant_name(value: Any, prefix: str) -> str:
 
 
 def _debug(code: Any) -> str:
-    """The Rust SDK's ``{code:?}`` of an error code, near enough."""
-    name = _variant_name(code, "ErrorCode_")
+    """The Rust SDK's ``{code:?}`` of an error code (exact for the cases without a payload)."""
+    name = f"ErrorCode::{_variant_name(code, 'ErrorCode_')}"
     if hasattr(code, "value"):
         return f"{name}({code.value!r})"
     return name
@@ -487,10 +487,10 @@ def _error_of(url: str, code: Any) -> HttpError:
         return http_error("too-large", f"the response of `{url}` is larger than the plugin's limit")
     if name in ("ConnectionTimeout", "ConnectionReadTimeout", "ConnectionWriteTimeout", "HttpResponseTimeout", "DnsTimeout"):
         return http_error(
-            "timeout", f"`{url}` did not answer in time (the attempt's time limit cuts every request): {name}"
+            "timeout", f"`{url}` did not answer in time (the attempt's time limit cuts every request): {_debug(code)}"
         )
     if name in ("HttpRequestUriInvalid", "HttpRequestMethodInvalid"):
-        return http_error("invalid", f"`{url}`: {name}")
+        return http_error("invalid", f"`{url}`: {_debug(code)}")
     if name == "InternalError" and code.value is not None:
         return http_error("transport", f"`{url}`: {code.value}")
     return http_error("transport", f"`{url}`: {_debug(code)}")
