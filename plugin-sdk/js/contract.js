@@ -52,3 +52,33 @@ export const hostStateListKeys = (prefix) => call(() => witState.listKeys(prefix
 /** requester.request: {ok: {payload, headers}} or {err}. */
 export const hostRequest = (subject, payload, headers, timeoutMs) =>
   call(() => witRequest(subject, payload, headers, timeoutMs));
+
+// Outbound HTTP: the world's own wasi:http 0.2.12 imports (componentize-js's
+// built-in fetch is disabled in build.mjs: it targets another wasi:http
+// version). sluice.js's `http` helpers are the only users.
+import { handle as witHttpHandle } from "wasi:http/outgoing-handler@0.2.12";
+import {
+  Fields as WitFields,
+  IncomingBody as WitIncomingBody,
+  OutgoingBody as WitOutgoingBody,
+  OutgoingRequest as WitOutgoingRequest,
+  RequestOptions as WitRequestOptions,
+  httpErrorCode as witHttpErrorCode,
+} from "wasi:http/types@0.2.12";
+
+/** The generated wasi:http bindings (resources are classes; a result's `err` is thrown as e.payload). */
+export const wasiHttp = {
+  handle: witHttpHandle,
+  Fields: WitFields,
+  IncomingBody: WitIncomingBody,
+  OutgoingBody: WitOutgoingBody,
+  OutgoingRequest: WitOutgoingRequest,
+  RequestOptions: WitRequestOptions,
+  httpErrorCode: witHttpErrorCode,
+};
+
+/** The `err` case thrown by a generated import (its payload), else rethrow. */
+export function errPayload(e) {
+  if (e !== null && typeof e === "object" && "payload" in e) return e.payload;
+  throw e;
+}

@@ -161,3 +161,92 @@ export function request(
 
 /** The idempotency key of the event being handled; undefined outside one. */
 export function idempotencyKey(): string | undefined;
+
+// ---- outbound HTTP (wasi:http/outgoing-handler@0.2.12), the twin of the
+// Rust SDK's `sluice_sdk::http`. The host reaches only origins the manifest's
+// `http` list grants and the operator allows; every request carries the
+// event's idempotency key as `Idempotency-Key` unless it opts out.
+
+/** The header carrying the event's idempotency key. */
+export const IDEMPOTENCY_KEY: "Idempotency-Key";
+
+export type HttpErrorKind = "refused" | "invalid" | "timeout" | "too-large" | "transport" | "decode";
+
+/** A timeout or a transport failure (kind "timeout" or "transport"): a Retryable. */
+export class HttpRetryable extends Retryable {
+  readonly kind: HttpErrorKind;
+  readonly detail: string;
+  readonly isRetryable: true;
+}
+
+/** Refused by the host, invalid, too large or undecodable: a Permanent. */
+export class HttpPermanent extends Permanent {
+  readonly kind: HttpErrorKind;
+  readonly detail: string;
+  readonly isRetryable: false;
+}
+
+/** `e instanceof HttpError` holds for HttpRetryable and HttpPermanent. */
+export type HttpError = HttpRetryable | HttpPermanent;
+export const HttpError: { [Symbol.hasInstance](value: unknown): value is HttpError };
+
+/** A complete response. */
+export class HttpResponse {
+  readonly status: number;
+  /** In the order received, names in lower case. */
+  readonly headers: Header[];
+  readonly body: Uint8Array;
+  /** Whether the status is 2xx. */
+  readonly isSuccess: boolean;
+  /** The first value of header `name` (case-insensitive), or undefined. */
+  header(name: string): string | undefined;
+  /** The body as UTF-8 text; throws HttpPermanent (kind "decode") if it is not. */
+  text(): string;
+  /** The body parsed as JSON; throws HttpPermanent (kind "decode") if it is not. */
+  json(): any;
+}
+
+export interface HttpRequestOptions {
+  headers?: Headers;
+  /** The body; a string is sent as UTF-8. */
+  body?: Uint8Array | string;
+  /** A JSON body (the Rust SDK's bytes), with Content-Type application/json unless set. */
+  json?: unknown;
+  /** Give up after this long (the attempt's time limit applies anyway). */
+  timeoutMs?: number;
+  /** false: do not send the event's idempotency key. */
+  idempotencyKey?: boolean;
+}
+
+/** A request being built; setters return the request, `send()` sends it. */
+export class HttpRequest {
+  constructor(method: string, url: string, options?: HttpRequestOptions);
+  readonly method: string;
+  readonly url: string;
+  readonly headers: [string, string][];
+  /** Add a header (names may repeat); an explicit Idempotency-Key replaces the event's. */
+  header(name: string, value: string): this;
+  body(body: Uint8Array | string): this;
+  json(value: unknown): this;
+  withoutIdempotencyKey(): this;
+  timeout(ms: number): this;
+  /** Send and read the whole response; throws HttpError when there is none (any status is a response). */
+  send(): HttpResponse;
+}
+
+/** Outbound HTTP helpers. */
+export const http: {
+  IDEMPOTENCY_KEY: "Idempotency-Key";
+  Request: typeof HttpRequest;
+  Response: typeof HttpResponse;
+  HttpError: typeof HttpError;
+  HttpRetryable: typeof HttpRetryable;
+  HttpPermanent: typeof HttpPermanent;
+  /** `GET url`. */
+  get(url: string, options?: { headers?: Headers; timeoutMs?: number }): HttpResponse;
+  /** `POST url` with `value` as the JSON body. */
+  postJson(url: string, value: unknown, options?: { headers?: Headers; timeoutMs?: number }): HttpResponse;
+};
+
+/** `url` split into [scheme, authority, pathWithQuery]; throws HttpPermanent ("invalid") when it is not http(s) with a host. */
+export function splitUrl(url: string): [string, string, string];

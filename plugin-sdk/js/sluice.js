@@ -22,8 +22,10 @@
 // the bytes the Rust SDK's `publish_json` writes for a serde_json::Value.
 //
 // Contract 0.2.0 capabilities: `config.get/require`, `state.get/set/cas/
-// delete/listKeys`, `request(subject, payload, {timeoutMs, headers})` and
-// `idempotencyKey()` (see the bottom of this file and docs/writing-plugins.md).
+// delete/listKeys`, `request(subject, payload, {timeoutMs, headers})`,
+// `idempotencyKey()` and outbound HTTP (`http.get`, `http.postJson`,
+// `new http.Request(...)`; see the bottom of this file and
+// docs/writing-plugins.md).
 //
 // Contract imports live in ./contract.js (one place per contract version).
 
@@ -38,6 +40,8 @@ import {
   hostStateListKeys,
   hostStateSet,
   LEVELS,
+  errPayload,
+  wasiHttp,
 } from "./contract.js";
 import { dumps, float, JsonFloat } from "./json.js";
 
@@ -214,7 +218,9 @@ export const config = {
   require(key) {
     const value = config.get(key);
     if (value === undefined) {
-      throw new Permanent(`config key '${key}' is not set: add it to the plugin's [config] table`);
+      throw new Permanent(
+        `configuration key \`${key}\` is not set: add it to the manifest's [config] or the operator's plugin_config / plugin_secrets`,
+      );
     }
     return value;
   },
@@ -324,6 +330,483 @@ export function request(subject, payload, { timeoutMs, headers } = {}) {
   if (tag === "no-responders" || tag === "timed-out" || tag === "unavailable") throw new RequestFailed(tag, val);
   throw new RequestRefused(tag, val);
 }
+
+// ---- outbound HTTP over the world's wasi:http/outgoing-handler@0.2.12: the
+// twin of the Rust SDK's `sluice_sdk::http` (plugin-sdk/src/http.rs). The host
+// lets a request through only to an origin the manifest's `http` list grants
+// and the operator allows (never a private or loopback address unless the
+// operator says so), within the attempt's time limit, a response-size limit
+// and a per-event request count. A request is sent at once, so a retried
+// event sends it again: every request carries the event's idempotency key as
+// `Idempotency-Key` unless the request opts out.
+
+/** The header carrying the event's idempotency key. */
+export const IDEMPOTENCY_KEY = "Idempotency-Key";
+
+const HTTP_KINDS = {
+  refused: "HTTP request refused",
+  invalid: "invalid HTTP request",
+  timeout: "HTTP request timed out",
+  "too-large": "HTTP response too large",
+  transport: "HTTP request failed",
+  decode: "cannot decode HTTP response",
+};
+const HTTP_RETRYABLE = ["timeout", "transport"];
+const WRITE_CHUNK = 4096;
+const READ_CHUNK = 64n * 1024n;
+const DISPOSE = Symbol.dispose || Symbol.for("dispose");
+
+/** A timeout or a transport failure: a Retryable (kind "timeout" or "transport"). */
+export class HttpRetryable extends Retryable {
+  constructor(kind, detail) {
+    super(`${HTTP_KINDS[kind] ?? "HTTP request failed"}: ${detail}`);
+    this.name = "HttpRetryable";
+    this.kind = kind;
+    this.detail = String(detail);
+  }
+  get isRetryable() {
+    return true;
+  }
+}
+
+/**
+ * Refused by the host ("refused": origin not granted, private address,
+ * request limit), "invalid", "too-large" or "decode": a Permanent.
+ */
+export class HttpPermanent extends Permanent {
+  constructor(kind, detail) {
+    super(`${HTTP_KINDS[kind] ?? "HTTP request failed"}: ${detail}`);
+    this.name = "HttpPermanent";
+    this.kind = kind;
+    this.detail = String(detail);
+  }
+  get isRetryable() {
+    return false;
+  }
+}
+
+/**
+ * Why a request got no (usable) response: `e instanceof HttpError` holds for
+ * both HttpRetryable and HttpPermanent; `e.kind`, `e.detail`, `e.isRetryable`.
+ */
+export class HttpError {
+  static [Symbol.hasInstance](value) {
+    return value instanceof HttpRetryable || value instanceof HttpPermanent;
+  }
+}
+
+function httpError(kind, detail) {
+  return HTTP_RETRYABLE.includes(kind) ? new HttpRetryable(kind, detail) : new HttpPermanent(kind, detail);
+}
+
+/** A complete response: `status`, `headers` ({name, value}, names in lower case), `body` (Uint8Array). */
+export class HttpResponse {
+  constructor(status, headers, body) {
+    this.status = status;
+    this.headers = headers;
+    this.body = body;
+  }
+  /** Whether the status is 2xx. */
+  get isSuccess() {
+    return this.status >= 200 && this.status < 300;
+  }
+  /** The first value of header `name` (case-insensitive), or undefined. */
+  header(name) {
+    const lower = String(name).toLowerCase();
+    const h = this.headers.find((h) => h.name.toLowerCase() === lower);
+    return h === undefined ? undefined : h.value;
+  }
+  /** The body as UTF-8 text; throws HttpPermanent (kind "decode") if it is not. */
+  text() {
+    try {
+      return utf8.decode(this.body);
+    } catch (e) {
+      throw httpError("decode", `body is not UTF-8: ${e.message}`);
+    }
+  }
+  /** The body parsed as JSON; throws HttpPermanent (kind "decode") if it is not. */
+  json() {
+    const text = this.text();
+    try {
+      return JSON.parse(text);
+    } catch (e) {
+      throw httpError("decode", `body is not the expected JSON: ${e.message}`);
+    }
+  }
+}
+
+/**
+ * A request being built; `send()` sends it. Setters return the request, so
+ * calls chain; the options are the same settings:
+ *
+ *     new http.Request("PUT", url).header("Authorization", `Bearer ${t}`).json(item).send();
+ *     new http.Request("DELETE", url, { headers: { "X-Why": "gone" }, timeoutMs: 2000 }).send();
+ */
+export class HttpRequest {
+  constructor(method, url, { headers, body, json, timeoutMs, idempotencyKey = true } = {}) {
+    this.method = String(method);
+    this.url = String(url);
+    this.headers = headerList(headers).map((h) => [h.name, h.value]);
+    this._body = new Uint8Array(0);
+    this._idempotencyKey = idempotencyKey !== false;
+    this._timeoutMs = undefined;
+    if (body !== undefined && body !== null) this.body(body);
+    if (json !== undefined) this.json(json);
+    if (timeoutMs !== undefined && timeoutMs !== null) this.timeout(timeoutMs);
+  }
+  /** Add a header (names may repeat); an explicit Idempotency-Key replaces the event's. */
+  header(name, value) {
+    this.headers.push([String(name), String(value)]);
+    return this;
+  }
+  /** Set the body (a string is sent as UTF-8). */
+  body(body) {
+    this._body = toBytes(body);
+    return this;
+  }
+  /** Set the body to `value` as JSON (the Rust SDK's bytes), with Content-Type application/json unless set. */
+  json(value) {
+    try {
+      this._body = dumps(value);
+    } catch (e) {
+      throw httpError("invalid", `cannot encode the JSON body: ${e.message}`);
+    }
+    if (!this._has("content-type")) this.headers.push(["Content-Type", "application/json"]);
+    return this;
+  }
+  /** Do not send the event's idempotency key. */
+  withoutIdempotencyKey() {
+    this._idempotencyKey = false;
+    return this;
+  }
+  /** Give up after `ms` milliseconds (the attempt's time limit applies anyway). */
+  timeout(ms) {
+    const n = Number(ms);
+    if (!(n >= 0)) throw new RangeError(`timeout must not be negative, got ${ms}`);
+    this._timeoutMs = n;
+    return this;
+  }
+  _has(name) {
+    const lower = name.toLowerCase();
+    return this.headers.some(([n]) => n.toLowerCase() === lower);
+  }
+  /** Send the request and read the whole response; throws HttpError when there is none (any status is a response). */
+  send() {
+    const headers = [...this.headers];
+    if (this._idempotencyKey && !this._has(IDEMPOTENCY_KEY) && currentKey) {
+      headers.push([IDEMPOTENCY_KEY, currentKey]);
+    }
+    return httpSend(this.method, this.url, headers, this._body, this._timeoutMs);
+  }
+}
+
+/** `url` split into [scheme, authority, pathWithQuery]; HttpPermanent ("invalid") when it is not http(s) with a host. */
+export function splitUrl(url) {
+  const invalid = (why) => httpError("invalid", `\`${url}\` is not a valid URL: ${why}`);
+  const at = url.indexOf("://");
+  if (at < 0) throw invalid("write scheme://host[:port]/path");
+  const scheme = url.slice(0, at).toLowerCase();
+  if (scheme !== "http" && scheme !== "https") throw invalid("the scheme must be http or https");
+  const rest = url.slice(at + 3);
+  const end = rest.search(/[/?#]/);
+  const authority = end < 0 ? rest : rest.slice(0, end);
+  const path = end < 0 ? "" : rest.slice(end).split("#")[0];
+  if (authority === "") throw invalid("no host");
+  if (authority.includes("@")) throw invalid("credentials in the URL are not supported; send a header");
+  return [scheme, authority, path];
+}
+
+const METHODS = ["get", "head", "post", "put", "patch", "delete", "options"];
+
+function drop(resource) {
+  if (resource !== undefined && resource !== null) resource[DISPOSE]();
+}
+
+/** The Rust SDK's `{code:?}` name of a wasi:http error-code tag ("HTTP-request-denied" -> "HttpRequestDenied"). */
+function codeName(tag) {
+  return String(tag)
+    .split("-")
+    .map((w) => w.charAt(0).toUpperCase() + w.slice(1).toLowerCase())
+    .join("");
+}
+
+function debugCode(code) {
+  const name = `ErrorCode::${codeName(code.tag)}`;
+  if (!("val" in code)) return name;
+  const v = code.val;
+  return `${name}(${typeof v === "object" && v !== null ? JSON.stringify(v, (_, x) => (typeof x === "bigint" ? String(x) : x)) : v})`;
+}
+
+/** A readable error for what wasi:http reported about `url` (the Rust SDK's texts). */
+function errorOf(url, code) {
+  const name = codeName(code.tag);
+  switch (name) {
+    case "HttpRequestDenied":
+      return httpError(
+        "refused",
+        `\`${url}\`: the host does not grant this origin to the plugin (the manifest's \`http\` list and the operator's \`http_allow\` decide)`,
+      );
+    case "DestinationIpProhibited":
+      return httpError(
+        "refused",
+        `\`${url}\` resolves to a private, loopback or link-local address, which the operator does not allow (\`http_allow_private\`)`,
+      );
+    case "ConnectionLimitReached":
+      return httpError(
+        "refused",
+        `\`${url}\`: the plugin's per-event HTTP request limit is reached (\`max_http_requests\`)`,
+      );
+    case "HttpResponseBodySize":
+      return httpError(
+        "too-large",
+        code.val !== undefined && code.val !== null
+          ? `the response of \`${url}\` is larger than the plugin's limit of ${code.val} bytes (\`max_http_response\`)`
+          : `the response of \`${url}\` is larger than the plugin's limit`,
+      );
+    case "ConnectionTimeout":
+    case "ConnectionReadTimeout":
+    case "ConnectionWriteTimeout":
+    case "HttpResponseTimeout":
+    case "DnsTimeout":
+      return httpError(
+        "timeout",
+        `\`${url}\` did not answer in time (the attempt's time limit cuts every request): ${debugCode(code)}`,
+      );
+    case "HttpRequestUriInvalid":
+    case "HttpRequestMethodInvalid":
+      return httpError("invalid", `\`${url}\`: ${debugCode(code)}`);
+    case "InternalError":
+      if (code.val !== undefined && code.val !== null) return httpError("transport", `\`${url}\`: ${code.val}`);
+      return httpError("transport", `\`${url}\`: ${debugCode(code)}`);
+    default:
+      return httpError("transport", `\`${url}\`: ${debugCode(code)}`);
+  }
+}
+
+function httpSend(method, url, headers, body, timeoutMs) {
+  const w = wasiHttp;
+  const [scheme, authority, path] = splitUrl(url);
+  const fields = new w.Fields();
+  const append = (name, value, what) => {
+    try {
+      fields.append(name, encoder.encode(value));
+    } catch (e) {
+      const err = errPayload(e);
+      drop(fields);
+      throw httpError("invalid", `${what}: HeaderError::${codeName(err && err.tag)}`);
+    }
+  };
+  for (const [name, value] of headers) append(name, value, `header \`${name}\``);
+  if (body.length > 0 && !headers.some(([n]) => n.toLowerCase() === "content-length")) {
+    append("content-length", String(body.length), "content-length");
+  }
+  const outgoing = new w.OutgoingRequest(fields); // takes the fields
+  const upper = method.toUpperCase();
+  const witMethod = METHODS.includes(upper.toLowerCase()) ? { tag: upper.toLowerCase() } : { tag: "other", val: method };
+  let outBody;
+  try {
+    for (const [what, set] of [
+      ["the method", () => outgoing.setMethod(witMethod)],
+      ["the scheme", () => outgoing.setScheme({ tag: scheme.toUpperCase() })],
+      ["the host and port", () => outgoing.setAuthority(authority)],
+      ["the path", () => outgoing.setPathWithQuery(path === "" ? "/" : path)],
+    ]) {
+      try {
+        set();
+      } catch (e) {
+        errPayload(e);
+        throw httpError("invalid", `${what} of \`${url}\``);
+      }
+    }
+    try {
+      outBody = outgoing.body();
+    } catch (e) {
+      errPayload(e);
+      throw httpError("invalid", "the request body is already taken");
+    }
+  } catch (e) {
+    drop(outBody);
+    drop(outgoing);
+    throw e;
+  }
+  let options;
+  if (timeoutMs !== undefined) {
+    options = new w.RequestOptions();
+    const nanos = BigInt(Math.round(timeoutMs)) * 1000000n;
+    // Ignored when the host does not support one of them; the attempt's
+    // time limit applies anyway.
+    for (const set of ["setConnectTimeout", "setFirstByteTimeout", "setBetweenBytesTimeout"]) {
+      try {
+        options[set](nanos);
+      } catch (e) {
+        errPayload(e);
+      }
+    }
+  }
+  let pending;
+  try {
+    pending = w.handle(outgoing, options); // takes the request and options
+  } catch (e) {
+    const code = errPayload(e);
+    drop(outBody);
+    throw errorOf(url, code);
+  }
+  let incoming;
+  try {
+    writeBody(outBody, body);
+    try {
+      w.OutgoingBody.finish(outBody, undefined); // takes the body
+    } catch (e) {
+      errPayload(e); // a failed write shows as the response's error below
+    }
+    outBody = undefined;
+    incoming = awaitResponse(url, pending);
+  } catch (e) {
+    drop(outBody);
+    drop(pending);
+    throw e;
+  }
+  try {
+    return readResponse(url, incoming);
+  } finally {
+    drop(incoming);
+    drop(pending);
+  }
+}
+
+function writeBody(outBody, bytes) {
+  if (bytes.length === 0) return;
+  let stream;
+  try {
+    stream = outBody.write();
+  } catch (e) {
+    errPayload(e);
+    return;
+  }
+  try {
+    for (let i = 0; i < bytes.length; i += WRITE_CHUNK) {
+      try {
+        stream.blockingWriteAndFlush(bytes.subarray(i, i + WRITE_CHUNK));
+      } catch (e) {
+        errPayload(e);
+        break;
+      }
+    }
+  } finally {
+    drop(stream);
+  }
+}
+
+function awaitResponse(url, pending) {
+  for (;;) {
+    const got = pending.get();
+    if (got === undefined || got === null) {
+      const pollable = pending.subscribe();
+      try {
+        pollable.block();
+      } finally {
+        drop(pollable);
+      }
+      continue;
+    }
+    if (got.tag === "err") throw httpError("transport", `the response to \`${url}\` was already taken`);
+    if (got.val.tag === "err") throw errorOf(url, got.val.val);
+    return got.val.val;
+  }
+}
+
+function readResponse(url, incoming) {
+  const w = wasiHttp;
+  const status = incoming.status();
+  const fields = incoming.headers();
+  let headers;
+  try {
+    headers = fields.entries().map(([name, value]) => ({ name, value: new TextDecoder().decode(value) }));
+  } finally {
+    drop(fields);
+  }
+  let body;
+  try {
+    body = incoming.consume();
+  } catch (e) {
+    errPayload(e);
+    throw httpError("transport", `the body of \`${url}\` was already taken`);
+  }
+  const chunks = [];
+  let size = 0;
+  try {
+    let stream;
+    try {
+      stream = body.stream();
+    } catch (e) {
+      errPayload(e);
+      throw httpError("transport", `the body of \`${url}\` was already taken`);
+    }
+    try {
+      for (;;) {
+        let chunk;
+        try {
+          chunk = stream.blockingRead(READ_CHUNK);
+        } catch (e) {
+          const err = errPayload(e);
+          if (err.tag === "closed") break;
+          throw streamFailure(url, err.val);
+        }
+        chunks.push(chunk);
+        size += chunk.length;
+      }
+    } finally {
+      drop(stream);
+    }
+    const trailers = w.IncomingBody.finish(body); // takes the body
+    body = undefined;
+    drop(trailers);
+  } finally {
+    drop(body);
+  }
+  const all = new Uint8Array(size);
+  let at = 0;
+  for (const c of chunks) {
+    all.set(c, at);
+    at += c.length;
+  }
+  return new HttpResponse(status, headers, all);
+}
+
+function streamFailure(url, ioError) {
+  try {
+    const code = wasiHttp.httpErrorCode(ioError);
+    if (code !== undefined && code !== null) return errorOf(url, code);
+    return httpError("transport", `reading the body of \`${url}\` failed: ${ioError.toDebugString()}`);
+  } finally {
+    drop(ioError);
+  }
+}
+
+/**
+ * Outbound HTTP (contract 0.2.0): `http.get(url, {headers, timeoutMs})`,
+ * `http.postJson(url, value, {headers, timeoutMs})`, and
+ * `new http.Request(method, url, {headers, body, json, timeoutMs, idempotencyKey})`
+ * with `.header() .body() .json() .timeout() .withoutIdempotencyKey() .send()`.
+ * A failure throws HttpRetryable (timeout, transport) or HttpPermanent
+ * (refused, invalid, too-large, decode), as the Rust SDK's `?` classifies it.
+ */
+export const http = {
+  IDEMPOTENCY_KEY,
+  Request: HttpRequest,
+  Response: HttpResponse,
+  HttpError,
+  HttpRetryable,
+  HttpPermanent,
+  /** `GET url`. */
+  get(url, { headers, timeoutMs } = {}) {
+    return new HttpRequest("GET", url, { headers, timeoutMs }).send();
+  },
+  /** `POST url` with `value` as the JSON body. */
+  postJson(url, value, { headers, timeoutMs } = {}) {
+    return new HttpRequest("POST", url, { headers, timeoutMs, json: value }).send();
+  },
+};
 
 /**
  * Run `handle` on one raw contract event; returns the contract's error

@@ -18,7 +18,9 @@ without retry. Any other exception traps the instance: the host counts it as a
 retryable failure and records its traceback (stderr) in the dead letter.
 
 ``plugin-sdk/python/build.sh DIR`` turns the folder into ``NAME.wasm`` with
-componentize-py; this package is the only import it adds. The helpers mirror
+componentize-py; this package is the only import it adds. Contract 0.2.0
+capabilities: ``config``, ``state``, ``request``, ``idempotency_key()`` and
+outbound HTTP (``sluice.http``: ``get``, ``post_json``, ``Request``). The helpers mirror
 the Rust SDK (``plugin-sdk/src/lib.rs``) and ``publish_json`` writes the same
 bytes as the Rust SDK's ``publish_json`` of a ``serde_json::Value``.
 """
@@ -40,16 +42,22 @@ from ._errors import Permanent, PublishRefused, Retryable
 from ._event import Delivery, Event, Header
 from ._json import dumps as json_dumps
 from ._host import debug, error, info, log, publish, publish_json, reply, trace, warn
+from . import http
+from .http import HttpError, HttpPermanent, HttpRetryable
 
 __all__ = [
     "Delivery",
     "Entry",
+    "HttpError",
+    "HttpPermanent",
+    "HttpRetryable",
     "RequestFailed",
     "RequestRefused",
     "Response",
     "StateRefused",
     "StateUnavailable",
     "config",
+    "http",
     "idempotency_key",
     "request",
     "state",

@@ -68,7 +68,8 @@ def _state_error(err) -> Exception:
 
 
 class config:  # noqa: N801 - a namespace, used as ``sluice.config.get``
-    """The plugin's ``[config]`` table from the manifest."""
+    """The plugin's configuration: an operator secret (``plugin_secrets``), else
+    the operator's value (``plugin_config``), else the manifest's ``[config]``."""
 
     @staticmethod
     def get(key: str) -> Optional[str]:
@@ -81,7 +82,10 @@ class config:  # noqa: N801 - a namespace, used as ``sluice.config.get``
         """The value of ``key``; :class:`Permanent` naming the key when unset."""
         value = config.get(key)
         if value is None:
-            raise Permanent(f"config key {key!r} is not set: add it to the plugin's [config] table")
+            raise Permanent(
+                f"configuration key `{key}` is not set: add it to the manifest's [config]"
+                " or the operator's plugin_config / plugin_secrets"
+            )
         return value
 
 

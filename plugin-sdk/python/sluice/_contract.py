@@ -14,8 +14,10 @@ try:
     from componentize_py_types import Err
     from wit_world.imports import config, logging, publisher, requester, state
     from wit_world.imports import sluice_plugin_types as types
+    from wit_world.imports import outgoing_handler, streams, wasi_http_types
 except ImportError:  # not inside componentize-py
     Err = config = logging = publisher = requester = state = types = None
+    outgoing_handler = streams = wasi_http_types = None
 
 CONTRACT_VERSION = "0.2.0"
 
@@ -35,3 +37,10 @@ def capabilities():
     if types is None:
         raise RuntimeError("the sluice contract bindings exist only inside a component built by build.sh")
     return config, state, requester
+
+
+def http_bindings():
+    """The generated ``wasi:http`` modules ``(types, outgoing_handler, streams)``."""
+    if wasi_http_types is None:
+        raise RuntimeError("the sluice contract bindings exist only inside a component built by build.sh")
+    return wasi_http_types, outgoing_handler, streams
