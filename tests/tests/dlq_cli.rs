@@ -189,36 +189,11 @@ async fn a_replay_runs_again_only_for_the_plugin_that_dead_lettered_it() {
         .to_string();
 
     let js = async_nats::jetstream::new(client.clone());
-    let entries = sluice::dlq::list(
-        &js,
-        sluice::delivery::dead_letter::DEFAULT_DLQ_STREAM,
-        &Default::default(),
-    )
-    .await
-    .unwrap();
-    assert_eq!(entries.len(), 1);
-    assert_eq!(entries[0].letter.key, "o-1");
-    sluice::dlq::replay_one(
-        &client,
-        &js,
-        sluice::delivery::dead_letter::DEFAULT_DLQ_STREAM,
-        &entries[0],
-    )
-    .await
-    .unwrap();
-
-    // billing runs it again (its key pinned); audit receives it but finds
-    // its own original key completed and skips it.
-    eventually(WAIT, "billing ran the replay", || {
-        host.stats("billing").is_some_and(|s| s.dead_lettered == 2)
-    })
-    .await;
-    eventually(WAIT, "audit skipped the replay", || {
-        host.stats("audit").is_some_and(|s| s.dedup_hits == 1)
-    })
-    .await;
-    let audit = host.stats("audit").unwrap();
-    assert_eq!(audit.succeeded, 1, "audit ran only once: {audit:?}");
+    let key = replay_the_only_dead_letter(&client, &js).await;
+    assert_eq!(key, "o-1");
+    // billing runs it again (its key pinned); audit receives it, sees it is
+    // addressed to billing and skips it.
+    billing_reran_and_audit_skipped(&host).await;
     assert!(
         tokio::time::timeout(Duration::from_millis(300), counted.next())
             .await
@@ -263,22 +238,36 @@ async fn a_jetstream_replay_for_one_plugin_is_skipped_by_the_other_without_a_rec
     })
     .await;
 
-    let entries = sluice::dlq::list(
-        &js,
-        sluice::delivery::dead_letter::DEFAULT_DLQ_STREAM,
-        &Default::default(),
-    )
-    .await
-    .unwrap();
-    assert_eq!(entries.len(), 1);
-    sluice::dlq::replay_one(
-        &client,
-        &js,
-        sluice::delivery::dead_letter::DEFAULT_DLQ_STREAM,
-        &entries[0],
-    )
-    .await
-    .unwrap();
+    replay_the_only_dead_letter(&client, &js).await;
+    billing_reran_and_audit_skipped(&host).await;
+    assert_eq!(
+        sluice_e2e::stream_messages(&js, "COUNTED").await,
+        1,
+        "audit published nothing for the replay"
+    );
+    host.shutdown().await.unwrap();
+}
+
+/// Replay the one entry in the DLQ; its key.
+async fn replay_the_only_dead_letter(
+    client: &async_nats::Client,
+    js: &async_nats::jetstream::Context,
+) -> String {
+    let stream = sluice::delivery::dead_letter::DEFAULT_DLQ_STREAM;
+    let entries = sluice::dlq::list(js, stream, &Default::default())
+        .await
+        .unwrap();
+    assert_eq!(entries.len(), 1, "one dead letter: {entries:?}");
+    sluice::dlq::replay_one(client, js, stream, &entries[0])
+        .await
+        .unwrap();
+    entries[0].letter.key.clone()
+}
+
+/// `billing` ran its replay again (a second dead letter) and `audit`
+/// skipped it as a duplicate without running its handler a second time.
+async fn billing_reran_and_audit_skipped(host: &sluice::service::HostHandle) {
+    const WAIT: Duration = Duration::from_secs(30);
     eventually(WAIT, "billing ran the replay", || {
         host.stats("billing").is_some_and(|s| s.dead_lettered == 2)
     })
@@ -289,10 +278,4 @@ async fn a_jetstream_replay_for_one_plugin_is_skipped_by_the_other_without_a_rec
     .await;
     let audit = host.stats("audit").unwrap();
     assert_eq!(audit.succeeded, 1, "audit ran only once: {audit:?}");
-    assert_eq!(
-        sluice_e2e::stream_messages(&js, "COUNTED").await,
-        1,
-        "audit published nothing for the replay"
-    );
-    host.shutdown().await.unwrap();
 }

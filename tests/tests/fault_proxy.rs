@@ -267,18 +267,7 @@ async fn a_jetstream_plugin_whose_setup_goes_unanswered_at_start_consumes_once_t
     // Every lookup of the plugin's stream lands, and its answer is lost.
     proxy.lose_replies_to("$JS.API.STREAM.INFO.ORDERS");
     let dir = PluginDir::new();
-    dir.add(
-        "enrich",
-        "enrich",
-        "subjects = [\"orders.created\"]\npublish = [\"orders.enriched.>\"]\n\
-         mode = \"jetstream\"\n[jetstream]\nstream = \"ORDERS\"\ncreate_stream = true\n",
-    );
-    let host = start_host_with(Overrides {
-        nats_url: Some(proxy.url()),
-        plugins: Some(dir.path().to_path_buf()),
-        ..Overrides::default()
-    })
-    .await;
+    let host = enrich_host_through(&proxy, &dir).await;
     // A second lookup means the first one timed out and was tried again.
     eventually_async!(
         WAIT,
@@ -398,18 +387,7 @@ async fn a_first_delivery_is_settled_by_a_confirmed_ack_and_recorded_only_when_t
     create_stream(&direct_js, "DONE", &["orders.enriched.>"]).await;
     let proxy = FaultProxy::start(&nats.url()).await;
     let dir = PluginDir::new();
-    dir.add(
-        "enrich",
-        "enrich",
-        "subjects = [\"orders.created\"]\npublish = [\"orders.enriched.>\"]\n\
-         mode = \"jetstream\"\n[jetstream]\nstream = \"ORDERS\"\ncreate_stream = true\n",
-    );
-    let host = start_host_with(Overrides {
-        nats_url: Some(proxy.url()),
-        plugins: Some(dir.path().to_path_buf()),
-        ..Overrides::default()
-    })
-    .await;
+    let host = enrich_host_through(&proxy, &dir).await;
     eventually_async!(
         WAIT,
         "the host created the plugin's stream",
@@ -464,4 +442,22 @@ async fn a_first_delivery_is_settled_by_a_confirmed_ack_and_recorded_only_when_t
     assert_eq!(stats.succeeded, 2, "each event ran once: {stats:?}");
     assert_eq!(stream_messages(&direct_js, "DONE").await, 2);
     host.shutdown().await.unwrap();
+}
+
+/// A host reaching NATS through `proxy` and serving `enrich` from `dir` in
+/// JetStream mode: stream `ORDERS` (created by the host), derived events on
+/// `orders.enriched.>`.
+async fn enrich_host_through(proxy: &FaultProxy, dir: &PluginDir) -> sluice::service::HostHandle {
+    dir.add(
+        "enrich",
+        "enrich",
+        "subjects = [\"orders.created\"]\npublish = [\"orders.enriched.>\"]\n\
+         mode = \"jetstream\"\n[jetstream]\nstream = \"ORDERS\"\ncreate_stream = true\n",
+    );
+    start_host_with(Overrides {
+        nats_url: Some(proxy.url()),
+        plugins: Some(dir.path().to_path_buf()),
+        ..Overrides::default()
+    })
+    .await
 }
