@@ -161,8 +161,8 @@ pub fn compile_cached(
 /// a host that compiled one plugin otherwise stays at ~400 MB of RSS for
 /// good although its instances need a few MiB each. `malloc_trim` returns
 /// them (every arena's free pages), once per compile: microseconds next to
-/// a compile of seconds. The crate's one `unsafe`: an FFI call with no
-/// arguments that point anywhere.
+/// a compile of seconds. An FFI call with no arguments that point anywhere
+/// (the crate's other `unsafe` is the compile cache's deserialize).
 #[allow(unsafe_code)]
 fn release_freed_heap() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
