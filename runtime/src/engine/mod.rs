@@ -201,6 +201,10 @@ fn engine_config(settings: &EngineSettings, keep_resident: bool) -> Config {
         .allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
         .memory_init_cow(true)
         .cranelift_opt_level(wasmtime::OptLevel::Speed)
-        .max_wasm_stack(1 << 20);
+        .max_wasm_stack(1 << 20)
+        // No plugin runs guests concurrently within one store (the contract
+        // is synchronous, one event per call): without it a call takes the
+        // plain fiber path instead of the task machinery of async lifts.
+        .concurrency_support(false);
     config
 }
