@@ -51,6 +51,11 @@ struct Args {
     /// Output folder (results.json, results.md, host.log).
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Rounds of the default-path and core-default throughput rows, run
+    /// interleaved (baseline, then each variant, again); each row reports
+    /// its median, so a noisy neighbour during one run does not decide a bar.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
     /// Small sizes for a fast check (2,000 events, 1 s latency runs, 1 reload).
     #[arg(long)]
     quick: bool,
@@ -75,12 +80,14 @@ fn main() -> anyhow::Result<()> {
         config_extra: args.config_extra.clone(),
         out_dir: out.clone(),
         floor_calls: (5, 2_000),
+        rounds: args.rounds.max(1),
     };
     if args.quick {
         opts.events = 2_000;
         opts.duration = Duration::from_secs(1);
         opts.reloads = 1;
         opts.floor_calls = (3, 200);
+        opts.rounds = 1;
     }
     let names: Vec<String> = if args.scenarios.iter().any(|s| s == "all") {
         scenarios::ALL.iter().map(|s| s.to_string()).collect()
@@ -105,6 +112,7 @@ fn main() -> anyhow::Result<()> {
     settings.insert("latency_secs".into(), opts.duration.as_secs().to_string());
     settings.insert("window".into(), opts.window.to_string());
     settings.insert("reloads".into(), opts.reloads.to_string());
+    settings.insert("rounds".into(), opts.rounds.to_string());
     settings.insert(
         "profile".into(),
         if cfg!(debug_assertions) {

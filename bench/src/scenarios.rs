@@ -63,6 +63,9 @@ pub struct Options {
     pub out_dir: PathBuf,
     /// In-process floor: rounds × calls per round.
     pub floor_calls: (usize, usize),
+    /// Interleaved rounds of the default-path and core-default throughput
+    /// rows; each row is the median round.
+    pub rounds: usize,
 }
 
 /// Run scenario `name`.
@@ -823,23 +826,25 @@ async fn default_path(opts: &Options, result: &mut ScenarioResult) -> anyhow::Re
     let nats = NatsServer::start();
     let js = async_nats::jetstream::new(nats.client().await);
     js_setup(&js).await;
-    result
-        .rows
-        .push(js_baseline(&nats, &js, opts, Job::Noop).await?);
+    let mut rounds = Rounds::default();
+    for _ in 0..opts.rounds {
+        rounds.add(js_baseline(&nats, &js, opts, Job::Noop).await?);
+        for (label, extra, dedup) in DEFAULT_PATH_VARIANTS {
+            let v = Variant {
+                label: label.to_string(),
+                extra: vec![opts.manifest_extra.clone(), extra.to_string()],
+                dedup: *dedup,
+            };
+            rounds.add(js_sluice(&nats, &js, opts, "noop", &[], &v).await?);
+        }
+    }
+    let mut rows = rounds.medians(result);
+    // The peer runs once: it is two orders of magnitude below every row.
     match faststream_row(&nats, &js, opts).await {
-        Ok(row) => result.rows.push(row),
+        Ok(row) => rows.insert(1, row),
         Err(e) => result.notes.push(format!("FastStream peer skipped: {e:#}")),
     }
-    for (label, extra, dedup) in DEFAULT_PATH_VARIANTS {
-        let v = Variant {
-            label: label.to_string(),
-            extra: vec![opts.manifest_extra.clone(), extra.to_string()],
-            dedup: *dedup,
-        };
-        result
-            .rows
-            .push(js_sluice(&nats, &js, opts, "noop", &[], &v).await?);
-    }
+    result.rows.extend(rows);
     result.notes.push(format!(
         "{} events of ~190 B preloaded into a file-backed stream for each row, then consumed by a fresh durable; events/s from the first to the last acknowledged (sluice: handled) event; FastStream {} pulls {} per request, acks each message after its handler ({})",
         opts.events,
@@ -877,27 +882,30 @@ async fn faststream_row(
 async fn core_default(opts: &Options, result: &mut ScenarioResult) -> anyhow::Result<()> {
     let nats = NatsServer::start();
     let client = nats.client().await;
-    result
-        .rows
-        .push(core_baseline(&nats, &client, opts, &["base.orders".into()], Job::Noop).await?);
     let reuse = "isolation = \"reuse\"".to_string();
     let v = Variant {
         label: "sluice noop, isolation = \"reuse\"".into(),
         extra: vec![opts.manifest_extra.clone(), reuse.clone()],
         dedup: true,
     };
-    result.rows.push(
-        core_sluice(
-            &nats,
-            &client,
-            opts,
-            &["bench.orders".into()],
-            "noop",
-            &[],
-            &v,
-        )
-        .await?,
-    );
+    let mut rounds = Rounds::default();
+    for _ in 0..opts.rounds {
+        rounds.add(core_baseline(&nats, &client, opts, &["base.orders".into()], Job::Noop).await?);
+        rounds.add(
+            core_sluice(
+                &nats,
+                &client,
+                opts,
+                &["bench.orders".into()],
+                "noop",
+                &[],
+                &v,
+            )
+            .await?,
+        );
+    }
+    let rows = rounds.medians(result);
+    result.rows.extend(rows);
     let rates: Vec<u64> = [opts.rate, opts.low_rate]
         .into_iter()
         .filter(|r| *r > 0)
@@ -1199,5 +1207,48 @@ mod tests {
         for name in ALL {
             assert!(!describe(name).is_empty(), "{name}");
         }
+    }
+}
+
+/// The throughput rows of interleaved rounds, by variant in first-seen order.
+#[derive(Default)]
+struct Rounds {
+    rows: Vec<Vec<Row>>,
+}
+
+impl Rounds {
+    fn add(&mut self, row: Row) {
+        match self.rows.iter_mut().find(|r| r[0].variant == row.variant) {
+            Some(runs) => runs.push(row),
+            None => self.rows.push(vec![row]),
+        }
+    }
+
+    /// Each variant's median round (by events/s), with every round's figure
+    /// noted in `result`, so the spread is on record.
+    fn medians(self, result: &mut ScenarioResult) -> Vec<Row> {
+        let mut medians = Vec::new();
+        for mut runs in self.rows {
+            runs.sort_by(|a, b| {
+                a.events_per_s
+                    .partial_cmp(&b.events_per_s)
+                    .unwrap_or(std::cmp::Ordering::Equal)
+            });
+            if runs.len() > 1 {
+                let figures: Vec<String> = runs
+                    .iter()
+                    .map(|r| r.events_per_s.map_or("-".into(), |e| format!("{e:.0}")))
+                    .collect();
+                result.notes.push(format!(
+                    "{}: {} rounds, events/s {} (median reported)",
+                    runs[0].variant,
+                    runs.len(),
+                    figures.join(" / ")
+                ));
+            }
+            let middle = runs.len() / 2;
+            medians.push(runs.swap_remove(middle));
+        }
+        medians
     }
 }

@@ -34,6 +34,7 @@ use futures::StreamExt;
 use tokio::sync::OwnedSemaphorePermit;
 use tracing::Instrument;
 
+use super::ack_confirm::AckConfirmer;
 use super::{Ledger, StopSignals, TriggerContext, deliver_dead_letter};
 use crate::contract;
 use crate::delivery::breaker::Admission;
@@ -186,6 +187,7 @@ async fn consume(
     let mut pause_until: Option<tokio::time::Instant> = None;
     let condition = format!("plugin `{}` JetStream consumer", setup.plugin);
     let mut last_check = tokio::time::Instant::now();
+    let confirmer = AckConfirmer::start(ctx.dispatcher.client().clone(), ACK_CONFIRM_WAIT);
     loop {
         if pause_until.is_some_and(|t| tokio::time::Instant::now() >= t) {
             pause_until = None;
@@ -223,7 +225,7 @@ async fn consume(
                     } else {
                         // Its task waits for a slot (in arrival order: the
                         // semaphore is fair), kept alive meanwhile.
-                        spawn_event(&ctx, &slot, message, &bound, &signals);
+                        spawn_event(&ctx, &slot, message, &bound, &signals, &confirmer);
                     }
                     next = rx.try_recv().ok();
                 }
@@ -347,9 +349,11 @@ fn spawn_event(
     message: Message,
     bound: &BoundConsumer,
     signals: &StopSignals,
+    confirmer: &AckConfirmer,
 ) {
     let route = slot.load_full();
     let (ctx2, slot, signals) = (ctx.clone(), slot.clone(), signals.clone());
+    let confirmer = confirmer.clone();
     let (stream_created_ms, ack_wait) = (bound.stream_created_ms, bound.ack_wait);
     ctx.tasks.spawn(async move {
         let every = (ack_wait / 3).max(Duration::from_millis(200));
@@ -373,6 +377,7 @@ fn spawn_event(
                 permit,
                 lease_for,
                 &signals,
+                &confirmer,
             ))
             .await;
         })
@@ -440,6 +445,7 @@ async fn handle(
     permit: OwnedSemaphorePermit,
     lease_for: Duration,
     signals: &StopSignals,
+    confirmer: &AckConfirmer,
 ) {
     let info = match message.info() {
         Ok(info) => info,
@@ -538,6 +544,9 @@ async fn handle(
                 let outcome = {
                     let mut attempt_run = Box::pin(ctx.dispatcher.attempt(route, &key, &event, admission));
                     let renew_every = lease_for / 3;
+                    // No timer for an event without a lease (dedup off, or
+                    // a first delivery whose claim was skipped).
+                    let renewing = ledger.holds_lease();
                     loop {
                         tokio::select! {
                             result = &mut attempt_run => break match result {
@@ -553,7 +562,7 @@ async fn handle(
                                 ctx.metrics.shutdown_requeued();
                                 break Outcome::Abandoned;
                             }
-                            _ = tokio::time::sleep(renew_every) => ledger.renew(lease_for).await,
+                            _ = tokio::time::sleep(renew_every), if renewing => ledger.renew(lease_for).await,
                         }
                     }
                 };
@@ -573,7 +582,7 @@ async fn handle(
                 // (replays addressed to another plugin are skipped by name),
                 // and a confirmed ack rules that out. The confirmation is
                 // the record; one is written only when it does not come.
-                if let Err(e) = confirmed_ack(ctx, message).await {
+                if let Err(e) = confirmed_ack(confirmer, message).await {
                     tracing::debug!("acknowledgement not confirmed ({e}); recording completion so a redelivery is skipped");
                     tokio::join!(ledger.completed(), ack(message, AckKind::Ack));
                 }
@@ -653,23 +662,14 @@ async fn handle(
     .await;
 }
 
-/// Acknowledge `message` and wait for the server to confirm it (an ack
-/// with a reply subject, answered once the consumer applied it). A request
-/// on the connection's shared inbox: no subscription per ack, unlike
-/// `Message::double_ack`.
-async fn confirmed_ack(ctx: &TriggerContext, message: &Message) -> Result<(), String> {
+/// Acknowledge `message` and wait for the server to confirm it was applied
+/// (one answer per burst of acks, see [`super::ack_confirm`]); no
+/// subscription per ack, unlike `Message::double_ack`.
+async fn confirmed_ack(confirmer: &AckConfirmer, message: &Message) -> Result<(), String> {
     let Some(reply) = message.reply.clone() else {
         return Err("not a JetStream message (no reply subject)".into());
     };
-    let request = ctx
-        .dispatcher
-        .client()
-        .request(reply, bytes::Bytes::from_static(b"+ACK"));
-    match tokio::time::timeout(ACK_CONFIRM_WAIT, request).await {
-        Ok(Ok(_)) => Ok(()),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err(format!("no confirmation within {ACK_CONFIRM_WAIT:?}")),
-    }
+    confirmer.ack(reply).await
 }
 
 async fn ack(message: &Message, kind: AckKind) {

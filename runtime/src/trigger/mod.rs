@@ -12,6 +12,7 @@
 //! dead-letter delivery loop, and the [`TriggerContext`] shared by every
 //! subscription of the host.
 
+pub mod ack_confirm;
 pub mod core;
 pub mod jetstream;
 
@@ -186,6 +187,12 @@ impl<'a> Ledger<'a> {
     /// the first delivery's own stream position (see [`assume_unclaimed`](Self::assume_unclaimed)).
     pub fn is_unclaimed(&self) -> bool {
         self.unclaimed.is_some() && self.lease.is_none()
+    }
+
+    /// Whether this event holds a lease that must be renewed while its
+    /// attempt runs.
+    pub fn holds_lease(&self) -> bool {
+        self.lease.is_some()
     }
 
     /// Whether a store keeps this event's record.
