@@ -461,3 +461,122 @@ async fn enrich_host_through(proxy: &FaultProxy, dir: &PluginDir) -> sluice::ser
     })
     .await
 }
+
+/// `count` messages on a fresh stream `name`, pulled (not acknowledged) by
+/// a durable explicit-ack consumer: (its JetStream handle, the messages).
+async fn pulled(
+    js: &async_nats::jetstream::Context,
+    name: &str,
+    count: usize,
+) -> (
+    async_nats::jetstream::consumer::PullConsumer,
+    Vec<async_nats::jetstream::Message>,
+) {
+    let subject = format!("{}.events", name.to_lowercase());
+    create_stream(js, name, &[subject.as_str()]).await;
+    for i in 0..count {
+        js.publish(subject.clone(), format!("event {i}").into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    let consumer: async_nats::jetstream::consumer::PullConsumer = js
+        .get_stream(name)
+        .await
+        .unwrap()
+        .create_consumer(async_nats::jetstream::consumer::pull::Config {
+            durable_name: Some("confirm".into()),
+            ack_wait: Duration::from_secs(60),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut messages = Vec::new();
+    while messages.len() < count {
+        let mut batch = consumer
+            .fetch()
+            .max_messages(count - messages.len())
+            .expires(Duration::from_secs(2))
+            .messages()
+            .await
+            .unwrap();
+        while let Some(message) = batch.next().await {
+            messages.push(message.unwrap());
+        }
+    }
+    (consumer, messages)
+}
+
+// One thread: the acks are all queued before the confirmer runs, so how
+// they form bursts does not depend on how loaded the machine is.
+#[tokio::test]
+async fn a_burst_of_acks_is_confirmed_by_fewer_answers_and_every_ack_is_applied() {
+    const COUNT: usize = 300;
+    let nats = NatsServer::start();
+    let client = nats.client().await;
+    let js = async_nats::jetstream::new(client.clone());
+    let (mut consumer, messages) = pulled(&js, "BURST", COUNT).await;
+    // Every answer the server sends to the host's inbox, seen from outside.
+    let watcher = nats.client().await;
+    let mut answers = subscribed(&watcher, "_INBOX.>").await;
+
+    let confirmer =
+        sluice::trigger::ack_confirm::AckConfirmer::start(client.clone(), Duration::from_secs(5));
+    let acks = messages.iter().map(|m| {
+        let (confirmer, reply) = (confirmer.clone(), m.reply.clone().expect("a reply subject"));
+        tokio::spawn(async move { confirmer.ack(reply).await })
+    });
+    let outcomes = futures::future::join_all(acks).await;
+    for outcome in outcomes {
+        outcome
+            .unwrap()
+            .expect("every ack of the burst is confirmed");
+    }
+    let info = consumer.info().await.unwrap().clone();
+    assert_eq!(info.num_ack_pending, 0, "every ack was applied");
+    assert_eq!(info.ack_floor.stream_sequence, COUNT as u64);
+
+    let mut answered = 0;
+    while let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(300), answers.next()).await {
+        answered += 1;
+    }
+    assert!(
+        (1..COUNT).contains(&answered),
+        "{COUNT} acks sent together are confirmed by fewer answers (got {answered})"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_whose_answer_is_lost_is_unconfirmed_for_every_ack_in_it() {
+    const COUNT: usize = 40;
+    let nats = NatsServer::start();
+    let js = async_nats::jetstream::new(nats.client().await);
+    let (mut consumer, messages) = pulled(&js, "LOST", COUNT).await;
+    let proxy = FaultProxy::start(&nats.url()).await;
+    let client = client_through(&proxy, Duration::from_secs(5)).await;
+    proxy.lose_replies_to("$JS.ACK.");
+
+    let confirmer = sluice::trigger::ack_confirm::AckConfirmer::start(
+        client.clone(),
+        Duration::from_millis(500),
+    );
+    let acks = messages.iter().map(|m| {
+        let (confirmer, reply) = (confirmer.clone(), m.reply.clone().expect("a reply subject"));
+        tokio::spawn(async move { confirmer.ack(reply).await })
+    });
+    let outcomes = futures::future::join_all(acks).await;
+    for outcome in outcomes {
+        let why = outcome
+            .unwrap()
+            .expect_err("no ack is called confirmed when its burst's answer is lost");
+        assert!(why.contains("no confirmation"), "says why: {why}");
+    }
+    assert!(proxy.replies_lost() >= 1);
+    // The acks themselves landed: unconfirmed means not known, not undone.
+    eventually_async!(
+        WAIT,
+        "every ack was applied though none was confirmed",
+        consumer.info().await.unwrap().num_ack_pending == 0
+    );
+}
