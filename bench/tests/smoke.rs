@@ -21,6 +21,7 @@ async fn tiny_scenarios_produce_rows_and_bars() {
         config_extra: String::new(),
         out_dir: out.path().to_path_buf(),
         floor_calls: (1, 20),
+        rounds: 1,
     };
     let mut results = Vec::new();
     for name in ["floor", "core-realistic", "js-noop"] {

@@ -353,8 +353,11 @@ fn spawn_event(
 ) {
     let route = slot.load_full();
     let (ctx2, slot, signals) = (ctx.clone(), slot.clone(), signals.clone());
-    let confirmer = confirmer.clone();
-    let (stream_created_ms, ack_wait) = (bound.stream_created_ms, bound.ack_wait);
+    let events_of = EventsOf {
+        stream_created_ms: bound.stream_created_ms,
+        confirmer: confirmer.clone(),
+    };
+    let ack_wait = bound.ack_wait;
     ctx.tasks.spawn(async move {
         let every = (ack_wait / 3).max(Duration::from_millis(200));
         kept_alive(&message, every, async {
@@ -370,19 +373,20 @@ fn spawn_event(
             // and the task would otherwise carry it (and tokio copy it)
             // from the moment the message arrives.
             Box::pin(handle(
-                &ctx2,
-                &route,
-                &message,
-                stream_created_ms,
-                permit,
-                lease_for,
-                &signals,
-                &confirmer,
+                &ctx2, &route, &message, permit, lease_for, &signals, &events_of,
             ))
             .await;
         })
         .await;
     });
+}
+
+/// What an event's handling needs from its consumer.
+struct EventsOf {
+    /// When the stream was created (part of a position key).
+    stream_created_ms: u64,
+    /// Confirms the acks of first deliveries.
+    confirmer: AckConfirmer,
 }
 
 /// A slot of the version in `slot` (a free one at once, else the first one
@@ -441,12 +445,16 @@ async fn handle(
     ctx: &TriggerContext,
     route: &Route,
     message: &Message,
-    stream_created_ms: u64,
     permit: OwnedSemaphorePermit,
     lease_for: Duration,
     signals: &StopSignals,
-    confirmer: &AckConfirmer,
+    consumer: &EventsOf,
 ) {
+    let EventsOf {
+        stream_created_ms,
+        confirmer,
+    } = consumer;
+    let stream_created_ms = *stream_created_ms;
     let info = match message.info() {
         Ok(info) => info,
         Err(e) => {
