@@ -59,6 +59,9 @@ pub struct HostConfig {
     pub compile_cache: Option<PathBuf>,
     /// Extra config-file text appended verbatim (pass-through knobs).
     pub extra: String,
+    /// The host's `log` filter (`info`, the host's own default, unless a
+    /// run asks otherwise: the event span is part of the measured path).
+    pub log: String,
 }
 
 impl HostConfig {
@@ -69,9 +72,10 @@ impl HostConfig {
             None => "\"off\"".into(),
         };
         format!(
-            "nats_url = {}\nplugins = {}\nadmin_addr = \"{admin}\"\nlog = \"warn\"\ncompile_cache = {cache}\ncore_buffer = 100000\n{}\n",
+            "nats_url = {}\nplugins = {}\nadmin_addr = \"{admin}\"\nlog = {}\ncompile_cache = {cache}\ncore_buffer = 100000\n{}\n",
             toml_str(&self.nats_url),
             toml_str(&self.plugins.display().to_string()),
+            toml_str(&self.log),
             self.extra
         )
     }
@@ -265,9 +269,11 @@ sluice_nats_reconnects_total 0\n";
             plugins: "/tmp/p".into(),
             compile_cache: None,
             extra: "max_concurrency = 64".into(),
+            log: "info".into(),
         };
         let text = cfg.render("127.0.0.1:9".parse().unwrap());
         assert!(text.contains("admin_addr = \"127.0.0.1:9\""));
+        assert!(text.contains("log = \"info\""));
         assert!(text.contains("compile_cache = \"off\""));
         assert!(text.ends_with("max_concurrency = 64\n"));
         let parsed: sluice::config::FileConfig = toml::from_str(&text).unwrap();

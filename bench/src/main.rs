@@ -48,6 +48,10 @@ struct Args {
     /// Host config-file text added to every host (e.g. 'max_concurrency = 64').
     #[arg(long, default_value = "")]
     config_extra: String,
+    /// Every host's `log` filter; `info` is what a host runs with by default
+    /// (it creates each event's span, which is part of the measured path).
+    #[arg(long, default_value = "info")]
+    host_log: String,
     /// Output folder (results.json, results.md, host.log).
     #[arg(long)]
     out: Option<PathBuf>,
@@ -78,6 +82,7 @@ fn main() -> anyhow::Result<()> {
         fast_isolation: Some(args.fast_isolation.clone()).filter(|f| !f.trim().is_empty()),
         manifest_extra: args.manifest_extra.clone(),
         config_extra: args.config_extra.clone(),
+        host_log: args.host_log.clone(),
         out_dir: out.clone(),
         floor_calls: (5, 2_000),
         rounds: args.rounds.max(1),

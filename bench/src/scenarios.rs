@@ -59,6 +59,8 @@ pub struct Options {
     pub manifest_extra: String,
     /// Host config text added to every host (pass-through knobs).
     pub config_extra: String,
+    /// Every host's `log` filter.
+    pub host_log: String,
     /// Where host logs go.
     pub out_dir: PathBuf,
     /// In-process floor: rounds × calls per round.
@@ -217,6 +219,7 @@ fn host_config(
         plugins: dir.to_path_buf(),
         compile_cache: cache,
         extra: opts.config_extra.clone(),
+        log: opts.host_log.clone(),
     }
 }
 

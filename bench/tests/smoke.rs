@@ -19,6 +19,7 @@ async fn tiny_scenarios_produce_rows_and_bars() {
         fast_isolation: None,
         manifest_extra: String::new(),
         config_extra: String::new(),
+        host_log: "info".into(),
         out_dir: out.path().to_path_buf(),
         floor_calls: (1, 20),
         rounds: 1,
