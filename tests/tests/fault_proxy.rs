@@ -521,11 +521,25 @@ async fn a_burst_of_acks_is_confirmed_by_fewer_answers_and_every_ack_is_applied(
     let watcher = nats.client().await;
     let mut answers = subscribed(&watcher, "_INBOX.>").await;
 
-    let confirmer =
-        sluice::trigger::ack_confirm::AckConfirmer::start(client.clone(), Duration::from_secs(5));
-    let acks = messages.iter().map(|m| {
-        let (confirmer, reply) = (confirmer.clone(), m.reply.clone().expect("a reply subject"));
-        tokio::spawn(async move { confirmer.ack(reply).await })
+    let tasks = tokio_util::task::TaskTracker::new();
+    let confirmer = sluice::trigger::ack_confirm::AckConfirmer::start(
+        client.clone(),
+        Duration::from_secs(5),
+        &tasks,
+    );
+    // Every third ack is plain (a redelivery's, or with dedup off): it goes
+    // out with the bursts and asks for nothing.
+    let (plain, confirmed): (Vec<_>, Vec<_>) = messages
+        .iter()
+        .map(|m| m.reply.clone().expect("a reply subject"))
+        .enumerate()
+        .partition(|(i, _)| i % 3 == 0);
+    for (_, reply) in plain {
+        assert!(confirmer.ack(reply), "queued while the confirmer runs");
+    }
+    let acks = confirmed.into_iter().map(|(_, reply)| {
+        let confirmer = confirmer.clone();
+        tokio::spawn(async move { confirmer.ack_confirmed(reply).await })
     });
     let outcomes = futures::future::join_all(acks).await;
     for outcome in outcomes {
@@ -534,8 +548,17 @@ async fn a_burst_of_acks_is_confirmed_by_fewer_answers_and_every_ack_is_applied(
             .expect("every ack of the burst is confirmed");
     }
     let info = consumer.info().await.unwrap().clone();
-    assert_eq!(info.num_ack_pending, 0, "every ack was applied");
+    assert_eq!(
+        info.num_ack_pending, 0,
+        "every ack, plain or confirmed, was applied"
+    );
     assert_eq!(info.ack_floor.stream_sequence, COUNT as u64);
+    // Once the last handle is gone, the task ends (the host waits for it).
+    drop(confirmer);
+    tasks.close();
+    tokio::time::timeout(WAIT, tasks.wait())
+        .await
+        .expect("the ack task ends when its last handle is dropped");
 
     let mut answered = 0;
     while let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(300), answers.next()).await {
@@ -557,13 +580,15 @@ async fn a_burst_whose_answer_is_lost_is_unconfirmed_for_every_ack_in_it() {
     let client = client_through(&proxy, Duration::from_secs(5)).await;
     proxy.lose_replies_to("$JS.ACK.");
 
+    let tasks = tokio_util::task::TaskTracker::new();
     let confirmer = sluice::trigger::ack_confirm::AckConfirmer::start(
         client.clone(),
         Duration::from_millis(500),
+        &tasks,
     );
     let acks = messages.iter().map(|m| {
         let (confirmer, reply) = (confirmer.clone(), m.reply.clone().expect("a reply subject"));
-        tokio::spawn(async move { confirmer.ack(reply).await })
+        tokio::spawn(async move { confirmer.ack_confirmed(reply).await })
     });
     let outcomes = futures::future::join_all(acks).await;
     for outcome in outcomes {

@@ -1,4 +1,8 @@
-//! Confirmed acknowledgements, one confirmation per burst.
+//! Acknowledgements in bursts, one confirmation per burst.
+//!
+//! Every successful JetStream event's ack goes through here, so the acks of
+//! events that finish together leave in one write: sent by each event's own
+//! task, each ack woke the connection and cost it a write of its own.
 //!
 //! A first delivery keyed by its own stream position is settled by an ack
 //! the server confirms: the confirmation is its dedup record (see
@@ -25,6 +29,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use tokio::sync::{mpsc, oneshot};
+use tokio_util::task::TaskTracker;
 
 /// Most acks one answer confirms: bounds how many records a lost answer
 /// costs.
@@ -33,36 +38,52 @@ const MOST_PER_BURST: usize = 256;
 /// The acknowledgement payload.
 const ACK: &[u8] = b"+ACK";
 
-/// Sends acks and tells each sender once the server confirmed it. Cheap to
-/// share; its task ends when the last handle is dropped and every pending
-/// answer has come (or timed out).
+/// Sends acks, and tells a sender who asks once the server confirmed its
+/// ack. Cheap to share; its task ends when the last handle is dropped and
+/// every pending answer has come (or timed out).
 #[derive(Clone)]
 pub struct AckConfirmer {
     queue: mpsc::UnboundedSender<Waiting>,
 }
 
-/// One ack waiting to be sent and confirmed.
+/// One ack waiting to be sent (and confirmed, when asked).
 struct Waiting {
     reply: Subject,
-    confirmed: oneshot::Sender<Result<(), String>>,
+    confirmed: Option<oneshot::Sender<Result<(), String>>>,
 }
 
 impl AckConfirmer {
-    /// Start confirming acks sent on `client`, each answer awaited at most
-    /// `wait`.
-    pub fn start(client: Client, wait: Duration) -> Self {
+    /// Start sending acks on `client`, each answer awaited at most `wait`.
+    /// The task is one of `tasks`, so a host that waits for its tasks
+    /// before closing the connection sends every queued ack first.
+    pub fn start(client: Client, wait: Duration, tasks: &TaskTracker) -> Self {
         let (queue, waiting) = mpsc::unbounded_channel();
-        tokio::spawn(run(client, waiting, wait));
+        tasks.spawn(run(client, waiting, wait));
         Self { queue }
+    }
+
+    /// Acknowledge the message whose reply subject is `reply`, with the
+    /// next burst; `false` when the host is stopping and the ack was not
+    /// queued (the caller acknowledges it itself).
+    pub fn ack(&self, reply: Subject) -> bool {
+        self.queue
+            .send(Waiting {
+                reply,
+                confirmed: None,
+            })
+            .is_ok()
     }
 
     /// Acknowledge the message whose reply subject is `reply`; `Ok` once the
     /// server confirmed the ack was applied, `Err` (why) when that is not
     /// known: the ack may or may not have been applied.
-    pub async fn ack(&self, reply: Subject) -> Result<(), String> {
+    pub async fn ack_confirmed(&self, reply: Subject) -> Result<(), String> {
         let (confirmed, answer) = oneshot::channel();
         self.queue
-            .send(Waiting { reply, confirmed })
+            .send(Waiting {
+                reply,
+                confirmed: Some(confirmed),
+            })
             .map_err(|_| "the host is stopping (acks are no longer confirmed)".to_string())?;
         answer
             .await
@@ -80,6 +101,14 @@ async fn run(client: Client, mut waiting: mpsc::UnboundedReceiver<Waiting>, wait
                 if received == 0 {
                     open = false;
                 } else {
+                    // Let the events finishing now queue their acks too.
+                    tokio::task::yield_now().await;
+                    while burst.len() < MOST_PER_BURST {
+                        match waiting.try_recv() {
+                            Ok(more) => burst.push(more),
+                            Err(_) => break,
+                        }
+                    }
                     answers.push(send_burst(&client, std::mem::take(&mut burst), wait).await);
                     burst.reserve(MOST_PER_BURST);
                 }
@@ -89,25 +118,34 @@ async fn run(client: Client, mut waiting: mpsc::UnboundedReceiver<Waiting>, wait
     }
 }
 
-/// Send every ack of `burst` plain but the last, which asks for an answer;
-/// the returned future waits for that answer and tells the whole burst.
+/// Send every ack of `burst` plain but the last, which asks for an answer
+/// when any ack of the burst wants confirming; the returned future waits
+/// for that answer and tells those acks.
 async fn send_burst(
     client: &Client,
     mut burst: Vec<Waiting>,
     wait: Duration,
 ) -> impl std::future::Future<Output = ()> + use<> {
-    let last = burst.pop();
+    let confirming = burst.iter().any(|ack| ack.confirmed.is_some());
+    let last = burst.pop().filter(|_| confirming);
     let mut sent = Vec::with_capacity(burst.len() + 1);
     for ack in burst {
         match client.publish(ack.reply, Bytes::from_static(ACK)).await {
-            Ok(()) => sent.push(ack.confirmed),
-            Err(e) => {
-                let _ = ack.confirmed.send(Err(format!("ack not sent: {e}")));
-            }
+            Ok(()) => sent.extend(ack.confirmed),
+            Err(e) => match ack.confirmed {
+                Some(confirmed) => {
+                    let _ = confirmed.send(Err(format!("ack not sent: {e}")));
+                }
+                // The server redelivers after ack_wait; the dedup record
+                // (or the handler's idempotency) makes that safe.
+                None => tracing::warn!(
+                    "acknowledgement not sent: {e}; the server will redeliver after ack_wait"
+                ),
+            },
         }
     }
     let last = last.map(|last| {
-        sent.push(last.confirmed);
+        sent.extend(last.confirmed);
         last.reply
     });
     let client = client.clone();

@@ -187,7 +187,11 @@ async fn consume(
     let mut pause_until: Option<tokio::time::Instant> = None;
     let condition = format!("plugin `{}` JetStream consumer", setup.plugin);
     let mut last_check = tokio::time::Instant::now();
-    let confirmer = AckConfirmer::start(ctx.dispatcher.client().clone(), ACK_CONFIRM_WAIT);
+    let confirmer = AckConfirmer::start(
+        ctx.dispatcher.client().clone(),
+        ACK_CONFIRM_WAIT,
+        &ctx.tasks,
+    );
     loop {
         if pause_until.is_some_and(|t| tokio::time::Instant::now() >= t) {
             pause_until = None;
@@ -598,8 +602,13 @@ async fn handle(
             Decision::Ack => {
                 // Either order is safe (a redelivery before the record lands
                 // runs again, its publishes deduplicated by id), so the two
-                // round trips overlap.
-                tokio::join!(ledger.completed(), ack(message, AckKind::Ack));
+                // round trips overlap. The ack leaves with the next burst.
+                let queued = message.reply.clone().is_some_and(|reply| confirmer.ack(reply));
+                if queued {
+                    ledger.completed().await;
+                } else {
+                    tokio::join!(ledger.completed(), ack(message, AckKind::Ack));
+                }
             }
             Decision::Skip => {
                 tracing::debug!("already settled; acknowledged without handling");
@@ -677,7 +686,7 @@ async fn confirmed_ack(confirmer: &AckConfirmer, message: &Message) -> Result<()
     let Some(reply) = message.reply.clone() else {
         return Err("not a JetStream message (no reply subject)".into());
     };
-    confirmer.ack(reply).await
+    confirmer.ack_confirmed(reply).await
 }
 
 async fn ack(message: &Message, kind: AckKind) {
