@@ -605,3 +605,35 @@ async fn a_burst_whose_answer_is_lost_is_unconfirmed_for_every_ack_in_it() {
         consumer.info().await.unwrap().num_ack_pending == 0
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_acks_alone_are_all_sent_in_their_bursts() {
+    const COUNT: usize = 50;
+    let nats = NatsServer::start();
+    let client = nats.client().await;
+    let js = async_nats::jetstream::new(client.clone());
+    let (mut consumer, messages) = pulled(&js, "PLAIN", COUNT).await;
+    let tasks = tokio_util::task::TaskTracker::new();
+    let acker = sluice::trigger::ack_confirm::AckConfirmer::start(
+        client.clone(),
+        Duration::from_secs(5),
+        &tasks,
+    );
+    // One at a time and all at once: a burst of one and bursts of many,
+    // none of them asking for an answer.
+    let (first, rest) = messages.split_at(1);
+    assert!(acker.ack(first[0].reply.clone().unwrap()));
+    eventually_async!(
+        WAIT,
+        "a lone plain ack is sent",
+        consumer.info().await.unwrap().num_ack_pending == COUNT - 1
+    );
+    for message in rest {
+        assert!(acker.ack(message.reply.clone().unwrap()));
+    }
+    eventually_async!(
+        WAIT,
+        "every plain ack is sent, the last of each burst included",
+        consumer.info().await.unwrap().num_ack_pending == 0
+    );
+}

@@ -127,7 +127,7 @@ async fn send_burst(
     wait: Duration,
 ) -> impl std::future::Future<Output = ()> + use<> {
     let confirming = burst.iter().any(|ack| ack.confirmed.is_some());
-    let last = burst.pop().filter(|_| confirming);
+    let last = if confirming { burst.pop() } else { None };
     let mut sent = Vec::with_capacity(burst.len() + 1);
     for ack in burst {
         match client.publish(ack.reply, Bytes::from_static(ACK)).await {
