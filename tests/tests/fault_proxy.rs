@@ -2,7 +2,9 @@
 //! nats-server, and `dlq replay` when looking up the subject's stream fails
 //! (issue 12, failure 11), made with it; and a host whose JetStream setup
 //! goes unanswered at start (issue 15: a cluster electing a leader while a
-//! host starts), which binds its consumer once the server answers.
+//! host starts), which binds its consumer once the server answers. Also
+//! the host's ack bursts (runtime/src/trigger/ack_bursts.rs): one answer
+//! per burst, and a lost answer leaving its whole burst unconfirmed.
 
 use std::time::{Duration, SystemTime};
 
@@ -10,6 +12,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use sluice::config::Overrides;
 use sluice::delivery::dead_letter::{self, DEFAULT_DLQ_STREAM, DeadLetter};
+use sluice::trigger::ack_bursts::AckBursts;
 use sluice_e2e::fault_proxy::FaultProxy;
 use sluice_e2e::{
     NatsServer, PluginDir, create_stream, eventually, eventually_async, next_message,
@@ -462,6 +465,17 @@ async fn enrich_host_through(proxy: &FaultProxy, dir: &PluginDir) -> sluice::ser
     .await
 }
 
+/// The host's ack task on `client`, answers awaited at most `wait`, and the
+/// tracker it runs in.
+fn ack_bursts(
+    client: &async_nats::Client,
+    wait: Duration,
+) -> (tokio_util::task::TaskTracker, AckBursts) {
+    let tasks = tokio_util::task::TaskTracker::new();
+    let acks = AckBursts::start(client.clone(), wait, &tasks);
+    (tasks, acks)
+}
+
 /// `count` messages on a fresh stream `name`, pulled (not acknowledged) by
 /// a durable explicit-ack consumer: (its JetStream handle, the messages).
 async fn pulled(
@@ -508,7 +522,7 @@ async fn pulled(
     (consumer, messages)
 }
 
-// One thread: the acks are all queued before the confirmer runs, so how
+// One thread: the acks are all queued before the ack task runs, so how
 // they form bursts does not depend on how loaded the machine is.
 #[tokio::test]
 async fn a_burst_of_acks_is_confirmed_by_fewer_answers_and_every_ack_is_applied() {
@@ -521,12 +535,7 @@ async fn a_burst_of_acks_is_confirmed_by_fewer_answers_and_every_ack_is_applied(
     let watcher = nats.client().await;
     let mut answers = subscribed(&watcher, "_INBOX.>").await;
 
-    let tasks = tokio_util::task::TaskTracker::new();
-    let confirmer = sluice::trigger::ack_confirm::AckConfirmer::start(
-        client.clone(),
-        Duration::from_secs(5),
-        &tasks,
-    );
+    let (tasks, acks) = ack_bursts(&client, Duration::from_secs(5));
     // Every third ack is plain (a redelivery's, or with dedup off): it goes
     // out with the bursts and asks for nothing.
     let (plain, confirmed): (Vec<_>, Vec<_>) = messages
@@ -535,13 +544,13 @@ async fn a_burst_of_acks_is_confirmed_by_fewer_answers_and_every_ack_is_applied(
         .enumerate()
         .partition(|(i, _)| i % 3 == 0);
     for (_, reply) in plain {
-        assert!(confirmer.ack(reply), "queued while the confirmer runs");
+        assert!(acks.ack(reply), "queued while the ack task runs");
     }
-    let acks = confirmed.into_iter().map(|(_, reply)| {
-        let confirmer = confirmer.clone();
-        tokio::spawn(async move { confirmer.ack_confirmed(reply).await })
+    let waiting = confirmed.into_iter().map(|(_, reply)| {
+        let acks = acks.clone();
+        tokio::spawn(async move { acks.ack_confirmed(reply).await })
     });
-    let outcomes = futures::future::join_all(acks).await;
+    let outcomes = futures::future::join_all(waiting).await;
     for outcome in outcomes {
         outcome
             .unwrap()
@@ -554,7 +563,7 @@ async fn a_burst_of_acks_is_confirmed_by_fewer_answers_and_every_ack_is_applied(
     );
     assert_eq!(info.ack_floor.stream_sequence, COUNT as u64);
     // Once the last handle is gone, the task ends (the host waits for it).
-    drop(confirmer);
+    drop(acks);
     tasks.close();
     tokio::time::timeout(WAIT, tasks.wait())
         .await
@@ -580,17 +589,12 @@ async fn a_burst_whose_answer_is_lost_is_unconfirmed_for_every_ack_in_it() {
     let client = client_through(&proxy, Duration::from_secs(5)).await;
     proxy.lose_replies_to("$JS.ACK.");
 
-    let tasks = tokio_util::task::TaskTracker::new();
-    let confirmer = sluice::trigger::ack_confirm::AckConfirmer::start(
-        client.clone(),
-        Duration::from_millis(500),
-        &tasks,
-    );
-    let acks = messages.iter().map(|m| {
-        let (confirmer, reply) = (confirmer.clone(), m.reply.clone().expect("a reply subject"));
-        tokio::spawn(async move { confirmer.ack_confirmed(reply).await })
+    let (_tasks, acks) = ack_bursts(&client, Duration::from_millis(500));
+    let waiting = messages.iter().map(|m| {
+        let (acks, reply) = (acks.clone(), m.reply.clone().expect("a reply subject"));
+        tokio::spawn(async move { acks.ack_confirmed(reply).await })
     });
-    let outcomes = futures::future::join_all(acks).await;
+    let outcomes = futures::future::join_all(waiting).await;
     for outcome in outcomes {
         let why = outcome
             .unwrap()
@@ -613,23 +617,18 @@ async fn plain_acks_alone_are_all_sent_in_their_bursts() {
     let client = nats.client().await;
     let js = async_nats::jetstream::new(client.clone());
     let (mut consumer, messages) = pulled(&js, "PLAIN", COUNT).await;
-    let tasks = tokio_util::task::TaskTracker::new();
-    let acker = sluice::trigger::ack_confirm::AckConfirmer::start(
-        client.clone(),
-        Duration::from_secs(5),
-        &tasks,
-    );
+    let (_tasks, acks) = ack_bursts(&client, Duration::from_secs(5));
     // One at a time and all at once: a burst of one and bursts of many,
     // none of them asking for an answer.
     let (first, rest) = messages.split_at(1);
-    assert!(acker.ack(first[0].reply.clone().unwrap()));
+    assert!(acks.ack(first[0].reply.clone().unwrap()));
     eventually_async!(
         WAIT,
         "a lone plain ack is sent",
         consumer.info().await.unwrap().num_ack_pending == COUNT - 1
     );
     for message in rest {
-        assert!(acker.ack(message.reply.clone().unwrap()));
+        assert!(acks.ack(message.reply.clone().unwrap()));
     }
     eventually_async!(
         WAIT,

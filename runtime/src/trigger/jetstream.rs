@@ -34,7 +34,7 @@ use futures::StreamExt;
 use tokio::sync::OwnedSemaphorePermit;
 use tracing::Instrument;
 
-use super::ack_confirm::AckConfirmer;
+use super::ack_bursts::AckBursts;
 use super::{Ledger, StopSignals, TriggerContext, deliver_dead_letter};
 use crate::contract;
 use crate::delivery::breaker::Admission;
@@ -187,7 +187,7 @@ async fn consume(
     let mut pause_until: Option<tokio::time::Instant> = None;
     let condition = format!("plugin `{}` JetStream consumer", setup.plugin);
     let mut last_check = tokio::time::Instant::now();
-    let confirmer = AckConfirmer::start(
+    let acks = AckBursts::start(
         ctx.dispatcher.client().clone(),
         ACK_CONFIRM_WAIT,
         &ctx.tasks,
@@ -229,7 +229,7 @@ async fn consume(
                     } else {
                         // Its task waits for a slot (in arrival order: the
                         // semaphore is fair), kept alive meanwhile.
-                        spawn_event(&ctx, &slot, message, &bound, &signals, &confirmer);
+                        spawn_event(&ctx, &slot, message, &bound, &signals, &acks);
                     }
                     next = rx.try_recv().ok();
                 }
@@ -353,13 +353,13 @@ fn spawn_event(
     message: Message,
     bound: &BoundConsumer,
     signals: &StopSignals,
-    confirmer: &AckConfirmer,
+    acks: &AckBursts,
 ) {
     let route = slot.load_full();
     let (ctx2, slot, signals) = (ctx.clone(), slot.clone(), signals.clone());
-    let events_of = EventsOf {
+    let from_consumer = FromConsumer {
         stream_created_ms: bound.stream_created_ms,
-        confirmer: confirmer.clone(),
+        acks: acks.clone(),
     };
     let ack_wait = bound.ack_wait;
     ctx.tasks.spawn(async move {
@@ -377,7 +377,13 @@ fn spawn_event(
             // and the task would otherwise carry it (and tokio copy it)
             // from the moment the message arrives.
             Box::pin(handle(
-                &ctx2, &route, &message, permit, lease_for, &signals, &events_of,
+                &ctx2,
+                &route,
+                &message,
+                permit,
+                lease_for,
+                &signals,
+                &from_consumer,
             ))
             .await;
         })
@@ -386,11 +392,11 @@ fn spawn_event(
 }
 
 /// What an event's handling needs from its consumer.
-struct EventsOf {
+struct FromConsumer {
     /// When the stream was created (part of a position key).
     stream_created_ms: u64,
-    /// Confirms the acks of first deliveries.
-    confirmer: AckConfirmer,
+    /// Sends the acks of successes, confirming those of first deliveries.
+    acks: AckBursts,
 }
 
 /// A slot of the version in `slot` (a free one at once, else the first one
@@ -452,13 +458,12 @@ async fn handle(
     permit: OwnedSemaphorePermit,
     lease_for: Duration,
     signals: &StopSignals,
-    consumer: &EventsOf,
+    from_consumer: &FromConsumer,
 ) {
-    let EventsOf {
+    let &FromConsumer {
         stream_created_ms,
-        confirmer,
-    } = consumer;
-    let stream_created_ms = *stream_created_ms;
+        ref acks,
+    } = from_consumer;
     let info = match message.info() {
         Ok(info) => info,
         Err(e) => {
@@ -594,16 +599,16 @@ async fn handle(
                 // (replays addressed to another plugin are skipped by name),
                 // and a confirmed ack rules that out. The confirmation is
                 // the record; one is written only when it does not come.
-                if let Err(e) = confirmed_ack(confirmer, message).await {
+                if let Err(e) = confirmed_ack(acks, message).await {
                     tracing::debug!("acknowledgement not confirmed ({e}); recording completion so a redelivery is skipped");
                     tokio::join!(ledger.completed(), ack(message, AckKind::Ack));
                 }
             }
             Decision::Ack => {
                 // Either order is safe (a redelivery before the record lands
-                // runs again, its publishes deduplicated by id), so the two
-                // round trips overlap. The ack leaves with the next burst.
-                let queued = message.reply.clone().is_some_and(|reply| confirmer.ack(reply));
+                // runs again, its publishes deduplicated by id): the ack is
+                // queued for the next burst and the record written meanwhile.
+                let queued = message.reply.clone().is_some_and(|reply| acks.ack(reply));
                 if queued {
                     ledger.completed().await;
                 } else {
@@ -680,13 +685,13 @@ async fn handle(
 }
 
 /// Acknowledge `message` and wait for the server to confirm it was applied
-/// (one answer per burst of acks, see [`super::ack_confirm`]); no
+/// (one answer per burst of acks, see [`super::ack_bursts`]); no
 /// subscription per ack, unlike `Message::double_ack`.
-async fn confirmed_ack(confirmer: &AckConfirmer, message: &Message) -> Result<(), String> {
+async fn confirmed_ack(acks: &AckBursts, message: &Message) -> Result<(), String> {
     let Some(reply) = message.reply.clone() else {
         return Err("not a JetStream message (no reply subject)".into());
     };
-    confirmer.ack_confirmed(reply).await
+    acks.ack_confirmed(reply).await
 }
 
 async fn ack(message: &Message, kind: AckKind) {

@@ -12,7 +12,7 @@
 //! dead-letter delivery loop, and the [`TriggerContext`] shared by every
 //! subscription of the host.
 
-pub mod ack_confirm;
+pub mod ack_bursts;
 pub mod core;
 pub mod jetstream;
 

@@ -42,7 +42,7 @@ const ACK: &[u8] = b"+ACK";
 /// ack. Cheap to share; its task ends when the last handle is dropped and
 /// every pending answer has come (or timed out).
 #[derive(Clone)]
-pub struct AckConfirmer {
+pub struct AckBursts {
     queue: mpsc::UnboundedSender<Waiting>,
 }
 
@@ -52,7 +52,7 @@ struct Waiting {
     confirmed: Option<oneshot::Sender<Result<(), String>>>,
 }
 
-impl AckConfirmer {
+impl AckBursts {
     /// Start sending acks on `client`, each answer awaited at most `wait`.
     /// The task is one of `tasks`, so a host that waits for its tasks
     /// before closing the connection sends every queued ack first.
