@@ -374,7 +374,7 @@ impl Dispatcher {
         let warm = route.warm.as_ref().and_then(|pool| pool.take());
         let (warm, permit) = match warm {
             Some((warm, permit)) => (Some(warm), permit),
-            None => match self.instance_permit(route).await {
+            None => match Box::pin(self.instance_permit(route)).await {
                 Some(permit) => (None, permit),
                 None => {
                     return Err(Failure {
@@ -454,7 +454,7 @@ impl Dispatcher {
         // State first: a compare-and-swap conflict fails the attempt before
         // anything is published.
         if let Some((space, writes)) = report.state_writes {
-            state::commit(&space, key, &route.tag.name, writes)
+            Box::pin(state::commit(&space, key, &route.tag.name, writes))
                 .await
                 .map_err(|e| {
                     let class = match e {
@@ -470,21 +470,25 @@ impl Dispatcher {
                     self.metrics.event_handled(name, "state", started.elapsed());
                 })?;
         }
-        let reply = event.delivery.reply_to.as_deref();
-        self.commit(
-            route,
-            key,
-            report.published,
-            &Propagation::of_event(event),
-            reply,
-        )
-        .await
-        .inspect_err(|failure| {
-            bump(&route.stats.failed_attempts, 1);
-            route.record_outcome(Some(failure), admission, false);
-            self.metrics
-                .event_handled(name, "outbox", started.elapsed());
-        })?;
+        if !report.published.is_empty() {
+            // Boxed: publishing's future is large, and an event that
+            // publishes nothing need not carry (and copy) it.
+            let reply = event.delivery.reply_to.as_deref();
+            Box::pin(self.commit(
+                route,
+                key,
+                report.published,
+                &Propagation::of_event(event),
+                reply,
+            ))
+            .await
+            .inspect_err(|failure| {
+                bump(&route.stats.failed_attempts, 1);
+                route.record_outcome(Some(failure), admission, false);
+                self.metrics
+                    .event_handled(name, "outbox", started.elapsed());
+            })?;
+        }
         route.record_outcome(None, admission, false);
         bump(&route.stats.succeeded, 1);
         route.plugin_metrics.handled_ok(started.elapsed());
@@ -569,7 +573,7 @@ impl Dispatcher {
                     Err(e) => Err(e),
                 };
                 if let Err(e) = acked {
-                    self.confirm_again(route, key, trace, index, &message, e)
+                    Box::pin(self.confirm_again(route, key, trace, index, &message, e))
                         .await
                         .map_err(|e| {
                             fail(
@@ -702,7 +706,7 @@ pub fn trace_id(headers: Option<&HeaderMap>) -> String {
                 && parts[1].chars().all(|c| c.is_ascii_hexdigit()))
             .then(|| parts[1].to_ascii_lowercase())
         })
-        .unwrap_or_else(|| format!("{:032x}", rand::random::<u128>()))
+        .unwrap_or_else(|| crate::delivery::key::hex_id(rand::random::<u128>()))
 }
 
 /// The dead letter of `message` after its last failed attempt, for either

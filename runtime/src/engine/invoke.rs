@@ -442,13 +442,15 @@ pub async fn invoke_reusing(
         .answer_to(request.event.delivery.reply_to.clone());
     let mut instantiate_time = Duration::ZERO;
     let uses = consumer.as_ref().map_or(0, |(_, uses)| *uses);
-    let call = async {
+    // Boxed: the call's future (instantiation, the wasm call on its fiber)
+    // is most of this one's size; wrapped below by pointer, not by copy.
+    let mut call = Box::pin(async {
         let consumer = match consumer {
             Some((consumer, _)) => consumer,
             None => {
-                let consumer = plugin
-                    .pre
-                    .instantiate_async(&mut store)
+                // Boxed: instantiation's future is large, and a reused
+                // instance's call would otherwise carry (and copy) it too.
+                let consumer = Box::pin(plugin.pre.instantiate_async(&mut store))
                     .await
                     .map_err(|e| (FailureClass::Instantiate, e))?;
                 instantiate_time = started.elapsed();
@@ -460,11 +462,10 @@ pub async fn invoke_reusing(
             .await
             .map_err(|e| (FailureClass::Trap, e))?;
         Ok((verdict, consumer))
-    };
+    });
     // While the call is suspended outside the governor (the plugin waits in
     // a host call), it gives its CPU lane back.
     let result = {
-        let mut call = std::pin::pin!(call);
         let call = std::future::poll_fn(|cx| {
             let poll = call.as_mut().poll(cx);
             if poll.is_pending() {
@@ -483,6 +484,7 @@ pub async fn invoke_reusing(
             )),
         }
     };
+    drop(call);
     // The invocation's CPU ticket lives in the epoch callback: end it now,
     // whether or not the store lives on.
     if store.data().limiter.grown() >= HEAVY_GROWTH {

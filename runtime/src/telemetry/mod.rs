@@ -4,6 +4,7 @@
 //! [`admin`] HTTP endpoint (`/healthz`, `/readyz`, `/metrics`, `/plugins`).
 
 pub mod admin;
+pub mod fields;
 pub mod health;
 pub mod metrics;
 pub mod trace;
@@ -31,7 +32,7 @@ pub fn init(format: LogFormat, filter: &str) {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     let _ = match format {
-        LogFormat::Pretty => builder.compact().try_init(),
+        LogFormat::Pretty => builder.compact().fmt_fields(fields::PlainFields).try_init(),
         LogFormat::Json => builder.json().try_init(),
     };
 }
