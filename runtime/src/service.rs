@@ -91,12 +91,20 @@ pub struct HostHandle {
     metrics: Metrics,
     admin_addr: Option<SocketAddr>,
     engine: WasmEngine,
+    health: Health,
 }
 
 impl HostHandle {
     /// Wait until NATS is connected and every plugin found at start is subscribed.
     pub async fn ready(&mut self) -> bool {
         self.ready.wait_for(|r| *r).await.is_ok()
+    }
+
+    /// The live not-ready conditions (what `/readyz` lists besides NATS and
+    /// the plugins), as "name: reason": for example the dedup store while
+    /// its KV bucket is still opening.
+    pub fn problems(&self) -> Vec<String> {
+        self.health.problems()
     }
 
     /// Status of every plugin.
@@ -210,7 +218,7 @@ pub async fn start(settings: Settings) -> Result<HostHandle, ServiceError> {
             shutdown.clone(),
             ready_tx,
             metrics.clone(),
-            health,
+            health.clone(),
         );
         async move {
             let result = serving.await;
@@ -226,6 +234,7 @@ pub async fn start(settings: Settings) -> Result<HostHandle, ServiceError> {
         metrics,
         admin_addr,
         engine,
+        health,
     })
 }
 

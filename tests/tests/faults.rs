@@ -721,6 +721,12 @@ async fn an_ambiguous_kv_claim_is_recognised_as_our_own_lease() {
     );
     // The host talks to NATS through the proxy; the test does not.
     let host = start_host_configured(&proxy.url(), dir.path(), "").await;
+    // The host is ready once subscribed; its KV bucket may still be opening
+    // (a core event would then run without a claim, and nothing is lost).
+    eventually(WAIT, "the dedup store is open", || {
+        host.problems().is_empty()
+    })
+    .await;
     let mut out = client.subscribe("mirror.amb.x").await.unwrap();
     client.flush().await.unwrap();
     proxy.lose_replies_to("$KV.sluice-dedup.");

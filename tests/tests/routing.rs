@@ -87,6 +87,12 @@ async fn enrich_publishes_a_derived_event_once_per_msg_id_with_a_deterministic_i
         "subjects = [\"orders.created\"]\npublish = [\"orders.enriched.>\"]",
     );
     let host = start_host(&nats.url(), dir.path()).await;
+    // A core event handled before the KV bucket opens has no record to
+    // find the duplicate by: wait for the store, as /readyz would.
+    eventually(WAIT, "the dedup store is open", || {
+        host.problems().is_empty()
+    })
+    .await;
     let client = nats.client().await;
     let mut derived = client.subscribe("orders.enriched.>").await.unwrap();
     client.flush().await.unwrap();
