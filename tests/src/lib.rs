@@ -422,6 +422,27 @@ macro_rules! eventually_async {
     }};
 }
 
+/// Wait until `host` has finished its background setup: the conditions
+/// `/readyz` lists besides NATS and the plugins (the dedup store's KV bucket,
+/// the DLQ stream) are clear. A host is ready once it is subscribed; until
+/// its bucket opens, a core event runs without a dedup record and a
+/// JetStream event is handed back for redelivery (one more delivery in the
+/// counters). Tests that count deliveries or records wait for this first.
+pub async fn setup_done(host: &sluice::service::HostHandle) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let problems = host.problems();
+        if problems.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the host's background setup did not finish within 30s: {problems:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// Poll `condition` every 10 ms until it holds or `timeout` passes.
 pub async fn eventually(timeout: Duration, what: &str, mut condition: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;

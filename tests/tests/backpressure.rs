@@ -10,7 +10,7 @@ use sluice::delivery::breaker::Forced;
 use sluice::dlq::{self, Filter};
 use sluice_e2e::{
     NatsServer, PluginDir, consumer_backlog, create_stream, eventually, eventually_async,
-    read_stream, start_host,
+    read_stream, setup_done, start_host,
 };
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -40,6 +40,9 @@ async fn a_down_dependency_opens_the_breaker_and_events_wait_in_the_stream() {
          [breaker]\nconsecutive_failures = 3\ncool_down = \"1s\"\nmax_cool_down = \"2s\"",
     );
     let host = start_host(&nats.url(), dir.path()).await;
+    // The failure window below must not be spent on a delivery handed back
+    // while the KV bucket opens.
+    setup_done(&host).await;
 
     // The dependency is down for the next 2.5 seconds.
     let until = SystemTime::now()

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use sluice::dlq::{self, Filter};
 use sluice_e2e::{
     NatsServer, PluginDir, Running, consumer_backlog, create_stream, eventually, eventually_async,
-    read_stream, start_host, stream_messages,
+    read_stream, setup_done, start_host, stream_messages,
 };
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -32,6 +32,8 @@ async fn a_flaky_jetstream_event_is_retried_with_nak_and_processed_once() {
          [retry]\nmax_attempts = 5\ninitial_delay = \"20ms\"\nmax_delay = \"100ms\"",
     );
     let host = start_host(&nats.url(), dir.path()).await;
+    // Deliveries are counted: none may be handed back while the KV bucket opens.
+    setup_done(&host).await;
 
     let mut headers = HeaderMap::new();
     headers.insert("x-fail-times", "2");
@@ -248,6 +250,8 @@ async fn the_same_key_twice_is_handled_once_in_jetstream_mode() {
          [jetstream]\nstream = \"IN\"\ncreate_stream = true\n[idempotency]\nkey = \"header:x-order-id\"",
     );
     let host = start_host(&nats.url(), dir.path()).await;
+    // Deliveries are counted: none may be handed back while the KV bucket opens.
+    setup_done(&host).await;
     // Distinct Nats-Msg-Ids (so the stream keeps both), one business key.
     for id in ["a", "b"] {
         let mut h = HeaderMap::new();

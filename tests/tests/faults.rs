@@ -14,7 +14,7 @@ use sluice::engine::invoke::FailureClass;
 use sluice_e2e::fault_proxy::FaultProxy;
 use sluice_e2e::{
     NatsServer, PluginDir, consumer_backlog, create_stream, eventually, eventually_async, http_get,
-    read_stream, start_host_configured, stream_messages,
+    read_stream, setup_done, start_host_configured, stream_messages,
 };
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -194,6 +194,8 @@ async fn a_long_wait_for_an_instance_never_runs_an_event_twice() {
     // One instance for the whole host: eight events of 600 ms queue for it
     // for up to 4.8 s, well past ack_wait.
     let host = start_host_configured(&nats.url(), dir.path(), "max_instances = 1").await;
+    // Deliveries are counted: none may be handed back while the KV bucket opens.
+    setup_done(&host).await;
     for i in 0..8 {
         js_publish(&js, &format!("wait.e{i}"), &[("x-sleep-ms", "600")], "x").await;
     }
@@ -721,12 +723,8 @@ async fn an_ambiguous_kv_claim_is_recognised_as_our_own_lease() {
     );
     // The host talks to NATS through the proxy; the test does not.
     let host = start_host_configured(&proxy.url(), dir.path(), "").await;
-    // The host is ready once subscribed; its KV bucket may still be opening
-    // (a core event would then run without a claim, and nothing is lost).
-    eventually(WAIT, "the dedup store is open", || {
-        host.problems().is_empty()
-    })
-    .await;
+    // Ready once subscribed; the claim under test needs the KV bucket open.
+    setup_done(&host).await;
     let mut out = client.subscribe("mirror.amb.x").await.unwrap();
     client.flush().await.unwrap();
     proxy.lose_replies_to("$KV.sluice-dedup.");

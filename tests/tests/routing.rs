@@ -6,7 +6,7 @@ use std::time::Duration;
 use async_nats::HeaderMap;
 use bytes::Bytes;
 use futures::StreamExt;
-use sluice_e2e::{NatsServer, PluginDir, eventually, next_message, start_host};
+use sluice_e2e::{NatsServer, PluginDir, eventually, next_message, setup_done, start_host};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -88,11 +88,8 @@ async fn enrich_publishes_a_derived_event_once_per_msg_id_with_a_deterministic_i
     );
     let host = start_host(&nats.url(), dir.path()).await;
     // A core event handled before the KV bucket opens has no record to
-    // find the duplicate by: wait for the store, as /readyz would.
-    eventually(WAIT, "the dedup store is open", || {
-        host.problems().is_empty()
-    })
-    .await;
+    // find the duplicate by.
+    setup_done(&host).await;
     let client = nats.client().await;
     let mut derived = client.subscribe("orders.enriched.>").await.unwrap();
     client.flush().await.unwrap();
