@@ -443,6 +443,35 @@ pub async fn setup_done(host: &sluice::service::HostHandle) {
     }
 }
 
+/// Start a host on an empty plugin folder, wait for its background setup,
+/// then add plugin `name` (built from `crate_name`, with `manifest`) and
+/// wait until it serves. For tests whose events wait in a stream before the
+/// host starts: the plugin consumes them only once the dedup store and the
+/// DLQ are there, so no first delivery is handed back meanwhile.
+pub async fn start_host_then_add(
+    nats_url: &str,
+    dir: &PluginDir,
+    (name, crate_name, manifest): (&str, &str, &str),
+) -> sluice::service::HostHandle {
+    let host = start_host_configured(nats_url, dir.path(), "").await;
+    setup_done(&host).await;
+    dir.add(name, crate_name, manifest);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !host
+        .plugins()
+        .iter()
+        .any(|p| p.name == name && p.state == "serving")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "plugin `{name}` not serving within 60s: {:?}",
+            host.plugins()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    host
+}
+
 /// Poll `condition` every 10 ms until it holds or `timeout` passes.
 pub async fn eventually(timeout: Duration, what: &str, mut condition: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;

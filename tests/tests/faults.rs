@@ -14,7 +14,7 @@ use sluice::engine::invoke::FailureClass;
 use sluice_e2e::fault_proxy::FaultProxy;
 use sluice_e2e::{
     NatsServer, PluginDir, consumer_backlog, create_stream, eventually, eventually_async, http_get,
-    read_stream, setup_done, start_host_configured, stream_messages,
+    read_stream, setup_done, start_host_configured, start_host_then_add, stream_messages,
 };
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -44,15 +44,10 @@ async fn a_probe_ending_in_a_permanent_error_does_not_stop_the_plugin() {
     let js = async_nats::jetstream::new(nats.client().await);
     create_stream(&js, "PROBED", &["probe.*"]).await;
     create_stream(&js, "PROBEOUT", &["probe.*.done"]).await;
-    let dir = PluginDir::new();
-    dir.add(
-        "flaky",
-        "flaky",
-        "subjects = [\"probe.*\"]\npublish = [\"probe.*.done\"]\nmode = \"jetstream\"\nmax_concurrency = 1\n\
+    let manifest = "subjects = [\"probe.*\"]\npublish = [\"probe.*.done\"]\nmode = \"jetstream\"\nmax_concurrency = 1\n\
          [jetstream]\nstream = \"PROBED\"\n\
          [retry]\nmax_attempts = 1\n\
-         [breaker]\nconsecutive_failures = 2\ncool_down = \"300ms\"\nmax_cool_down = \"300ms\"",
-    );
+         [breaker]\nconsecutive_failures = 2\ncool_down = \"300ms\"\nmax_cool_down = \"300ms\"";
     // Two failures open the breaker (permanent errors between them neither
     // count nor reset the count); the events after them fail permanently, so
     // the first probe after the cool-down does too; then twenty good events.
@@ -67,7 +62,10 @@ async fn a_probe_ending_in_a_permanent_error_does_not_stop_the_plugin() {
     for i in 0..20 {
         js_publish(&js, "probe.good", &[], &format!("good-{i}")).await;
     }
-    let host = start_host_configured(&nats.url(), dir.path(), "").await;
+    // A failure handed back while the KV bucket opens would come back late,
+    // after a success had reset the breaker's count.
+    let dir = PluginDir::new();
+    let host = start_host_then_add(&nats.url(), &dir, ("flaky", "flaky", manifest)).await;
     eventually(
         WAIT,
         "good events handled, the others dead-lettered",
@@ -534,16 +532,14 @@ async fn deliveries_turned_away_by_the_breaker_cost_no_attempt() {
     for i in 1..6 {
         js_publish(&js, &format!("brk.e{i}"), &[], "x").await;
     }
+    // The backlog must meet the open breaker: none of it may be handed back
+    // (and come back late) while the KV bucket opens.
     let dir = PluginDir::new();
-    dir.add(
-        "flaky",
-        "flaky",
-        "subjects = [\"brk.*\"]\npublish = [\"brk.*.done\"]\nmode = \"jetstream\"\nmax_concurrency = 1\n\
+    let manifest = "subjects = [\"brk.*\"]\npublish = [\"brk.*.done\"]\nmode = \"jetstream\"\nmax_concurrency = 1\n\
          [jetstream]\nstream = \"BRK\"\n\
          [retry]\nmax_attempts = 3\ninitial_delay = \"100ms\"\nmax_delay = \"200ms\"\n\
-         [breaker]\nconsecutive_failures = 1\ncool_down = \"1s\"\nmax_cool_down = \"1s\"",
-    );
-    let host = start_host_configured(&nats.url(), dir.path(), "").await;
+         [breaker]\nconsecutive_failures = 1\ncool_down = \"1s\"\nmax_cool_down = \"1s\"";
+    let host = start_host_then_add(&nats.url(), &dir, ("flaky", "flaky", manifest)).await;
     eventually(WAIT, "all six handled", || {
         host.stats("flaky").unwrap().succeeded == 6
     })
