@@ -568,7 +568,14 @@ async fn a_core_host_leaving_its_queue_group_loses_only_what_it_held_and_counts_
         );
     }
     assert_eq!(seen.len() + letters.len(), n, "no event lost");
-    let stayed = every_host_worked(&stay, "slow");
+    // How the rest split between the staying hosts is NATS's choice, not
+    // the host's: a server hands a queue group's message to a member
+    // connected to it before one on another node, so a staying host on
+    // another node than the publisher may get none. Reported, not asserted.
+    let stayed: Vec<u64> = stay
+        .iter()
+        .map(|h| h.stats("slow").unwrap().succeeded)
+        .collect();
     eprintln!(
         "{} handled, {} dead-lettered (class shutdown) by the host that left; stayed {stayed:?}",
         seen.len(),
