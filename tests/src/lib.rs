@@ -456,19 +456,16 @@ pub async fn start_host_then_add(
     let host = start_host_configured(nats_url, dir.path(), "").await;
     setup_done(&host).await;
     dir.add(name, crate_name, manifest);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !host
-        .plugins()
-        .iter()
-        .any(|p| p.name == name && p.state == "serving")
-    {
-        assert!(
-            Instant::now() < deadline,
-            "plugin `{name}` not serving within 60s: {:?}",
+    eventually(
+        Duration::from_secs(60),
+        &format!("plugin `{name}` serving"),
+        || {
             host.plugins()
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+                .iter()
+                .any(|p| p.name == name && p.state == "serving")
+        },
+    )
+    .await;
     host
 }
 

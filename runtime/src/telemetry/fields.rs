@@ -75,14 +75,14 @@ struct PlainVisitor<'w> {
 }
 
 impl PlainVisitor<'_> {
-    /// A field with rules of its own: written by the default visitor, which
-    /// also decides whether it wrote anything (and so the padding).
-    fn by_default(&mut self, record: impl FnOnce(&mut DefaultVisitor<'_>)) {
+    /// A field with rules of its own, written by the default visitor. It
+    /// skips `log.` metadata without padding and writes something for every
+    /// other field, so only those leave the line empty.
+    fn by_default(&mut self, field: &Field, record: impl FnOnce(&mut DefaultVisitor<'_>)) {
         let mut default = DefaultVisitor::new(self.writer.by_ref(), self.empty);
         record(&mut default);
         self.result = default.finish();
-        // The default visitor skips `log.` metadata without padding; it
-        // wrote something for every other field.
+        self.empty = self.empty && field.name().starts_with("log.");
     }
 
     fn is_plain(field: &Field) -> bool {
@@ -100,18 +100,14 @@ impl Visit for PlainVisitor<'_> {
             // Quoted, as the default writes a string.
             return self.record_debug(field, &value);
         }
-        let was_empty = self.empty;
-        self.by_default(|v| v.record_str(field, value));
-        self.empty = was_empty && field.name().starts_with("log.");
+        self.by_default(field, |v| v.record_str(field, value));
     }
 
     fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
         if self.result.is_err() {
             return;
         }
-        let was_empty = self.empty;
-        self.by_default(|v| v.record_error(field, value));
-        self.empty = was_empty && field.name().starts_with("log.");
+        self.by_default(field, |v| v.record_error(field, value));
     }
 
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
@@ -119,10 +115,7 @@ impl Visit for PlainVisitor<'_> {
             return;
         }
         if !Self::is_plain(field) {
-            let was_empty = self.empty;
-            self.by_default(|v| v.record_debug(field, value));
-            self.empty = was_empty && field.name().starts_with("log.");
-            return;
+            return self.by_default(field, |v| v.record_debug(field, value));
         }
         let pad = !std::mem::replace(&mut self.empty, false);
         self.result = (|| {
