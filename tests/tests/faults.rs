@@ -174,6 +174,65 @@ async fn core_events_left_at_the_deadline_are_dead_lettered_with_class_shutdown(
     );
 }
 
+/// Stopping while a burst the server already sent is still on its way: the
+/// subscription is drained (UNSUB, then what had arrived is read), so every
+/// event the server routed to the host before the stop is handled or
+/// dead-lettered with class `shutdown`, none dropped with the subscription.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn core_events_in_flight_when_the_host_stops_are_handled_or_dead_lettered() {
+    const EVENTS: u64 = 200;
+    let nats = NatsServer::start();
+    let client = nats.client().await;
+    let js = async_nats::jetstream::new(client.clone());
+    create_stream(&js, "INFLIGHTOUT", &["inflight.*.done"]).await;
+    let dir = PluginDir::new();
+    dir.add(
+        "slow",
+        "slow",
+        "subjects = [\"inflight.*\"]\npublish = [\"inflight.*.done\"]\nmax_concurrency = 2\ncore_buffer = 1000\ntimeout = \"10s\"",
+    );
+    let host = start_host_configured(&nats.url(), dir.path(), "shutdown_grace = \"300ms\"").await;
+    setup_done(&host).await;
+    let mut headers = HeaderMap::new();
+    headers.insert("x-sleep-ms", "20");
+    for i in 0..EVENTS {
+        client
+            .publish_with_headers(format!("inflight.e{i}"), headers.clone(), Bytes::from("x"))
+            .await
+            .unwrap();
+    }
+    // Once the server echoes a probe sent after them, it has routed all of
+    // them to the host: they are in the host's socket or already read.
+    sluice::nats::sync::synced(&client, Duration::from_secs(5))
+        .await
+        .unwrap();
+    let stats_handle = host.registry();
+    host.shutdown().await.unwrap();
+    let stats = stats_handle.stats("slow").unwrap();
+    let handled = stream_messages(&js, "INFLIGHTOUT").await;
+    let letters = dlq::list(&js, "SLUICE_DLQ", &Filter::default())
+        .await
+        .unwrap();
+    assert!(
+        handled < EVENTS,
+        "a grace of 300ms cannot cover 2s of work: {stats:?}"
+    );
+    assert_eq!(
+        handled + letters.len() as u64,
+        EVENTS,
+        "every event the server sent before the stop is handled or dead-lettered: {stats:?}"
+    );
+    assert!(
+        letters.iter().all(|l| l.letter.error_class == "shutdown"),
+        "{letters:?}"
+    );
+    assert_eq!(
+        stats.gave_up_by.get(FailureClass::Shutdown),
+        letters.len() as u64,
+        "{stats:?}"
+    );
+}
+
 /// Failure 3: a JetStream event waiting for an instance longer than
 /// `ack_wait` was redelivered and ran twice at once. In-progress acks keep
 /// the server's timer alive, and the lease starts with the attempt.

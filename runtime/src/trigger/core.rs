@@ -8,10 +8,11 @@
 //! hold it.
 //!
 //! Stopping (SIGTERM, the plugin removed, or resubscribed by a reload) never
-//! discards what was received: the subscriptions are closed, the buffered
-//! events and the retries still run until `shutdown_grace` is over (on a
-//! reload, by the new version), and whatever is left then is dead-lettered
-//! with class `shutdown` and counted.
+//! discards what was received: the subscriptions are drained (UNSUB, then
+//! what the server had already sent is read), the buffered events and the
+//! retries still run until `shutdown_grace` is over (on a reload, by the new
+//! version), and whatever is left then is dead-lettered with class
+//! `shutdown` and counted.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -37,6 +38,9 @@ use crate::nats::convert;
 const SYNC_WAIT: Duration = Duration::from_secs(5);
 /// How long closing a subscription may take when stopping (NATS may be down).
 const UNSUBSCRIBE_WAIT: Duration = Duration::from_secs(1);
+/// After the deadline, how long a draining subscription may stay quiet
+/// before the reader stops waiting for its end.
+const QUIET_AFTER_DEADLINE: Duration = Duration::from_millis(100);
 
 /// A subscription could not be made.
 #[derive(Debug, Error)]
@@ -151,19 +155,37 @@ async fn read(
             }
         }
     }
-    // Close the subscription; what the client had already received is ours
-    // to handle like the rest of the buffer.
-    let _ = tokio::time::timeout(UNSUBSCRIBE_WAIT, subscriber.unsubscribe()).await;
-    while let Ok(Some(message)) =
-        tokio::time::timeout(Duration::from_millis(50), subscriber.next()).await
-    {
-        tokio::select! {
-            sent = tx.send(message) => if let Err(unsent) = sent {
-                spawn_event(&ctx, slot.load_full(), unsent.0, None, &signals);
-            },
-            _ = signals.deadline.cancelled() => break,
+    // Close the subscription without dropping what the server already sent.
+    // `unsubscribe` would forget the subscription at once, losing what was
+    // still in the socket; `drain` sends UNSUB and keeps it until the client
+    // has read what had arrived, then ends the stream. Everything read is
+    // ours to handle like the rest of the buffer; the sends wait for the
+    // drain task, which after the deadline dead-letters without waiting.
+    let _ = tokio::time::timeout(UNSUBSCRIBE_WAIT, subscriber.drain()).await;
+    while let Some(message) = leftover(&mut subscriber, &signals).await {
+        if let Err(unsent) = tx.send(message).await {
+            spawn_event(&ctx, slot.load_full(), unsent.0, None, &signals);
         }
     }
+}
+
+/// The next message a draining subscription still holds. Until the deadline
+/// this waits for the stream's end; after it (NATS may be down and never
+/// confirm the UNSUB) only for what arrives within a short quiet period.
+async fn leftover(
+    subscriber: &mut async_nats::Subscriber,
+    signals: &StopSignals,
+) -> Option<async_nats::Message> {
+    if !signals.deadline.is_cancelled() {
+        tokio::select! {
+            message = subscriber.next() => return message,
+            _ = signals.deadline.cancelled() => {}
+        }
+    }
+    tokio::time::timeout(QUIET_AFTER_DEADLINE, subscriber.next())
+        .await
+        .ok()
+        .flatten()
 }
 
 /// Start buffered events as slots free up. After the deadline, what is
