@@ -658,6 +658,29 @@ async fn shutdown_ends_in_bounded_time_with_nats_unreachable() {
     assert!(started.elapsed() < Duration::from_secs(15));
 }
 
+/// A core host cut off from NATS holds nothing it could still receive: its
+/// draining subscriptions do not wait out a long grace for an UNSUB the
+/// server cannot confirm.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_core_host_cut_off_from_nats_does_not_wait_out_the_grace() {
+    let mut nats = NatsServer::start();
+    let dir = PluginDir::new();
+    dir.add(
+        "mirror",
+        "mirror",
+        "subjects = [\"cut.>\"]\npublish = [\"mirror.>\"]",
+    );
+    let host = start_host_configured(&nats.url(), dir.path(), "shutdown_grace = \"60s\"").await;
+    setup_done(&host).await;
+    nats.stop();
+    let started = std::time::Instant::now();
+    tokio::time::timeout(Duration::from_secs(30), host.shutdown())
+        .await
+        .expect("shutdown does not wait out the 60s grace")
+        .unwrap();
+    assert!(started.elapsed() < Duration::from_secs(30));
+}
+
 /// A DLQ stream missing at start makes `/readyz` not ready until it exists.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unavailable_dlq_stream_at_start_is_retried_and_reported() {

@@ -100,6 +100,7 @@ pub async fn start(
         tracing::info!(plugin = %setup.plugin, subject = %subject, queue_group = ?setup.queue_group, "subscribed (core NATS)");
         subscriptions.spawn(read(
             ctx.clone(),
+            setup.client.clone(),
             subscriber,
             tx.clone(),
             slot.clone(),
@@ -116,6 +117,7 @@ pub async fn start(
 /// keep what it had already received.
 async fn read(
     ctx: Arc<TriggerContext>,
+    client: async_nats::Client,
     mut subscriber: async_nats::Subscriber,
     tx: mpsc::Sender<async_nats::Message>,
     slot: Arc<ArcSwap<Route>>,
@@ -162,7 +164,7 @@ async fn read(
     // ours to handle like the rest of the buffer; the sends wait for the
     // drain task, which after the deadline dead-letters without waiting.
     let _ = tokio::time::timeout(UNSUBSCRIBE_WAIT, subscriber.drain()).await;
-    while let Some(message) = leftover(&mut subscriber, &signals).await {
+    while let Some(message) = leftover(&mut subscriber, &client, &signals).await {
         if let Err(unsent) = tx.send(message).await {
             spawn_event(&ctx, slot.load_full(), unsent.0, None, &signals);
         }
@@ -170,22 +172,34 @@ async fn read(
 }
 
 /// The next message a draining subscription still holds. Until the deadline
-/// this waits for the stream's end; after it (NATS may be down and never
-/// confirm the UNSUB) only for what arrives within a short quiet period.
+/// this waits for the stream's end; after it, or while NATS is down (the
+/// client sends the UNSUB only once reconnected), only for what arrives
+/// within a short quiet period: a host cut off from NATS still stops
+/// promptly.
 async fn leftover(
     subscriber: &mut async_nats::Subscriber,
+    client: &async_nats::Client,
     signals: &StopSignals,
 ) -> Option<async_nats::Message> {
     if !signals.deadline.is_cancelled() {
         tokio::select! {
             message = subscriber.next() => return message,
             _ = signals.deadline.cancelled() => {}
+            _ = disconnected(client) => {}
         }
     }
     tokio::time::timeout(QUIET_AFTER_DEADLINE, subscriber.next())
         .await
         .ok()
         .flatten()
+}
+
+/// Resolves once the connection is not up (checked every 50 ms; only while
+/// a subscription drains).
+async fn disconnected(client: &async_nats::Client) {
+    while client.connection_state() == async_nats::connection::State::Connected {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// Start buffered events as slots free up. After the deadline, what is
