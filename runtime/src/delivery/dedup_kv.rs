@@ -84,7 +84,10 @@ impl DedupStore for KvStore {
                 record,
             }));
         }
-        // Two rounds: a lost compare-and-set race re-reads once.
+        // Two rounds: a lost compare-and-set race re-reads once. A write
+        // that failed for another reason (the bucket refuses it, a timeout
+        // that did not land) is no race: nobody else holds the key.
+        let mut not_a_race: Option<String> = None;
         for _ in 0..2 {
             let entry = self.kv.entry(slot.as_str()).await.map_err(err)?;
             let live = entry
@@ -107,24 +110,36 @@ impl DedupStore for KvStore {
             };
             let value = encode(&record)?;
             let written = match &entry {
-                None => self
+                None => self.kv.create(slot.as_str(), value).await.map_err(|e| {
+                    let race = e.kind() == kv::CreateErrorKind::AlreadyExists;
+                    (race, e.to_string())
+                }),
+                Some(entry) => self
                     .kv
-                    .create(slot.as_str(), value)
+                    .update(slot.as_str(), value, entry.revision)
                     .await
-                    .map_err(|e| e.to_string()),
-                Some(e) => self
-                    .kv
-                    .update(slot.as_str(), value, e.revision)
-                    .await
-                    .map_err(|e| e.to_string()),
+                    .map_err(|e| {
+                        let race = e.kind() == kv::UpdateErrorKind::WrongLastRevision;
+                        (race, e.to_string())
+                    }),
             };
-            if let Ok(revision) = written {
-                return Ok(Claim::Acquired(Lease {
-                    slot,
-                    revision,
-                    record,
-                }));
+            match written {
+                Ok(revision) => {
+                    return Ok(Claim::Acquired(Lease {
+                        slot,
+                        revision,
+                        record,
+                    }));
+                }
+                Err((true, _)) => not_a_race = None,
+                Err((false, message)) => not_a_race = Some(message),
             }
+        }
+        // The last write failed without a race: the store is the problem,
+        // and saying "busy" would make a core event be skipped as a
+        // duplicate of nothing.
+        if let Some(message) = not_a_race {
+            return Err(err(format!("cannot write the claim: {message}")));
         }
         // Lost the race twice (or every write was ambiguous and the reads
         // showed someone else): treat the key as busy for a moment.
