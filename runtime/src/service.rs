@@ -566,15 +566,27 @@ struct SubscriptionSpec {
 
 impl SubscriptionSpec {
     fn of(manifest: &Manifest, concurrency: u32, timeout: Duration) -> Self {
+        // A core subscription does not depend on the concurrency or the time
+        // limit (the route carries them): changing them swaps the route only.
+        let core = manifest.mode == DeliveryMode::Core;
         SubscriptionSpec {
             mode: manifest.mode,
             subjects: manifest.subjects.clone(),
             queue_group: manifest.queue_group.clone(),
             jetstream: manifest.jetstream.clone(),
-            concurrency,
-            timeout,
+            concurrency: if core { 0 } else { concurrency },
+            timeout: if core { Duration::ZERO } else { timeout },
             core_buffer: manifest.core_buffer,
         }
+    }
+
+    /// Both are core subscriptions that differ only in their subjects.
+    fn differs_in_core_subjects_only(&self, new: &SubscriptionSpec) -> bool {
+        self.mode == DeliveryMode::Core
+            && new.mode == DeliveryMode::Core
+            && self.queue_group == new.queue_group
+            && self.core_buffer == new.core_buffer
+            && self.subjects != new.subjects
     }
 }
 
@@ -585,6 +597,8 @@ struct Active {
     spec: SubscriptionSpec,
     /// Stops this plugin's subscription loops.
     stop: CancellationToken,
+    /// A core plugin's trigger, whose subjects a reload can change in place.
+    core: Option<trigger::core::CoreTrigger>,
     fingerprint: registry::loader::Fingerprint,
 }
 
@@ -714,8 +728,15 @@ impl Supervisor {
             .active
             .get(name)
             .map(|a| a.slot.load().tag.version.to_string());
-        let same_spec = self.active.get(name).filter(|a| a.spec == spec);
-        let semaphore = same_spec.map(|a| a.slot.load().concurrency.clone());
+        // The slots in use carry over when the limit stays.
+        let semaphore = self
+            .active
+            .get(name)
+            .filter(|a| {
+                (a.spec == spec || a.spec.differs_in_core_subjects_only(&spec))
+                    && a.slot.load().max_concurrency == sandbox.limits.max_concurrency as usize
+            })
+            .map(|a| a.slot.load().concurrency.clone());
         let config = match self
             .settings
             .sandbox
@@ -739,28 +760,55 @@ impl Supervisor {
             }
         };
         let route = self.route_for(&loaded, semaphore, config, state);
+        let subjects = &loaded.manifest.subjects;
         match self.active.get_mut(name) {
             // Same subscriptions: an atomic swap of the serving version.
             Some(active) if active.spec == spec => {
                 active.slot.store(route.clone());
                 active.fingerprint = loaded.fingerprint;
                 self.registry
-                    .serving(name, route, loaded.manifest.subjects.clone(), mode, cached);
+                    .serving(name, route, subjects.clone(), mode, cached);
+            }
+            // Core, other subjects only: the subjects kept keep their
+            // subscriptions; the new ones are made before the switch, the
+            // removed ones drain after it.
+            Some(Active {
+                core: Some(core),
+                spec: active_spec,
+                slot,
+                fingerprint,
+                ..
+            }) if active_spec.differs_in_core_subjects_only(&spec) => {
+                if let Err(e) = core.add(subjects, &self.subscriptions).await {
+                    tracing::error!(plugin = name, "{e}; the previous subscriptions stay");
+                    self.registry.failed(name, e.to_string());
+                    self.metrics.plugin_reload_failed(name);
+                    return None;
+                }
+                slot.store(route.clone());
+                core.retain(subjects);
+                *active_spec = spec;
+                *fingerprint = loaded.fingerprint;
+                self.registry
+                    .serving(name, route, subjects.clone(), mode, cached);
             }
             // New subscriptions first, then the old ones drain.
             _ => {
                 let slot = Arc::new(ArcSwap::new(route.clone()));
                 let stop = self.shutdown.child_token();
-                if let Err(e) = self.subscribe(&loaded, &slot, &stop).await {
-                    stop.cancel();
-                    tracing::error!(
-                        plugin = name,
-                        "{e}; the previous subscriptions (if any) stay"
-                    );
-                    self.registry.failed(name, e.to_string());
-                    self.metrics.plugin_reload_failed(name);
-                    return None;
-                }
+                let core = match self.subscribe(&loaded, &slot, &stop).await {
+                    Ok(core) => core,
+                    Err(e) => {
+                        stop.cancel();
+                        tracing::error!(
+                            plugin = name,
+                            "{e}; the previous subscriptions (if any) stay"
+                        );
+                        self.registry.failed(name, e.to_string());
+                        self.metrics.plugin_reload_failed(name);
+                        return None;
+                    }
+                };
                 if let Some(old) = self.active.remove(name) {
                     // Core events the old subscriptions still hold (buffered,
                     // retrying) are handled by the new version.
@@ -773,11 +821,12 @@ impl Supervisor {
                         slot,
                         spec,
                         stop,
+                        core,
                         fingerprint: loaded.fingerprint,
                     },
                 );
                 self.registry
-                    .serving(name, route, loaded.manifest.subjects.clone(), mode, cached);
+                    .serving(name, route, subjects.clone(), mode, cached);
             }
         }
         self.metrics.plugin_registered(name);
@@ -901,7 +950,7 @@ impl Supervisor {
         plugin: &LoadedPlugin,
         slot: &Arc<ArcSwap<Route>>,
         stop: &CancellationToken,
-    ) -> Result<(), SubscribeError> {
+    ) -> Result<Option<trigger::core::CoreTrigger>, SubscribeError> {
         let manifest = &plugin.manifest;
         match manifest.mode {
             DeliveryMode::Core => trigger::core::start(
@@ -918,6 +967,7 @@ impl Supervisor {
                 &self.subscriptions,
             )
             .await
+            .map(Some)
             .map_err(Into::into),
             DeliveryMode::Jetstream => trigger::jetstream::start(
                 self.triggers.clone(),
@@ -934,6 +984,7 @@ impl Supervisor {
                 &self.subscriptions,
             )
             .await
+            .map(|()| None)
             .map_err(Into::into),
         }
     }

@@ -681,6 +681,57 @@ async fn a_core_host_cut_off_from_nats_does_not_wait_out_the_grace() {
     assert!(started.elapsed() < Duration::from_secs(30));
 }
 
+/// The dedup store refuses a claim's write (here the bucket's value size
+/// limit; in production a full or misconfigured bucket) while reads work.
+/// Nobody else holds the key, so the core event is not skipped as a
+/// duplicate ("busy"): it runs without dedup, as when the store is down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_the_store_refuses_does_not_skip_a_core_event() {
+    let nats = NatsServer::start();
+    let client = nats.client().await;
+    let js = async_nats::jetstream::new(client.clone());
+    js.create_key_value(async_nats::jetstream::kv::Config {
+        bucket: "sluice-dedup".into(),
+        history: 1,
+        max_value_size: 8,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let dir = PluginDir::new();
+    dir.add(
+        "mirror",
+        "mirror",
+        "subjects = [\"refused.>\"]\npublish = [\"mirror.>\"]",
+    );
+    let host = start_host_configured(&nats.url(), dir.path(), "").await;
+    setup_done(&host).await;
+    let mut mirrored = client.subscribe("mirror.refused.>").await.unwrap();
+    sluice::nats::sync::synced(&client, Duration::from_secs(5))
+        .await
+        .unwrap();
+    for i in 0..3 {
+        let mut headers = HeaderMap::new();
+        headers.insert("Nats-Msg-Id", format!("refused-{i}").as_str());
+        client
+            .publish_with_headers(format!("refused.e{i}"), headers, Bytes::from("x"))
+            .await
+            .unwrap();
+    }
+    let mut subjects = BTreeSet::new();
+    while subjects.len() < 3 {
+        let message = tokio::time::timeout(WAIT, mirrored.next())
+            .await
+            .unwrap_or_else(|_| panic!("only {subjects:?} ran: {:?}", host.stats("mirror")))
+            .unwrap();
+        subjects.insert(message.subject.to_string());
+    }
+    let stats = host.stats("mirror").unwrap();
+    assert_eq!(stats.succeeded, 3, "{stats:?}");
+    assert_eq!(stats.lease_conflicts, 0, "no race was lost: {stats:?}");
+    host.shutdown().await.unwrap();
+}
+
 /// A DLQ stream missing at start makes `/readyz` not ready until it exists.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unavailable_dlq_stream_at_start_is_retried_and_reported() {

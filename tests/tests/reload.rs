@@ -630,3 +630,99 @@ async fn retired_versions_are_freed_and_the_gauge_kept_current_without_anyone_po
 async fn next_message_of(sub: &mut async_nats::Subscriber) -> async_nats::Message {
     sluice_e2e::next_message(sub, WAIT, "the plugin handled the event").await
 }
+
+/// A reload that changes a core plugin's subjects (or only its concurrency)
+/// keeps the subscriptions of the subjects it keeps. Before, every such
+/// reload subscribed anew and then drained the old subscriptions: an event
+/// published in between reached both and ran twice (a core event's default
+/// key is unique per message, so nothing deduplicated it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_core_reload_keeps_the_subscriptions_of_the_subjects_it_keeps() {
+    let nats = NatsServer::start();
+    let dir = PluginDir::new();
+    let manifest = |subjects: &str, concurrency: u32| {
+        format!(
+            "subjects = [{subjects}]\npublish = [\"mirror.>\"]\ncore_buffer = 100000\nmax_concurrency = {concurrency}"
+        )
+    };
+    dir.add("mirror", "mirror", &manifest("\"keep.>\"", 8));
+    let host = start_host(&nats.url(), dir.path()).await;
+    let client = nats.client().await;
+    let mut out = client.subscribe("mirror.>").await.unwrap();
+    sluice::nats::sync::synced(&client, WAIT).await.unwrap();
+
+    // Events on the kept subject all along the two reloads (10 per ms).
+    let publishing = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let publisher = tokio::spawn({
+        let (client, publishing) = (client.clone(), publishing.clone());
+        async move {
+            let mut sent = 0u64;
+            while publishing.load(std::sync::atomic::Ordering::Relaxed) {
+                for _ in 0..10 {
+                    client
+                        .publish("keep.x", Bytes::from(sent.to_string()))
+                        .await
+                        .unwrap();
+                    sent += 1;
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            sent
+        }
+    });
+    let reloads = host.reload_counters().reloads;
+    dir.write(
+        "mirror.toml",
+        manifest("\"keep.>\", \"added.>\"", 8).as_bytes(),
+    );
+    eventually(WAIT, "a subject added", || {
+        host.reload_counters().reloads > reloads
+    })
+    .await;
+    dir.write(
+        "mirror.toml",
+        manifest("\"keep.>\", \"added.>\"", 4).as_bytes(),
+    );
+    eventually(WAIT, "the concurrency changed", || {
+        host.reload_counters().reloads > reloads + 1
+    })
+    .await;
+    publishing.store(false, std::sync::atomic::Ordering::Relaxed);
+    let sent = publisher.await.unwrap();
+    client
+        .publish("added.y", Bytes::from_static(b"added"))
+        .await
+        .unwrap();
+
+    // Every event mirrored once: the kept subscription was never doubled.
+    let mut seen = HashMap::new();
+    while seen.len() < sent as usize + 1 {
+        let message = tokio::time::timeout(WAIT, out.next())
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "{} of {} events mirrored: {:?}",
+                    seen.len(),
+                    sent + 1,
+                    host.stats("mirror")
+                )
+            })
+            .unwrap();
+        *seen
+            .entry((message.subject.to_string(), message.payload.clone()))
+            .or_insert(0u32) += 1;
+    }
+    eventually(WAIT, "every event the host received settled", || {
+        let stats = host.stats("mirror").unwrap();
+        stats.succeeded == stats.received
+    })
+    .await;
+    let stats = host.stats("mirror").unwrap();
+    assert_eq!(
+        stats.received,
+        sent + 1,
+        "each event received once: {stats:?}"
+    );
+    assert!(seen.values().all(|&n| n == 1), "an event ran twice");
+    host.shutdown().await.unwrap();
+}

@@ -12,13 +12,16 @@
 //! what the server had already sent is read), the buffered events and the
 //! retries still run until `shutdown_grace` is over (on a reload, by the new
 //! version), and whatever is left then is dead-lettered with class
-//! `shutdown` and counted.
+//! `shutdown` and counted. A reload that only changes the subjects keeps the
+//! trigger ([`CoreTrigger`]): kept subjects keep their subscriptions, a
+//! removed subject's reader drains into the same buffer.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use thiserror::Error;
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tokio_util::sync::CancellationToken;
@@ -41,6 +44,9 @@ const UNSUBSCRIBE_WAIT: Duration = Duration::from_secs(1);
 /// After the deadline, how long a draining subscription may stay quiet
 /// before the reader stops waiting for its end.
 const QUIET_AFTER_DEADLINE: Duration = Duration::from_millis(100);
+/// After the deadline, how long a draining subscription may keep delivering
+/// before the reader stops taking from it.
+const AFTER_DEADLINE_CAP: Duration = Duration::from_secs(1);
 
 /// A subscription could not be made.
 #[derive(Debug, Error)]
@@ -73,62 +79,199 @@ pub async fn start(
     slot: Arc<ArcSwap<Route>>,
     stop: CancellationToken,
     subscriptions: &TaskTracker,
-) -> Result<(), SubscribeError> {
-    let mut subscribers = Vec::new();
-    for subject in &setup.subjects {
-        let subscribed = match &setup.queue_group {
-            Some(group) => {
-                setup
-                    .client
-                    .queue_subscribe(subject.clone(), group.clone())
-                    .await
-            }
-            None => setup.client.subscribe(subject.clone()).await,
-        };
-        subscribers.push(subscribed.map_err(|e| SubscribeError {
-            subject: subject.clone(),
-            message: e.to_string(),
-        })?);
-    }
-    // Once the server has the SUBs, publishers can count on them.
-    if let Err(e) = crate::nats::sync::synced(&setup.client, SYNC_WAIT).await {
-        tracing::warn!(plugin = %setup.plugin, "after subscribing: {e}");
-    }
+) -> Result<CoreTrigger, SubscribeError> {
     let signals = StopSignals::new(&ctx, stop);
     let (tx, rx) = mpsc::channel::<async_nats::Message>(setup.buffer.max(1));
-    for (subject, subscriber) in setup.subjects.iter().zip(subscribers) {
-        tracing::info!(plugin = %setup.plugin, subject = %subject, queue_group = ?setup.queue_group, "subscribed (core NATS)");
-        subscriptions.spawn(read(
-            ctx.clone(),
-            setup.client.clone(),
-            subscriber,
-            tx.clone(),
-            slot.clone(),
-            signals.clone(),
-            setup.buffer,
-        ));
-    }
+    let mut trigger = CoreTrigger {
+        ctx: ctx.clone(),
+        client: setup.client,
+        plugin: setup.plugin,
+        queue_group: setup.queue_group,
+        buffer: setup.buffer,
+        slot: slot.clone(),
+        signals: signals.clone(),
+        tx: tx.downgrade(),
+        readers: HashMap::new(),
+    };
+    let subscribed = trigger.subscribe(&setup.subjects, &tx, subscriptions).await;
     drop(tx);
     subscriptions.spawn(drain(ctx, rx, slot, signals));
-    Ok(())
+    if subscribed.is_err() {
+        // What the subscriptions made so far received is still handled.
+        trigger.signals.stop.cancel();
+    }
+    subscribed.map(|()| trigger)
 }
 
-/// Read one subscription into the buffer until stopped, then close it and
-/// keep what it had already received.
-async fn read(
+/// A running core trigger. Its subjects can change while it runs: a reload
+/// that keeps a subject keeps its subscription, so an event on it is neither
+/// missed nor delivered to an old and a new subscription at once (which
+/// would run it twice: a core event's default key is unique per message).
+pub struct CoreTrigger {
     ctx: Arc<TriggerContext>,
     client: async_nats::Client,
-    mut subscriber: async_nats::Subscriber,
-    tx: mpsc::Sender<async_nats::Message>,
+    plugin: String,
+    queue_group: Option<String>,
+    buffer: usize,
     slot: Arc<ArcSwap<Route>>,
     signals: StopSignals,
+    /// The buffer's sender, held weakly: the drain task ends once every
+    /// reader has ended.
+    tx: mpsc::WeakSender<async_nats::Message>,
+    /// Each subject's reader, stopped on its own when the subject goes.
+    readers: HashMap<String, CancellationToken>,
+}
+
+impl CoreTrigger {
+    /// Subscribe to the subjects of `subjects` not subscribed yet. Call
+    /// [`CoreTrigger::retain`] after switching the route, to let the
+    /// subjects no longer wanted go.
+    pub async fn add(
+        &mut self,
+        subjects: &[String],
+        subscriptions: &TaskTracker,
+    ) -> Result<(), SubscribeError> {
+        let tx = self.tx.upgrade().ok_or_else(|| SubscribeError {
+            subject: subjects.join(", "),
+            message: "the plugin's subscriptions are stopping".into(),
+        })?;
+        let added: Vec<String> = subjects
+            .iter()
+            .filter(|s| !self.readers.contains_key(*s))
+            .cloned()
+            .collect();
+        let subscribed = self.subscribe(&added, &tx, subscriptions).await;
+        if subscribed.is_err() {
+            // The version is refused: its new subscriptions go again.
+            self.retain(
+                &self
+                    .readers
+                    .keys()
+                    .filter(|s| !added.contains(s))
+                    .cloned()
+                    .collect::<Vec<_>>(),
+            );
+        }
+        subscribed
+    }
+
+    /// Stop reading the subjects not in `subjects`; what they had received
+    /// is still handled.
+    pub fn retain(&mut self, subjects: &[String]) {
+        self.readers.retain(|subject, stop| {
+            let keep = subjects.contains(subject);
+            if !keep {
+                tracing::info!(plugin = %self.plugin, subject = %subject, "unsubscribing (core NATS)");
+                stop.cancel();
+            }
+            keep
+        });
+    }
+
+    /// Subscribe to each of `subjects` and start its reader. On an error the
+    /// subscriptions made so far keep their readers (the caller stops them).
+    async fn subscribe(
+        &mut self,
+        subjects: &[String],
+        tx: &mpsc::Sender<async_nats::Message>,
+        subscriptions: &TaskTracker,
+    ) -> Result<(), SubscribeError> {
+        let mut result = Ok(());
+        for subject in subjects {
+            let subscribed = match &self.queue_group {
+                Some(group) => {
+                    self.client
+                        .queue_subscribe(subject.clone(), group.clone())
+                        .await
+                }
+                None => self.client.subscribe(subject.clone()).await,
+            };
+            let subscriber = match subscribed {
+                Ok(subscriber) => subscriber,
+                Err(e) => {
+                    result = Err(SubscribeError {
+                        subject: subject.clone(),
+                        message: e.to_string(),
+                    });
+                    break;
+                }
+            };
+            tracing::info!(plugin = %self.plugin, subject = %subject, queue_group = ?self.queue_group, "subscribed (core NATS)");
+            let stop = self.signals.stop.child_token();
+            let reader = Reader {
+                ctx: self.ctx.clone(),
+                client: self.client.clone(),
+                tx: tx.clone(),
+                slot: self.slot.clone(),
+                own: StopSignals::new(&self.ctx, stop.clone()),
+                events: self.signals.clone(),
+                buffer: self.buffer,
+            };
+            self.readers.insert(subject.clone(), stop);
+            subscriptions.spawn(reader.run(subscriber));
+        }
+        // Once the server has the SUBs, publishers can count on them.
+        if let Err(e) = crate::nats::sync::synced(&self.client, SYNC_WAIT).await {
+            tracing::warn!(plugin = %self.plugin, "after subscribing: {e}");
+        }
+        result
+    }
+}
+
+/// What one subscription's reader needs.
+struct Reader {
+    ctx: Arc<TriggerContext>,
+    client: async_nats::Client,
+    tx: mpsc::Sender<async_nats::Message>,
+    slot: Arc<ArcSwap<Route>>,
+    /// When this subscription stops (its subject removed, or the trigger).
+    own: StopSignals,
+    /// The trigger's: what the events it starts see.
+    events: StopSignals,
+    buffer: usize,
+}
+
+impl Reader {
+    /// Read one subscription into the buffer until stopped, then close it
+    /// and keep what it had already received.
+    async fn run(self, subscriber: async_nats::Subscriber) {
+        let Reader {
+            ctx,
+            client,
+            tx,
+            slot,
+            own,
+            events,
+            buffer,
+        } = self;
+        read(
+            &ctx,
+            &client,
+            subscriber,
+            &tx,
+            &slot,
+            (&own, &events),
+            buffer,
+        )
+        .await;
+    }
+}
+
+/// The reader's loop: `own` stops it, events started see `events`.
+async fn read(
+    ctx: &Arc<TriggerContext>,
+    client: &async_nats::Client,
+    mut subscriber: async_nats::Subscriber,
+    tx: &mpsc::Sender<async_nats::Message>,
+    slot: &Arc<ArcSwap<Route>>,
+    (own, signals): (&StopSignals, &StopSignals),
     buffer: usize,
 ) {
     let mut last_report = Instant::now() - Duration::from_secs(1);
     let mut unreported = 0u64;
     loop {
         let message = tokio::select! {
-            _ = signals.stop.cancelled() => break,
+            _ = own.stop.cancelled() => break,
             message = subscriber.next() => match message {
                 Some(message) => message,
                 None => break,
@@ -140,7 +283,7 @@ async fn read(
         if tx.capacity() == tx.max_capacity() {
             let route = slot.load_full();
             if let Ok(permit) = route.concurrency.clone().try_acquire_owned() {
-                spawn_event(&ctx, route, message, Some(permit), &signals);
+                spawn_event(ctx, route, message, Some(permit), signals);
                 continue;
             }
         }
@@ -163,35 +306,69 @@ async fn read(
     // has read what had arrived, then ends the stream. Everything read is
     // ours to handle like the rest of the buffer; the sends wait for the
     // drain task, which after the deadline dead-letters without waiting.
-    let _ = tokio::time::timeout(UNSUBSCRIBE_WAIT, subscriber.drain()).await;
-    while let Some(message) = leftover(&mut subscriber, &client, &signals).await {
+    let mut unsubscribed = matches!(
+        tokio::time::timeout(UNSUBSCRIBE_WAIT, subscriber.drain()).await,
+        Ok(Ok(()))
+    );
+    let mut cutoff = None;
+    loop {
+        if !unsubscribed {
+            // The client's command queue was full: try again between reads.
+            unsubscribed = matches!(subscriber.drain().now_or_never(), Some(Ok(())));
+        }
+        let message = match leftover(&mut subscriber, client, own, &mut cutoff).await {
+            Leftover::Message(message) => message,
+            Leftover::Ended => break,
+            Leftover::GaveUp => {
+                tracing::warn!(
+                    plugin = %slot.load().tag.name,
+                    "a core subscription still delivered {AFTER_DEADLINE_CAP:?} after shutdown_grace (its UNSUB could not be sent or confirmed): it is dropped; events the server sends it from now on are not received"
+                );
+                break;
+            }
+        };
         if let Err(unsent) = tx.send(message).await {
-            spawn_event(&ctx, slot.load_full(), unsent.0, None, &signals);
+            spawn_event(ctx, slot.load_full(), unsent.0, None, signals);
         }
     }
+}
+
+/// What a draining subscription gave.
+enum Leftover {
+    Message(async_nats::Message),
+    /// The stream ended (the UNSUB went through), or nothing came within the
+    /// quiet period after the deadline.
+    Ended,
+    /// Messages kept coming for [`AFTER_DEADLINE_CAP`] after the deadline.
+    GaveUp,
 }
 
 /// The next message a draining subscription still holds. Until the deadline
 /// this waits for the stream's end; after it, or while NATS is down (the
 /// client sends the UNSUB only once reconnected), only for what arrives
-/// within a short quiet period: a host cut off from NATS still stops
-/// promptly.
+/// within a short quiet period, and for [`AFTER_DEADLINE_CAP`] at most: a
+/// host cut off from NATS, or whose UNSUB never went out, still stops.
 async fn leftover(
     subscriber: &mut async_nats::Subscriber,
     client: &async_nats::Client,
     signals: &StopSignals,
-) -> Option<async_nats::Message> {
-    if !signals.deadline.is_cancelled() {
+    cutoff: &mut Option<Instant>,
+) -> Leftover {
+    if cutoff.is_none() && !signals.deadline.is_cancelled() {
         tokio::select! {
-            message = subscriber.next() => return message,
+            message = subscriber.next() => return message.map_or(Leftover::Ended, Leftover::Message),
             _ = signals.deadline.cancelled() => {}
             _ = disconnected(client) => {}
         }
     }
-    tokio::time::timeout(QUIET_AFTER_DEADLINE, subscriber.next())
-        .await
-        .ok()
-        .flatten()
+    let cutoff = *cutoff.get_or_insert_with(|| Instant::now() + AFTER_DEADLINE_CAP);
+    let quiet = (Instant::now() + QUIET_AFTER_DEADLINE).min(cutoff);
+    match tokio::time::timeout_at(quiet.into(), subscriber.next()).await {
+        Ok(Some(message)) => Leftover::Message(message),
+        Ok(None) => Leftover::Ended,
+        Err(_) if Instant::now() >= cutoff => Leftover::GaveUp,
+        Err(_) => Leftover::Ended,
+    }
 }
 
 /// Resolves once the connection is not up (checked every 50 ms; only while
