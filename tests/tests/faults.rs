@@ -732,6 +732,51 @@ async fn a_claim_the_store_refuses_does_not_skip_a_core_event() {
     host.shutdown().await.unwrap();
 }
 
+/// NATS (and with it the KV store) gone at shutdown while keyed core events
+/// run: at the deadline each is given up, and at the host's last moment it
+/// is counted as lost (`sluice_events_lost_total`) instead of hanging
+/// uncounted in the store write that records the give-up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keyed_core_events_held_when_nats_is_gone_at_shutdown_are_counted_lost() {
+    const EVENTS: u64 = 4;
+    let mut nats = NatsServer::start();
+    let client = nats.client().await;
+    let dir = PluginDir::new();
+    dir.add(
+        "slow",
+        "slow",
+        "subjects = [\"held.*\"]\nmax_concurrency = 4\ntimeout = \"60s\"",
+    );
+    let host = start_host_configured(&nats.url(), dir.path(), "shutdown_grace = \"300ms\"").await;
+    setup_done(&host).await;
+    for i in 0..EVENTS {
+        let mut headers = HeaderMap::new();
+        headers.insert("Nats-Msg-Id", format!("held-{i}").as_str());
+        headers.insert("x-sleep-ms", "30000");
+        client
+            .publish_with_headers(format!("held.e{i}"), headers, Bytes::from("x"))
+            .await
+            .unwrap();
+    }
+    eventually(WAIT, "every event runs", || {
+        host.stats("slow").unwrap().received == EVENTS
+    })
+    .await;
+    nats.stop();
+    let metrics = host.metrics().clone();
+    tokio::time::timeout(Duration::from_secs(20), host.shutdown())
+        .await
+        .expect("shutdown ends in bounded time")
+        .unwrap();
+    let lost: u64 = metrics
+        .render()
+        .lines()
+        .find_map(|l| l.strip_prefix("sluice_events_lost_total{plugin=\"slow\"} "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    assert_eq!(lost, EVENTS, "{}", metrics.render());
+}
+
 /// A DLQ stream missing at start makes `/readyz` not ready until it exists.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unavailable_dlq_stream_at_start_is_retried_and_reported() {

@@ -458,7 +458,13 @@ async fn handle(
                 _ if claimed_once => Some(Claimed::Ours(history)),
                 _ => {
                     claimed_once = true;
-                    Some(ledger.claim(lease_for, replay_count_for(&route.tag.name, message.headers.as_ref()), history).await)
+                    // The store may be as unreachable as NATS at the host's
+                    // last moment: the event is then settled as lost, counted.
+                    let replay = replay_count_for(&route.tag.name, message.headers.as_ref());
+                    Some(tokio::select! {
+                        claimed = ledger.claim(lease_for, replay, history) => claimed,
+                        _ = ctx.hard_stop.cancelled() => Claimed::StoreUnavailable,
+                    })
                 }
             };
             let gate = Gate {
@@ -500,7 +506,14 @@ async fn handle(
                                     outcome
                                 }
                             },
-                            _ = signals.deadline.cancelled() => Outcome::Abandoned,
+                            _ = signals.deadline.cancelled() => {
+                                last_failure = Some(Failure {
+                                    class: FailureClass::Shutdown,
+                                    message: "its attempt was still running and was abandoned".into(),
+                                    retry_after: None,
+                                });
+                                Outcome::Abandoned
+                            }
                         };
                         drop(slot);
                         settle::after_attempt(Mode::Core, before, outcome, &route.retry, SystemTime::now(), &mut rand::rng())
@@ -585,7 +598,11 @@ async fn dead_letter(
         bump(&route.stats.breaker_rejected, 1);
     }
     route.stats.record_give_up(&failure);
-    ledger.gave_up(history, class, &failure.message).await;
+    // Not past the host's last moment: then the letter below is lost, counted.
+    tokio::select! {
+        _ = ledger.gave_up(history, class, &failure.message) => {}
+        _ = ctx.hard_stop.cancelled() => {}
+    }
     let now = SystemTime::now();
     let letter = dead_letter_for(
         route,
