@@ -777,6 +777,112 @@ async fn keyed_core_events_held_when_nats_is_gone_at_shutdown_are_counted_lost()
     assert_eq!(lost, EVENTS, "{}", metrics.render());
 }
 
+/// A JetStream event that gives up while the host is stopping (its last
+/// attempt failed within the grace): its dead letter is published and the
+/// message terminated then, not handed back with the dead letter left owed
+/// (the DLQ was never even tried once stopping had begun).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jetstream_event_giving_up_during_the_grace_is_dead_lettered_then() {
+    let nats = NatsServer::start();
+    let js = async_nats::jetstream::new(nats.client().await);
+    let dir = PluginDir::new();
+    // No publish grant: slow's publish is refused and the attempt fails.
+    dir.add(
+        "slow",
+        "slow",
+        "subjects = [\"owed.*\"]\nmode = \"jetstream\"\ntimeout = \"10s\"\n\
+         [retry]\nmax_attempts = 1\n[jetstream]\nstream = \"OWED\"\ncreate_stream = true",
+    );
+    let host = start_host_configured(&nats.url(), dir.path(), "shutdown_grace = \"10s\"").await;
+    setup_done(&host).await;
+    js_publish(&js, "owed.e1", &[("x-sleep-ms", "800")], "x").await;
+    eventually(WAIT, "the attempt runs", || {
+        host.stats("slow").unwrap().received >= 1
+    })
+    .await;
+    let stats_handle = host.registry();
+    host.shutdown().await.unwrap();
+    let stats = stats_handle.stats("slow").unwrap();
+    assert_eq!(stats.gave_up, 1, "{stats:?}");
+    let letters = dlq::list(&js, "SLUICE_DLQ", &Filter::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        letters.len(),
+        1,
+        "dead-lettered within the grace: {stats:?}"
+    );
+    assert_eq!(stats.dead_lettered, 1, "{stats:?}");
+    assert_eq!(
+        consumer_backlog(&js, "OWED", "sluice-slow").await,
+        (0, 0),
+        "terminated, not handed back"
+    );
+}
+
+/// The durable consumer deleted under the running host (an operator's
+/// `nats consumer rm`): it is recreated after the last ack floor the host
+/// saw, not at the stream's beginning, which ran every event the stream
+/// kept again (a first delivery settled by a confirmed ack keeps no dedup
+/// record to stop it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_deleted_under_the_host_resumes_after_its_ack_floor() {
+    let nats = NatsServer::start();
+    let js = async_nats::jetstream::new(nats.client().await);
+    create_stream(&js, "RESUMEOUT", &["resume.*.done"]).await;
+    let dir = PluginDir::new();
+    dir.add(
+        "slow",
+        "slow",
+        "subjects = [\"resume.*\"]\npublish = [\"resume.*.done\"]\nmode = \"jetstream\"\n\
+         [jetstream]\nstream = \"RESUME\"\ncreate_stream = true",
+    );
+    let host = start_host_configured(&nats.url(), dir.path(), "").await;
+    setup_done(&host).await;
+    let gauge = |name: &str| -> Option<u64> {
+        let needle = format!("{name}{{plugin=\"slow\"}} ");
+        host.metrics()
+            .render()
+            .lines()
+            .find_map(|l| l.strip_prefix(needle.as_str()))
+            .and_then(|v| v.trim().parse().ok())
+    };
+    for i in 0..20 {
+        js_publish(&js, &format!("resume.e{i}"), &[], "x").await;
+    }
+    eventually(WAIT, "the host saw all 20 acknowledged", || {
+        gauge("sluice_jetstream_ack_floor") == Some(20)
+    })
+    .await;
+    js.get_stream("RESUME")
+        .await
+        .unwrap()
+        .delete_consumer("sluice-slow")
+        .await
+        .unwrap();
+    for i in 20..25 {
+        js_publish(&js, &format!("resume.e{i}"), &[], "x").await;
+    }
+    eventually_async!(
+        WAIT,
+        "recreated and caught up",
+        host.stats("slow").unwrap().succeeded >= 25
+            && js
+                .get_stream("RESUME")
+                .await
+                .unwrap()
+                .consumer_info("sluice-slow")
+                .await
+                .is_ok()
+            && consumer_backlog(&js, "RESUME", "sluice-slow").await == (0, 0)
+    );
+    assert_eq!(gauge("sluice_consumers_lost_total"), Some(1));
+    let stats = host.stats("slow").unwrap();
+    assert_eq!(stats.succeeded, 25, "no event ran again: {stats:?}");
+    assert_eq!(stream_messages(&js, "RESUMEOUT").await, 25);
+    host.shutdown().await.unwrap();
+}
+
 /// A DLQ stream missing at start makes `/readyz` not ready until it exists.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unavailable_dlq_stream_at_start_is_retried_and_reported() {

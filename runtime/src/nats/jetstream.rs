@@ -123,6 +123,20 @@ pub struct ConsumerSpec<'a> {
     pub timeout: Duration,
     /// Replicas of a stream the host creates.
     pub replicas: usize,
+    /// Where a consumer that vanished under the running host had got to:
+    /// recreated, it starts after this point instead of at the stream's
+    /// beginning (which would run every event the stream still keeps again).
+    pub resume: Option<ResumeAfter>,
+}
+
+/// The last acknowledgement floor seen of a consumer: every message up to
+/// `stream_sequence` of the stream created at `stream_created_ms` settled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResumeAfter {
+    /// The stream's identity (a stream created again restarts its sequences).
+    pub stream_created_ms: u64,
+    /// The consumer's ack floor, as a stream sequence.
+    pub stream_sequence: u64,
 }
 
 /// Time an explicit `ack_wait` must leave beyond the attempt's `timeout`
@@ -222,8 +236,19 @@ pub async fn durable_consumer(
         .manifest
         .durable_name(spec.plugin)
         .expect("jetstream mode has a durable");
+    // Only a new consumer takes the start position (it is not compared nor
+    // updated on an existing one).
+    let deliver_policy = match spec.resume {
+        Some(resume) if resume.stream_created_ms == stream_created_ms => {
+            consumer::DeliverPolicy::ByStartSequence {
+                start_sequence: resume.stream_sequence + 1,
+            }
+        }
+        _ => consumer::DeliverPolicy::All,
+    };
     let config = consumer::pull::Config {
         durable_name: Some(durable.clone()),
+        deliver_policy,
         description: Some(format!("sluice plugin {}", spec.plugin)),
         ack_policy: consumer::AckPolicy::Explicit,
         ack_wait,

@@ -108,6 +108,7 @@ struct Inner {
     core_dropped: Family<PluginLabels, Counter>,
     events_lost: Family<PluginLabels, Counter>,
     consumers_lost: Family<PluginLabels, Counter>,
+    ack_floor: Family<PluginLabels, Gauge>,
     publish_refused: Family<PluginLabels, Counter>,
     capability_refusals: Family<CapabilityLabels, Counter>,
     connected: AtomicBool,
@@ -270,6 +271,12 @@ impl Metrics {
             "Times a plugin's JetStream consumer (or its stream) vanished under the running host and was recreated",
             consumers_lost.clone(),
         );
+        let ack_floor = Family::<PluginLabels, Gauge>::default();
+        registry.register(
+            "jetstream_ack_floor",
+            "The stream sequence up to which a plugin's JetStream consumer has every message acknowledged, as last seen (every 2 s); a consumer recreated under the running host resumes after it",
+            ack_floor.clone(),
+        );
         let publish_refused = Family::<PluginLabels, Counter>::default();
         registry.register(
             "publish_refused",
@@ -314,6 +321,7 @@ impl Metrics {
                 core_dropped,
                 events_lost,
                 consumers_lost,
+                ack_floor,
                 publish_refused,
                 capability_refusals,
                 connected: AtomicBool::new(false),
@@ -486,6 +494,15 @@ impl Metrics {
             .consumers_lost
             .get_or_create(&labels(plugin))
             .inc();
+    }
+
+    /// `plugin`'s JetStream consumer has every message up to stream
+    /// sequence `sequence` acknowledged.
+    pub fn ack_floor(&self, plugin: &str, sequence: u64) {
+        self.inner
+            .ack_floor
+            .get_or_create(&labels(plugin))
+            .set(i64::try_from(sequence).unwrap_or(i64::MAX));
     }
 
     /// Hot reload put a new version of `plugin` in service.

@@ -45,7 +45,9 @@ use crate::dispatch::{LazyTraceId, Route, bump, dead_letter_for};
 use crate::engine::invoke::Failure;
 use crate::manifest::Manifest;
 use crate::nats::convert;
-use crate::nats::jetstream::{BoundConsumer, ConsumerSpec, JetStreamSetupError, durable_consumer};
+use crate::nats::jetstream::{
+    BoundConsumer, ConsumerSpec, JetStreamSetupError, ResumeAfter, durable_consumer,
+};
 
 /// How long one pull request waits for messages: bounds how long stopping
 /// waits for the last batch to end.
@@ -59,7 +61,8 @@ const LEASE_MARGIN: Duration = Duration::from_secs(5);
 /// How long a confirmed ack waits for the server's answer before the
 /// completion is recorded instead (as long as a JetStream publish waits).
 const ACK_CONFIRM_WAIT: Duration = Duration::from_secs(5);
-/// How often an idle consumer checks that it still exists.
+/// How often the pull loop looks at its consumer: that it still exists (an
+/// idle pull on a deleted one just times out), and its ack floor.
 const IDLE_CHECK: Duration = Duration::from_secs(2);
 
 /// What the trigger needs to (re)create its consumer.
@@ -79,7 +82,12 @@ pub struct ConsumerSetup {
 }
 
 impl ConsumerSetup {
-    async fn bind(&self) -> Result<BoundConsumer, JetStreamSetupError> {
+    /// Bind the durable consumer, creating it (after `resume` when it is
+    /// recreated under the running host) if missing.
+    async fn bind(
+        &self,
+        resume: Option<ResumeAfter>,
+    ) -> Result<BoundConsumer, JetStreamSetupError> {
         durable_consumer(
             &self.js,
             &ConsumerSpec {
@@ -88,6 +96,7 @@ impl ConsumerSetup {
                 concurrency: self.concurrency,
                 timeout: self.timeout,
                 replicas: self.replicas,
+                resume,
             },
         )
         .await
@@ -107,7 +116,7 @@ pub async fn start(
     stop: tokio_util::sync::CancellationToken,
     subscriptions: &tokio_util::task::TaskTracker,
 ) -> Result<(), JetStreamSetupError> {
-    let bound = match setup.bind().await {
+    let bound = match setup.bind(None).await {
         Ok(bound) => Some(bound),
         Err(e) if e.is_transient() => None,
         Err(e) => return Err(e),
@@ -143,7 +152,7 @@ async fn bind_when_answered(
     let condition = format!("plugin `{}` JetStream consumer", setup.plugin);
     let mut backoff = Duration::from_millis(100);
     loop {
-        match setup.bind().await {
+        match setup.bind(None).await {
             Ok(bound) => {
                 ctx.health.clear(&condition);
                 return Some(bound);
@@ -187,6 +196,7 @@ async fn consume(
     let mut pause_until: Option<tokio::time::Instant> = None;
     let condition = format!("plugin `{}` JetStream consumer", setup.plugin);
     let mut last_check = tokio::time::Instant::now();
+    let mut floor: Option<ResumeAfter> = None;
     let acks = AckBursts::start(
         ctx.dispatcher.client().clone(),
         ACK_CONFIRM_WAIT,
@@ -235,14 +245,16 @@ async fn consume(
                 }
             }
             Some(done) = pulls.join_next(), if !pulls.is_empty() => match done {
-                Ok(Ok(received)) => {
+                Ok(Ok(_)) => {
                     backoff = Duration::from_millis(100);
                     // An idle pull may mean the consumer is gone (a pull on a
                     // deleted consumer just times out): look now and then.
-                    if received == 0 && last_check.elapsed() >= IDLE_CHECK {
+                    // A busy one notes its ack floor as often, to resume
+                    // there should it vanish.
+                    if last_check.elapsed() >= IDLE_CHECK {
                         last_check = tokio::time::Instant::now();
-                        if consumer_gone(&bound.consumer).await {
-                            rebind(&ctx, &setup, &mut bound, &condition, "no messages and the consumer is gone").await;
+                        if check(&ctx, &setup, &bound, &mut floor).await == Check::Gone {
+                            rebind(&ctx, &setup, &mut bound, floor, &condition, "the consumer is gone").await;
                         }
                     }
                 }
@@ -252,8 +264,8 @@ async fn consume(
                     // Did the consumer or its stream vanish? Then bind again
                     // (recreating them where the manifest allows).
                     last_check = tokio::time::Instant::now();
-                    if consumer_gone(&bound.consumer).await {
-                        rebind(&ctx, &setup, &mut bound, &condition, &e).await;
+                    if check(&ctx, &setup, &bound, &mut floor).await == Check::Gone {
+                        rebind(&ctx, &setup, &mut bound, floor, &condition, &e).await;
                     } else {
                         tracing::warn!(plugin = %setup.plugin, "JetStream pull request failed: {e}; retrying in {backoff:?}");
                     }
@@ -273,15 +285,39 @@ async fn consume(
     }
 }
 
-/// Whether the server says the consumer or its stream no longer exists.
-/// A timeout or no answer (a leader being elected, a node failing over) is
-/// not that: the pulls are retried with backoff and the consumer stays bound.
-async fn consumer_gone(consumer: &PullConsumer) -> bool {
+/// What a look at the consumer found.
+#[derive(Debug, PartialEq, Eq)]
+enum Check {
+    /// It exists (its ack floor noted).
+    There,
+    /// It, or its stream, is gone.
+    Gone,
+    /// No answer (NATS down, a leader election): nothing to conclude.
+    Unknown,
+}
+
+/// Look at the consumer: note its ack floor (also as a metric), or find it
+/// gone.
+async fn check(
+    ctx: &TriggerContext,
+    setup: &ConsumerSetup,
+    bound: &BoundConsumer,
+    floor: &mut Option<ResumeAfter>,
+) -> Check {
     use async_nats::jetstream::context::ConsumerInfoErrorKind as Kind;
-    consumer
-        .get_info()
-        .await
-        .is_err_and(|e| matches!(e.kind(), Kind::NotFound | Kind::StreamNotFound))
+    match bound.consumer.get_info().await {
+        Ok(info) => {
+            *floor = Some(ResumeAfter {
+                stream_created_ms: bound.stream_created_ms,
+                stream_sequence: info.ack_floor.stream_sequence,
+            });
+            ctx.metrics
+                .ack_floor(&setup.plugin, info.ack_floor.stream_sequence);
+            Check::There
+        }
+        Err(e) if matches!(e.kind(), Kind::NotFound | Kind::StreamNotFound) => Check::Gone,
+        Err(_) => Check::Unknown,
+    }
 }
 
 /// The consumer (or its stream) vanished: say so, count it, mark the host
@@ -291,6 +327,7 @@ async fn rebind(
     ctx: &TriggerContext,
     setup: &ConsumerSetup,
     bound: &mut BoundConsumer,
+    floor: Option<ResumeAfter>,
     condition: &str,
     why: &str,
 ) {
@@ -298,9 +335,18 @@ async fn rebind(
     tracing::warn!(plugin = %setup.plugin, "JetStream durable consumer is gone ({why}); recreating it");
     ctx.health
         .set(condition, &format!("consumer or stream missing: {why}"));
-    match setup.bind().await {
+    match setup.bind(floor).await {
         Ok(rebound) => {
-            tracing::info!(plugin = %setup.plugin, stream = %rebound.stream, "durable consumer recreated");
+            match floor.filter(|f| f.stream_created_ms == rebound.stream_created_ms) {
+                Some(f) => tracing::info!(
+                    plugin = %setup.plugin, stream = %rebound.stream,
+                    "durable consumer recreated, starting after stream sequence {} (the last ack floor seen; a message settled since then runs again)",
+                    f.stream_sequence
+                ),
+                None => {
+                    tracing::info!(plugin = %setup.plugin, stream = %rebound.stream, "durable consumer recreated")
+                }
+            }
             *bound = rebound;
             ctx.health.clear(condition);
         }
@@ -666,14 +712,16 @@ async fn handle(
                     (history.first_failure.unwrap_or(now), now),
                     trace.get(),
                 );
-                if deliver_dead_letter(&ctx.dispatcher, route, &letter, &signals.stop).await {
+                // Tried until the grace is over: an event that gives up
+                // while the host stops is dead-lettered then too.
+                if deliver_dead_letter(&ctx.dispatcher, route, &letter, &signals.deadline).await {
                     ledger.dead_lettered(history).await;
                     ack(message, AckKind::Term).await;
                 } else {
                     // Stopping with the DLQ still down: the record says the
                     // dead letter is owed, so the redelivery publishes it
                     // without running the handler.
-                    tracing::error!("stopping before the DLQ confirmed the dead letter; the event stays in the stream and its dead letter is published on redelivery");
+                    tracing::error!("shutdown_grace ended before the DLQ confirmed the dead letter; the event stays in the stream and its dead letter is published on redelivery");
                     ack(message, AckKind::Nak(Some(settle::UNSETTLED_RETRY))).await;
                 }
             }
