@@ -272,6 +272,16 @@ impl Manifest {
         for (i, pattern) in raw.subjects.iter().enumerate() {
             subject::validate_pattern(pattern)
                 .map_err(|e| invalid(format!("subjects[{i}]"), e.to_string()))?;
+            // Two subscriptions to one subject would receive each core
+            // event twice, and run it twice (its default key is per message).
+            if let Some(first) = raw.subjects[..i].iter().position(|s| s == pattern) {
+                return Err(invalid(
+                    format!("subjects[{i}]"),
+                    format!(
+                        "`{pattern}` is listed twice (also subjects[{first}]); list each subject once"
+                    ),
+                ));
+            }
         }
         for (i, pattern) in raw.publish.iter().enumerate() {
             subject::validate_pattern(pattern)
@@ -528,6 +538,13 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(dur.contains("timeout"), "{dur}");
+        let twice = Manifest::parse("subjects = [\"a\", \"b\", \"a\"]")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            twice.contains("subjects[2]") && twice.contains("subjects[0]") && twice.contains("`a`"),
+            "{twice}"
+        );
         let empty = Manifest::parse("subjects = []").unwrap_err().to_string();
         assert!(empty.contains("subjects"), "{empty}");
         let zero = Manifest::parse("subjects = [\"a\"]\nmax_memory_mb = 0")

@@ -41,6 +41,8 @@ use crate::nats::convert;
 const SYNC_WAIT: Duration = Duration::from_secs(5);
 /// How long closing a subscription may take when stopping (NATS may be down).
 const UNSUBSCRIBE_WAIT: Duration = Duration::from_secs(1);
+/// How often an UNSUB the client's full command queue refused is tried again.
+const UNSUBSCRIBE_RETRY: Duration = Duration::from_millis(50);
 /// After the deadline, how long a draining subscription may stay quiet
 /// before the reader stops waiting for its end.
 const QUIET_AFTER_DEADLINE: Duration = Duration::from_millis(100);
@@ -135,6 +137,8 @@ impl CoreTrigger {
             subject: subjects.join(", "),
             message: "the plugin's subscriptions are stopping".into(),
         })?;
+        // A reader whose stream the client ended is gone: subscribe again.
+        self.readers.retain(|_, stop| !stop.is_cancelled());
         let added: Vec<String> = subjects
             .iter()
             .filter(|s| !self.readers.contains_key(*s))
@@ -176,8 +180,19 @@ impl CoreTrigger {
         tx: &mpsc::Sender<async_nats::Message>,
         subscriptions: &TaskTracker,
     ) -> Result<(), SubscribeError> {
+        // A reader whose stream the client ended is gone: subscribe again.
+        self.readers.retain(|_, stop| !stop.is_cancelled());
+        let added: Vec<&String> = subjects
+            .iter()
+            .enumerate()
+            .filter(|(i, s)| !self.readers.contains_key(*s) && !subjects[..*i].contains(s))
+            .map(|(_, s)| s)
+            .collect();
+        if added.is_empty() {
+            return Ok(());
+        }
         let mut result = Ok(());
-        for subject in subjects {
+        for subject in added {
             let subscribed = match &self.queue_group {
                 Some(group) => {
                     self.client
@@ -208,7 +223,7 @@ impl CoreTrigger {
                 buffer: self.buffer,
             };
             self.readers.insert(subject.clone(), stop);
-            subscriptions.spawn(reader.run(subscriber));
+            subscriptions.spawn(reader.run(subject.clone(), subscriber));
         }
         // Once the server has the SUBs, publishers can count on them.
         if let Err(e) = crate::nats::sync::synced(&self.client, SYNC_WAIT).await {
@@ -224,7 +239,8 @@ struct Reader {
     client: async_nats::Client,
     tx: mpsc::Sender<async_nats::Message>,
     slot: Arc<ArcSwap<Route>>,
-    /// When this subscription stops (its subject removed, or the trigger).
+    /// When this subscription stops (its subject removed, or the trigger);
+    /// cancelled by the reader itself when the client ended its stream.
     own: StopSignals,
     /// The trigger's: what the events it starts see.
     events: StopSignals,
@@ -233,102 +249,98 @@ struct Reader {
 
 impl Reader {
     /// Read one subscription into the buffer until stopped, then close it
-    /// and keep what it had already received.
-    async fn run(self, subscriber: async_nats::Subscriber) {
-        let Reader {
-            ctx,
-            client,
-            tx,
-            slot,
-            own,
-            events,
-            buffer,
-        } = self;
-        read(
-            &ctx,
-            &client,
-            subscriber,
-            &tx,
-            &slot,
-            (&own, &events),
-            buffer,
-        )
-        .await;
+    /// and keep what it had already received. `own` stops it; the events
+    /// it starts see `events`.
+    async fn run(self, subject: String, mut subscriber: async_nats::Subscriber) {
+        let mut last_report = Instant::now() - Duration::from_secs(1);
+        let mut unreported = 0u64;
+        loop {
+            let message = tokio::select! {
+                _ = self.own.stop.cancelled() => break,
+                message = subscriber.next() => match message {
+                    Some(message) => message,
+                    None => {
+                        // The client closed it (the connection was closed for good).
+                        // Marked ended, so a reload that keeps the subject subscribes again.
+                        tracing::warn!(plugin = %self.slot.load().tag.name, subject = %subject, "the core subscription ended without being stopped: events on this subject are no longer received until the plugin is reloaded or the host restarts");
+                        self.own.stop.cancel();
+                        return;
+                    }
+                },
+            };
+            // Nothing buffered and a slot free: start it here, one task hop
+            // sooner. (A message the drain already took and waits to start is
+            // ahead in the semaphore's queue: a freed slot goes to it.)
+            if self.tx.capacity() == self.tx.max_capacity() {
+                let route = self.slot.load_full();
+                if let Ok(permit) = route.concurrency.clone().try_acquire_owned() {
+                    spawn_event(&self.ctx, route, message, Some(permit), &self.events);
+                    continue;
+                }
+            }
+            if let Err(mpsc::error::TrySendError::Full(_)) = self.tx.try_send(message) {
+                count_dropped(&self.slot.load());
+                unreported += 1;
+                if last_report.elapsed() >= Duration::from_secs(1) {
+                    tracing::warn!(
+                        plugin = %self.slot.load().tag.name, subject = %subject, dropped = unreported,
+                        "core NATS buffer of {} events is full (the plugin is slower than its traffic): events dropped; raise max_concurrency or core_buffer, add hosts to a queue group, or use mode = \"jetstream\"",
+                        self.buffer
+                    );
+                    last_report = Instant::now();
+                    unreported = 0;
+                }
+            }
+        }
+        self.drain_subscription(&subject, subscriber).await;
     }
-}
 
-/// The reader's loop: `own` stops it, events started see `events`.
-async fn read(
-    ctx: &Arc<TriggerContext>,
-    client: &async_nats::Client,
-    mut subscriber: async_nats::Subscriber,
-    tx: &mpsc::Sender<async_nats::Message>,
-    slot: &Arc<ArcSwap<Route>>,
-    (own, signals): (&StopSignals, &StopSignals),
-    buffer: usize,
-) {
-    let mut last_report = Instant::now() - Duration::from_secs(1);
-    let mut unreported = 0u64;
-    loop {
-        let message = tokio::select! {
-            _ = own.stop.cancelled() => break,
-            message = subscriber.next() => match message {
-                Some(message) => message,
-                None => break,
-            },
-        };
-        // Nothing buffered and a slot free: start it here, one task hop
-        // sooner. (A message the drain already took and waits to start is
-        // ahead in the semaphore's queue: a freed slot goes to it.)
-        if tx.capacity() == tx.max_capacity() {
-            let route = slot.load_full();
-            if let Ok(permit) = route.concurrency.clone().try_acquire_owned() {
-                spawn_event(ctx, route, message, Some(permit), signals);
-                continue;
+    /// Close the subscription without dropping what the server already sent.
+    /// `unsubscribe` would forget the subscription at once, losing what was
+    /// still in the socket; `drain` sends UNSUB and keeps it until the client
+    /// has read what had arrived, then ends the stream. Everything read is
+    /// ours to handle like the rest of the buffer; the sends wait for the
+    /// drain task, which after the deadline dead-letters without waiting.
+    async fn drain_subscription(&self, subject: &str, mut subscriber: async_nats::Subscriber) {
+        let mut unsubscribed = matches!(
+            tokio::time::timeout(UNSUBSCRIBE_WAIT, subscriber.drain()).await,
+            Ok(Ok(()))
+        );
+        let mut cutoff = None;
+        loop {
+            if !unsubscribed {
+                // The client's command queue was full: try again.
+                unsubscribed = matches!(subscriber.drain().now_or_never(), Some(Ok(())));
             }
-        }
-        if let Err(mpsc::error::TrySendError::Full(_)) = tx.try_send(message) {
-            count_dropped(&slot.load());
-            unreported += 1;
-            if last_report.elapsed() >= Duration::from_secs(1) {
-                tracing::warn!(
-                    plugin = %slot.load().tag.name, dropped = unreported,
-                    "core NATS buffer of {buffer} events is full (the plugin is slower than its traffic): events dropped; raise max_concurrency or core_buffer, add hosts to a queue group, or use mode = \"jetstream\""
+            let message = match leftover(
+                &mut subscriber,
+                &self.client,
+                &self.own,
+                &mut cutoff,
+                unsubscribed,
+            )
+            .await
+            {
+                Leftover::Message(message) => message,
+                Leftover::Nothing => continue,
+                Leftover::Ended => break,
+                Leftover::GaveUp => {
+                    tracing::warn!(
+                        plugin = %self.slot.load().tag.name, subject = %subject,
+                        "a stopped core subscription still delivered {AFTER_DEADLINE_CAP:?} after shutdown_grace ended or NATS went down (its UNSUB could not be sent or confirmed): it is dropped; events the server sends it from now on are not received"
+                    );
+                    break;
+                }
+            };
+            if let Err(unsent) = self.tx.send(message).await {
+                spawn_event(
+                    &self.ctx,
+                    self.slot.load_full(),
+                    unsent.0,
+                    None,
+                    &self.events,
                 );
-                last_report = Instant::now();
-                unreported = 0;
             }
-        }
-    }
-    // Close the subscription without dropping what the server already sent.
-    // `unsubscribe` would forget the subscription at once, losing what was
-    // still in the socket; `drain` sends UNSUB and keeps it until the client
-    // has read what had arrived, then ends the stream. Everything read is
-    // ours to handle like the rest of the buffer; the sends wait for the
-    // drain task, which after the deadline dead-letters without waiting.
-    let mut unsubscribed = matches!(
-        tokio::time::timeout(UNSUBSCRIBE_WAIT, subscriber.drain()).await,
-        Ok(Ok(()))
-    );
-    let mut cutoff = None;
-    loop {
-        if !unsubscribed {
-            // The client's command queue was full: try again between reads.
-            unsubscribed = matches!(subscriber.drain().now_or_never(), Some(Ok(())));
-        }
-        let message = match leftover(&mut subscriber, client, own, &mut cutoff).await {
-            Leftover::Message(message) => message,
-            Leftover::Ended => break,
-            Leftover::GaveUp => {
-                tracing::warn!(
-                    plugin = %slot.load().tag.name,
-                    "a core subscription still delivered {AFTER_DEADLINE_CAP:?} after shutdown_grace (its UNSUB could not be sent or confirmed): it is dropped; events the server sends it from now on are not received"
-                );
-                break;
-            }
-        };
-        if let Err(unsent) = tx.send(message).await {
-            spawn_event(ctx, slot.load_full(), unsent.0, None, signals);
         }
     }
 }
@@ -336,6 +348,8 @@ async fn read(
 /// What a draining subscription gave.
 enum Leftover {
     Message(async_nats::Message),
+    /// Nothing yet, and the UNSUB still to be sent: try it again.
+    Nothing,
     /// The stream ended (the UNSUB went through), or nothing came within the
     /// quiet period after the deadline.
     Ended,
@@ -353,10 +367,12 @@ async fn leftover(
     client: &async_nats::Client,
     signals: &StopSignals,
     cutoff: &mut Option<Instant>,
+    unsubscribed: bool,
 ) -> Leftover {
     if cutoff.is_none() && !signals.deadline.is_cancelled() {
         tokio::select! {
             message = subscriber.next() => return message.map_or(Leftover::Ended, Leftover::Message),
+            _ = tokio::time::sleep(UNSUBSCRIBE_RETRY), if !unsubscribed => return Leftover::Nothing,
             _ = signals.deadline.cancelled() => {}
             _ = disconnected(client) => {}
         }
