@@ -795,7 +795,7 @@ async fn a_jetstream_event_giving_up_during_the_grace_is_dead_lettered_then() {
     );
     let host = start_host_configured(&nats.url(), dir.path(), "shutdown_grace = \"10s\"").await;
     setup_done(&host).await;
-    js_publish(&js, "owed.e1", &[("x-sleep-ms", "800")], "x").await;
+    js_publish(&js, "owed.e1", &[("x-sleep-ms", "3000")], "x").await;
     eventually(WAIT, "the attempt runs", || {
         host.stats("slow").unwrap().received >= 1
     })
@@ -880,6 +880,65 @@ async fn a_consumer_deleted_under_the_host_resumes_after_its_ack_floor() {
     let stats = host.stats("slow").unwrap();
     assert_eq!(stats.succeeded, 25, "no event ran again: {stats:?}");
     assert_eq!(stream_messages(&js, "RESUMEOUT").await, 25);
+    host.shutdown().await.unwrap();
+}
+
+/// The consumer's stream deleted while the host may not create it, then the
+/// stream and the durable consumer created again by someone else (another
+/// host on the same durable won the race, or an operator): the host's own
+/// rebind failed, but its pulls work again, and `/readyz` must say ready
+/// again rather than stay 503 for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_recreated_by_someone_else_makes_the_host_ready_again() {
+    let nats = NatsServer::start();
+    let client = nats.client().await;
+    let js = async_nats::jetstream::new(client.clone());
+    create_stream(&js, "ELSE", &["else.in"]).await;
+    let dir = PluginDir::new();
+    dir.add(
+        "mirror",
+        "mirror",
+        "subjects = [\"else.in\"]\npublish = [\"mirror.>\"]\nmode = \"jetstream\"\n[jetstream]\nstream = \"ELSE\"",
+    );
+    let host = start_host_configured(&nats.url(), dir.path(), "admin_addr = \"127.0.0.1:0\"").await;
+    let admin = host.admin_addr().unwrap();
+    let mut out = client.subscribe("mirror.else.in").await.unwrap();
+    client.flush().await.unwrap();
+    setup_done(&host).await;
+    js.delete_stream("ELSE").await.unwrap();
+    eventually_async!(WAIT, "/readyz names the missing consumer", {
+        let (code, body) = http_get(admin, "/readyz").await;
+        code == 503 && body.contains("plugin `mirror` JetStream consumer")
+    });
+    // Stream and consumer back at once, not made by this host.
+    create_stream(&js, "ELSE", &["else.in"]).await;
+    let made = js
+        .get_stream("ELSE")
+        .await
+        .unwrap()
+        .create_consumer(async_nats::jetstream::consumer::pull::Config {
+            durable_name: Some("sluice-mirror".into()),
+            ack_policy: async_nats::jetstream::consumer::AckPolicy::Explicit,
+            ack_wait: Duration::from_secs(60),
+            ..Default::default()
+        })
+        .await;
+    if let Err(e) = made {
+        // The host bound in between the two creates (rare): it made the
+        // consumer itself, which the test does not cover this time.
+        eprintln!("the host recreated the consumer first: {e}");
+    }
+    js_publish(&js, "else.in", &[], "after").await;
+    let after = tokio::time::timeout(WAIT, out.next())
+        .await
+        .expect("pulls work on the recreated consumer")
+        .unwrap();
+    assert_eq!(&after.payload[..], b"after");
+    eventually_async!(
+        WAIT,
+        "ready again",
+        http_get(admin, "/readyz").await.0 == 200
+    );
     host.shutdown().await.unwrap();
 }
 

@@ -648,8 +648,18 @@ async fn a_core_reload_keeps_the_subscriptions_of_the_subjects_it_keeps() {
     dir.add("mirror", "mirror", &manifest("\"keep.>\"", 8));
     let host = start_host(&nats.url(), dir.path()).await;
     let client = nats.client().await;
-    let mut out = client.subscribe("mirror.>").await.unwrap();
+    let mut subscription = client.subscribe("mirror.>").await.unwrap();
     sluice::nats::sync::synced(&client, WAIT).await.unwrap();
+    // Read all along, so the client's subscription buffer never overflows
+    // however long the reloads take.
+    let (copy, mut out) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Some(message) = subscription.next().await {
+            if copy.send(message).is_err() {
+                break;
+            }
+        }
+    });
 
     // Events on the kept subject all along the two reloads (10 per ms).
     let publishing = Arc::new(std::sync::atomic::AtomicBool::new(true));
@@ -697,7 +707,7 @@ async fn a_core_reload_keeps_the_subscriptions_of_the_subjects_it_keeps() {
     // Every event mirrored once: the kept subscription was never doubled.
     let mut seen = HashMap::new();
     while seen.len() < sent as usize + 1 {
-        let message = tokio::time::timeout(WAIT, out.next())
+        let message = tokio::time::timeout(WAIT, out.recv())
             .await
             .unwrap_or_else(|_| {
                 panic!(

@@ -87,7 +87,7 @@ impl DedupStore for KvStore {
         // Two rounds: a lost compare-and-set race re-reads once. A write
         // that failed for another reason (the bucket refuses it, a timeout
         // that did not land) is no race: nobody else holds the key.
-        let mut not_a_race: Option<String> = None;
+        let mut refused: Option<String> = None;
         for _ in 0..2 {
             let entry = self.kv.entry(slot.as_str()).await.map_err(err)?;
             let live = entry
@@ -131,14 +131,14 @@ impl DedupStore for KvStore {
                         record,
                     }));
                 }
-                Err((true, _)) => not_a_race = None,
-                Err((false, message)) => not_a_race = Some(message),
+                Err((true, _)) => refused = None,
+                Err((false, message)) => refused = Some(message),
             }
         }
         // The last write failed without a race: the store is the problem,
         // and saying "busy" would make a core event be skipped as a
         // duplicate of nothing.
-        if let Some(message) = not_a_race {
+        if let Some(message) = refused {
             return Err(err(format!("cannot write the claim: {message}")));
         }
         // Lost the race twice (or every write was ambiguous and the reads

@@ -290,6 +290,9 @@ impl Registry {
             e.error = None;
             e.loading = false;
         });
+        if let Some(metrics) = self.shared.metrics.get() {
+            metrics.plugin_removed(name);
+        }
     }
 
     /// A load found the same files as the serving version.

@@ -505,6 +505,12 @@ impl Metrics {
             .set(i64::try_from(sequence).unwrap_or(i64::MAX));
     }
 
+    /// `plugin` was removed: its gauges go (a counter keeps its total, as
+    /// Prometheus expects; a stale gauge would read as a live value).
+    pub fn plugin_removed(&self, plugin: &str) {
+        self.inner.ack_floor.remove(&labels(plugin));
+    }
+
     /// Hot reload put a new version of `plugin` in service.
     pub fn plugin_reloaded(&self, plugin: &str) {
         self.inner.reloads.get_or_create(&labels(plugin)).inc();

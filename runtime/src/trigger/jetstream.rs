@@ -63,7 +63,10 @@ const LEASE_MARGIN: Duration = Duration::from_secs(5);
 const ACK_CONFIRM_WAIT: Duration = Duration::from_secs(5);
 /// How often the pull loop looks at its consumer: that it still exists (an
 /// idle pull on a deleted one just times out), and its ack floor.
-const IDLE_CHECK: Duration = Duration::from_secs(2);
+const CONSUMER_CHECK: Duration = Duration::from_secs(2);
+/// How long the pull loop waits for that look: it runs between pulls, so a
+/// slow answer (a loaded cluster, an election) must not hold them up.
+const CHECK_WAIT: Duration = Duration::from_millis(500);
 
 /// What the trigger needs to (re)create its consumer.
 pub struct ConsumerSetup {
@@ -251,9 +254,9 @@ async fn consume(
                     // deleted consumer just times out): look now and then.
                     // A busy one notes its ack floor as often, to resume
                     // there should it vanish.
-                    if last_check.elapsed() >= IDLE_CHECK {
+                    if last_check.elapsed() >= CONSUMER_CHECK {
                         last_check = tokio::time::Instant::now();
-                        if check(&ctx, &setup, &bound, &mut floor).await == Check::Gone {
+                        if check(&ctx, &setup, &bound, &mut floor, &condition).await == Check::Gone {
                             rebind(&ctx, &setup, &mut bound, floor, &condition, "the consumer is gone").await;
                         }
                     }
@@ -264,7 +267,7 @@ async fn consume(
                     // Did the consumer or its stream vanish? Then bind again
                     // (recreating them where the manifest allows).
                     last_check = tokio::time::Instant::now();
-                    if check(&ctx, &setup, &bound, &mut floor).await == Check::Gone {
+                    if check(&ctx, &setup, &bound, &mut floor, &condition).await == Check::Gone {
                         rebind(&ctx, &setup, &mut bound, floor, &condition, &e).await;
                     } else {
                         tracing::warn!(plugin = %setup.plugin, "JetStream pull request failed: {e}; retrying in {backoff:?}");
@@ -297,16 +300,23 @@ enum Check {
 }
 
 /// Look at the consumer: note its ack floor (also as a metric), or find it
-/// gone.
+/// gone. Found there, the host's `condition` about it clears: another host
+/// on the same durable may have recreated it while our own `rebind` failed
+/// (its create lost the race), and our pulls work again.
 async fn check(
     ctx: &TriggerContext,
     setup: &ConsumerSetup,
     bound: &BoundConsumer,
     floor: &mut Option<ResumeAfter>,
+    condition: &str,
 ) -> Check {
     use async_nats::jetstream::context::ConsumerInfoErrorKind as Kind;
-    match bound.consumer.get_info().await {
+    let Ok(answer) = tokio::time::timeout(CHECK_WAIT, bound.consumer.get_info()).await else {
+        return Check::Unknown;
+    };
+    match answer {
         Ok(info) => {
+            ctx.health.clear(condition);
             *floor = Some(ResumeAfter {
                 stream_created_ms: bound.stream_created_ms,
                 stream_sequence: info.ack_floor.stream_sequence,
