@@ -272,13 +272,25 @@ impl Manifest {
         for (i, pattern) in raw.subjects.iter().enumerate() {
             subject::validate_pattern(pattern)
                 .map_err(|e| invalid(format!("subjects[{i}]"), e.to_string()))?;
-            // Two subscriptions to one subject would receive each core
-            // event twice, and run it twice (its default key is per message).
+            // Two subscriptions matching one subject would receive each
+            // core event twice, and run it twice (its default key is per
+            // message); JetStream refuses overlapping consumer filters.
             if let Some(first) = raw.subjects[..i].iter().position(|s| s == pattern) {
                 return Err(invalid(
                     format!("subjects[{i}]"),
                     format!(
                         "`{pattern}` is listed twice (also subjects[{first}]); list each subject once"
+                    ),
+                ));
+            }
+            if let Some(other) = raw.subjects[..i]
+                .iter()
+                .find(|s| subject::overlap(s, pattern))
+            {
+                return Err(invalid(
+                    format!("subjects[{i}]"),
+                    format!(
+                        "`{pattern}` overlaps `{other}`: an event on a subject both match would be delivered twice; keep the wider pattern only"
                     ),
                 ));
             }
@@ -544,6 +556,14 @@ mod tests {
         assert!(
             twice.contains("subjects[2]") && twice.contains("subjects[0]") && twice.contains("`a`"),
             "{twice}"
+        );
+        let overlapping = Manifest::parse("subjects = [\"orders.>\", \"orders.eu\"]")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            overlapping.contains("subjects[1]")
+                && overlapping.contains("`orders.eu` overlaps `orders.>`"),
+            "{overlapping}"
         );
         let empty = Manifest::parse("subjects = []").unwrap_err().to_string();
         assert!(empty.contains("subjects"), "{empty}");

@@ -96,6 +96,21 @@ pub fn matches(pattern: &str, subject: &str) -> bool {
     }
 }
 
+/// Whether some concrete subject matches both `a` and `b` (valid patterns).
+pub fn overlap(a: &str, b: &str) -> bool {
+    let mut a = a.split('.');
+    let mut b = b.split('.');
+    loop {
+        match (a.next(), b.next()) {
+            // `>` takes one or more tokens: anything the other has left.
+            (Some(">"), Some(_)) | (Some(_), Some(">")) => return true,
+            (Some(x), Some(y)) if x == y || x == "*" || y == "*" => {}
+            (None, None) => return true,
+            _ => return false,
+        }
+    }
+}
+
 /// Whether `subject` is reserved for the system (never publishable by a plugin).
 pub fn is_reserved(subject: &str) -> bool {
     RESERVED_PREFIXES.iter().any(|p| subject.starts_with(p))
@@ -198,6 +213,29 @@ fn list_or_none(patterns: &[String]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn patterns_overlap_when_one_subject_matches_both() {
+        for (a, b) in [
+            ("orders.>", "orders.eu"),
+            ("orders.*", "orders.>"),
+            ("a.*.c", "a.b.*"),
+            ("*", "x"),
+            (">", "a.b"),
+            ("a.b", "a.b"),
+        ] {
+            assert!(overlap(a, b) && overlap(b, a), "{a} / {b}");
+        }
+        for (a, b) in [
+            ("orders.>", "orders"),
+            ("orders.*", "orders.eu.x"),
+            ("a.*.c", "a.b.d"),
+            ("a", "b"),
+            ("a.b", "a"),
+        ] {
+            assert!(!overlap(a, b) && !overlap(b, a), "{a} / {b}");
+        }
+    }
 
     #[test]
     fn wildcard_matching_follows_nats_rules() {

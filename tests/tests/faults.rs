@@ -880,6 +880,13 @@ async fn a_consumer_deleted_under_the_host_resumes_after_its_ack_floor() {
     let stats = host.stats("slow").unwrap();
     assert_eq!(stats.succeeded, 25, "no event ran again: {stats:?}");
     assert_eq!(stream_messages(&js, "RESUMEOUT").await, 25);
+    // Removing the plugin takes the gauge away; the counter keeps its total.
+    std::fs::remove_file(dir.path().join("slow.wasm")).unwrap();
+    eventually(WAIT, "the ack-floor gauge goes with the plugin", || {
+        gauge("sluice_jetstream_ack_floor").is_none()
+    })
+    .await;
+    assert_eq!(gauge("sluice_consumers_lost_total"), Some(1));
     host.shutdown().await.unwrap();
 }
 

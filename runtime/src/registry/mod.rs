@@ -290,9 +290,6 @@ impl Registry {
             e.error = None;
             e.loading = false;
         });
-        if let Some(metrics) = self.shared.metrics.get() {
-            metrics.plugin_removed(name);
-        }
     }
 
     /// A load found the same files as the serving version.
@@ -318,6 +315,9 @@ impl Registry {
             e.error = None;
             e.loading = false;
         });
+        if let Some(metrics) = self.shared.metrics.get() {
+            metrics.plugin_removed(name);
+        }
     }
 
     /// Status of every plugin.

@@ -133,10 +133,16 @@ impl CoreTrigger {
         subjects: &[String],
         subscriptions: &TaskTracker,
     ) -> Result<(), SubscribeError> {
-        let tx = self.tx.upgrade().ok_or_else(|| SubscribeError {
+        let stopping = || SubscribeError {
             subject: subjects.join(", "),
             message: "the plugin's subscriptions are stopping".into(),
-        })?;
+        };
+        if self.signals.stop.is_cancelled() {
+            // Every reader is stopping, not ended: subscribing again would
+            // deliver an event to the old and the new subscription.
+            return Err(stopping());
+        }
+        let tx = self.tx.upgrade().ok_or_else(stopping)?;
         // A reader whose stream the client ended is gone: subscribe again.
         self.readers.retain(|_, stop| !stop.is_cancelled());
         let added: Vec<String> = subjects
@@ -180,8 +186,6 @@ impl CoreTrigger {
         tx: &mpsc::Sender<async_nats::Message>,
         subscriptions: &TaskTracker,
     ) -> Result<(), SubscribeError> {
-        // A reader whose stream the client ended is gone: subscribe again.
-        self.readers.retain(|_, stop| !stop.is_cancelled());
         let added: Vec<&String> = subjects
             .iter()
             .enumerate()
@@ -260,9 +264,10 @@ impl Reader {
                 message = subscriber.next() => match message {
                     Some(message) => message,
                     None => {
-                        // The client closed it (the connection was closed for good).
-                        // Marked ended, so a reload that keeps the subject subscribes again.
-                        tracing::warn!(plugin = %self.slot.load().tag.name, subject = %subject, "the core subscription ended without being stopped: events on this subject are no longer received until the plugin is reloaded or the host restarts");
+                        // The client closed it (the connection was closed for
+                        // good). Marked ended, so a later `add` of the subject
+                        // does not take it for a live subscription.
+                        tracing::warn!(plugin = %self.slot.load().tag.name, subject = %subject, "the core subscription ended without being stopped: events on this subject are no longer received: restart the host");
                         self.own.stop.cancel();
                         return;
                     }

@@ -64,9 +64,13 @@ const ACK_CONFIRM_WAIT: Duration = Duration::from_secs(5);
 /// How often the pull loop looks at its consumer: that it still exists (an
 /// idle pull on a deleted one just times out), and its ack floor.
 const CONSUMER_CHECK: Duration = Duration::from_secs(2);
-/// How long the pull loop waits for that look: it runs between pulls, so a
-/// slow answer (a loaded cluster, an election) must not hold them up.
-const CHECK_WAIT: Duration = Duration::from_millis(500);
+/// How long the pull loop waits for the periodic look: it runs between
+/// pulls, so a slow answer (a loaded cluster, an election) must not hold
+/// them up for long.
+const CHECK_WAIT: Duration = Duration::from_secs(1);
+/// How long it waits for a look after a failed pull: nothing is pulled
+/// meanwhile anyway, and a slow cluster must not hide a deleted consumer.
+const CHECK_WAIT_AFTER_ERROR: Duration = Duration::from_secs(5);
 
 /// What the trigger needs to (re)create its consumer.
 pub struct ConsumerSetup {
@@ -200,6 +204,9 @@ async fn consume(
     let condition = format!("plugin `{}` JetStream consumer", setup.plugin);
     let mut last_check = tokio::time::Instant::now();
     let mut floor: Option<ResumeAfter> = None;
+    // Our last bind again failed: `bound` may describe a stream and a
+    // consumer that are gone, whatever now has the durable's name.
+    let mut stale = false;
     let acks = AckBursts::start(
         ctx.dispatcher.client().clone(),
         ACK_CONFIRM_WAIT,
@@ -254,11 +261,11 @@ async fn consume(
                     // deleted consumer just times out): look now and then.
                     // A busy one notes its ack floor as often, to resume
                     // there should it vanish.
-                    if last_check.elapsed() >= CONSUMER_CHECK {
+                    // (Not once stopping: a reload's new loop owns the
+                    // consumer's condition and gauge by then.)
+                    if !stop.is_cancelled() && last_check.elapsed() >= CONSUMER_CHECK {
                         last_check = tokio::time::Instant::now();
-                        if check(&ctx, &setup, &bound, &mut floor, &condition).await == Check::Gone {
-                            rebind(&ctx, &setup, &mut bound, floor, &condition, "the consumer is gone").await;
-                        }
+                        look(&ctx, &setup, (&mut bound, &mut stale), &mut floor, &condition, CHECK_WAIT, "the consumer is gone").await;
                     }
                 }
                 Ok(Err(e)) => {
@@ -267,9 +274,9 @@ async fn consume(
                     // Did the consumer or its stream vanish? Then bind again
                     // (recreating them where the manifest allows).
                     last_check = tokio::time::Instant::now();
-                    if check(&ctx, &setup, &bound, &mut floor, &condition).await == Check::Gone {
-                        rebind(&ctx, &setup, &mut bound, floor, &condition, &e).await;
-                    } else {
+                    if stop.is_cancelled()
+                        || look(&ctx, &setup, (&mut bound, &mut stale), &mut floor, &condition, CHECK_WAIT_AFTER_ERROR, &e).await != Check::Gone
+                    {
                         tracing::warn!(plugin = %setup.plugin, "JetStream pull request failed: {e}; retrying in {backoff:?}");
                     }
                 }
@@ -299,24 +306,58 @@ enum Check {
     Unknown,
 }
 
-/// Look at the consumer: note its ack floor (also as a metric), or find it
-/// gone. Found there, the host's `condition` about it clears: another host
-/// on the same durable may have recreated it while our own `rebind` failed
-/// (its create lost the race), and our pulls work again.
+/// Look at the consumer and act on what is found: bind again when it is
+/// gone; when it is there while our binding is `stale` (our own bind again
+/// failed, and another host on the same durable, whose create won the race,
+/// or an operator made it since), bind to it, which refreshes what the
+/// loop knows of the stream and reconciles the consumer's settings, and
+/// only then clear the host's `condition` about it.
+async fn look(
+    ctx: &TriggerContext,
+    setup: &ConsumerSetup,
+    (bound, stale): (&mut BoundConsumer, &mut bool),
+    floor: &mut Option<ResumeAfter>,
+    condition: &str,
+    wait: Duration,
+    why: &str,
+) -> Check {
+    let found = check(ctx, setup, bound, floor, *stale, wait).await;
+    match found {
+        Check::Gone => *stale = !rebind(ctx, setup, bound, *floor, condition, why).await,
+        Check::There if *stale => match setup.bind(*floor).await {
+            Ok(rebound) => {
+                tracing::info!(plugin = %setup.plugin, stream = %rebound.stream, "bound to the durable consumer found there again");
+                *bound = rebound;
+                *stale = false;
+                ctx.health.clear(condition);
+            }
+            Err(e) => {
+                tracing::warn!(plugin = %setup.plugin, "cannot bind to the consumer found there yet (retrying): {e}");
+                ctx.health.set(condition, &e.to_string());
+            }
+        },
+        Check::There | Check::Unknown => {}
+    }
+    found
+}
+
+/// Look at the consumer: note its ack floor (also as a metric; not while
+/// the binding is `stale`, whose stream may be another), or find it gone.
 async fn check(
     ctx: &TriggerContext,
     setup: &ConsumerSetup,
     bound: &BoundConsumer,
     floor: &mut Option<ResumeAfter>,
-    condition: &str,
+    stale: bool,
+    wait: Duration,
 ) -> Check {
     use async_nats::jetstream::context::ConsumerInfoErrorKind as Kind;
-    let Ok(answer) = tokio::time::timeout(CHECK_WAIT, bound.consumer.get_info()).await else {
+    let Ok(answer) = tokio::time::timeout(wait, bound.consumer.get_info()).await else {
         return Check::Unknown;
     };
     match answer {
+        Ok(_) if stale => Check::There,
         Ok(info) => {
-            ctx.health.clear(condition);
             *floor = Some(ResumeAfter {
                 stream_created_ms: bound.stream_created_ms,
                 stream_sequence: info.ack_floor.stream_sequence,
@@ -332,7 +373,7 @@ async fn check(
 
 /// The consumer (or its stream) vanished: say so, count it, mark the host
 /// not ready, and bind again (recreating what the manifest allows); the
-/// condition clears once bound.
+/// condition clears once bound. Whether it is bound.
 async fn rebind(
     ctx: &TriggerContext,
     setup: &ConsumerSetup,
@@ -340,7 +381,7 @@ async fn rebind(
     floor: Option<ResumeAfter>,
     condition: &str,
     why: &str,
-) {
+) -> bool {
     ctx.metrics.consumer_lost(&setup.plugin);
     tracing::warn!(plugin = %setup.plugin, "JetStream durable consumer is gone ({why}); recreating it");
     ctx.health
@@ -359,10 +400,12 @@ async fn rebind(
             }
             *bound = rebound;
             ctx.health.clear(condition);
+            true
         }
         Err(e) => {
             tracing::warn!(plugin = %setup.plugin, "cannot recreate the consumer yet (retrying): {e}");
             ctx.health.set(condition, &e.to_string());
+            false
         }
     }
 }
