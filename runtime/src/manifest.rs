@@ -283,9 +283,12 @@ impl Manifest {
                     ),
                 ));
             }
+            // (Core subscriptions in one queue group are one: the server
+            // delivers each event once to the group, so overlap is harmless.)
+            let grouped = raw.mode == DeliveryMode::Core && raw.queue_group.is_some();
             if let Some(other) = raw.subjects[..i]
                 .iter()
-                .find(|s| subject::overlap(s, pattern))
+                .find(|s| !grouped && subject::overlap(s, pattern))
             {
                 return Err(invalid(
                     format!("subjects[{i}]"),
@@ -564,6 +567,11 @@ mod tests {
             overlapping.contains("subjects[1]")
                 && overlapping.contains("`orders.eu` overlaps `orders.>`"),
             "{overlapping}"
+        );
+        assert!(
+            Manifest::parse("subjects = [\"orders.>\", \"orders.eu\"]\nqueue_group = \"g\"")
+                .is_ok(),
+            "a queue group gets each event once"
         );
         let empty = Manifest::parse("subjects = []").unwrap_err().to_string();
         assert!(empty.contains("subjects"), "{empty}");

@@ -949,6 +949,97 @@ async fn a_consumer_recreated_by_someone_else_makes_the_host_ready_again() {
     host.shutdown().await.unwrap();
 }
 
+/// The stream and its durable consumer deleted and made again (by another
+/// host on the durable, or an operator) while this host could not see it
+/// happen (its connection held for a moment): the host notices that the
+/// consumer is another one, counts it and binds to it, so the new stream's
+/// events are keyed by the new stream, not by the old stream's identity
+/// with the new stream's sequences (a redelivery's claim would then match
+/// the old stream's dedup records, and be skipped).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_made_again_unseen_is_bound_again() {
+    let nats = NatsServer::start();
+    let proxy = FaultProxy::start(&nats.url()).await;
+    let client = nats.client().await;
+    let js = async_nats::jetstream::new(client.clone());
+    create_stream(&js, "ALT", &["alt.in"]).await;
+    let dir = PluginDir::new();
+    dir.add(
+        "mirror",
+        "mirror",
+        "subjects = [\"alt.in\"]\npublish = [\"mirror.>\"]\nmode = \"jetstream\"\n[jetstream]\nstream = \"ALT\"",
+    );
+    // The host talks to NATS through the proxy; the test does not.
+    let host = start_host_configured(&proxy.url(), dir.path(), "").await;
+    setup_done(&host).await;
+    let lost = || -> Option<u64> {
+        let needle = "sluice_consumers_lost_total{plugin=\"mirror\"} ";
+        host.metrics()
+            .render()
+            .lines()
+            .find_map(|l| l.strip_prefix(needle))
+            .and_then(|v| v.trim().parse().ok())
+    };
+    let key_of = |m: &async_nats::Message| {
+        m.headers
+            .as_ref()
+            .and_then(|h| h.get("x-idempotency-key"))
+            .map(|v| v.to_string())
+            .expect("mirror sets x-idempotency-key")
+    };
+    let mut out = client.subscribe("mirror.alt.in").await.unwrap();
+    client.flush().await.unwrap();
+    js_publish(&js, "alt.in", &[], "first").await;
+    let first = tokio::time::timeout(WAIT, out.next())
+        .await
+        .unwrap()
+        .unwrap();
+
+    proxy.pause();
+    js.delete_stream("ALT").await.unwrap();
+    create_stream(&js, "ALT", &["alt.in"]).await;
+    js.get_stream("ALT")
+        .await
+        .unwrap()
+        .create_consumer(async_nats::jetstream::consumer::pull::Config {
+            durable_name: Some("sluice-mirror".into()),
+            ack_policy: async_nats::jetstream::consumer::AckPolicy::Explicit,
+            ack_wait: Duration::from_secs(60),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    proxy.pass();
+    eventually(WAIT, "the host notices the consumer is another one", || {
+        lost() == Some(1)
+    })
+    .await;
+
+    js_publish(&js, "alt.in", &[], "second").await;
+    let second = tokio::time::timeout(WAIT, out.next())
+        .await
+        .expect("the new stream's event is handled")
+        .unwrap();
+    assert_eq!(&second.payload[..], b"second");
+    let created_ms = js
+        .get_stream("ALT")
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .created
+        .unix_timestamp_nanos()
+        / 1_000_000;
+    assert_eq!(
+        key_of(&second),
+        format!("ALT@{created_ms}:1"),
+        "keyed by the new stream (the old stream's first event: {})",
+        key_of(&first)
+    );
+    host.shutdown().await.unwrap();
+}
+
 /// A DLQ stream missing at start makes `/readyz` not ready until it exists.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unavailable_dlq_stream_at_start_is_retried_and_reported() {

@@ -201,22 +201,54 @@ async fn consume(
     let mut pulls = tokio::task::JoinSet::new();
     let mut backoff = Duration::from_millis(100);
     let mut pause_until: Option<tokio::time::Instant> = None;
-    let condition = format!("plugin `{}` JetStream consumer", setup.plugin);
     let mut last_check = tokio::time::Instant::now();
-    let mut floor: Option<ResumeAfter> = None;
-    // Our last bind again failed: `bound` may describe a stream and a
-    // consumer that are gone, whatever now has the durable's name.
-    let mut stale = false;
+    let mut watch = Watch {
+        condition: format!("plugin `{}` JetStream consumer", setup.plugin),
+        floor: None,
+        stale: false,
+    };
     let acks = AckBursts::start(
         ctx.dispatcher.client().clone(),
         ACK_CONFIRM_WAIT,
         &ctx.tasks,
     );
+    let received = Received {
+        ctx: &ctx,
+        slot: &slot,
+        signals: &signals,
+        acks: &acks,
+    };
     loop {
         if pause_until.is_some_and(|t| tokio::time::Instant::now() >= t) {
             pause_until = None;
         }
-        while !stop.is_cancelled() && pause_until.is_none() && pulls.len() < PULLS_IN_FLIGHT {
+        // No pulls on a stale binding (its stream identity may be wrong for
+        // the messages a pull would bring): look again, with backoff, until
+        // bound.
+        if watch.stale && pause_until.is_none() && !stop.is_cancelled() {
+            received.start(&mut rx, None, &bound).await;
+            watch
+                .look(
+                    &ctx,
+                    &setup,
+                    &mut bound,
+                    &stop,
+                    CHECK_WAIT_AFTER_ERROR,
+                    "the consumer is gone",
+                )
+                .await;
+            if watch.stale {
+                pause_until = Some(tokio::time::Instant::now() + backoff);
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            } else {
+                backoff = Duration::from_millis(100);
+            }
+        }
+        while !stop.is_cancelled()
+            && !watch.stale
+            && pause_until.is_none()
+            && pulls.len() < PULLS_IN_FLIGHT
+        {
             let route = slot.load_full();
             match route.fetch_budget().and_then(|n| match n {
                 0 => Err(Duration::ZERO),
@@ -238,34 +270,19 @@ async fn consume(
             break;
         }
         tokio::select! {
-            Some(message) = rx.recv() => {
-                // Everything already received, in one turn of the loop.
-                let mut next = Some(message);
-                while let Some(message) = next {
-                    if stop.is_cancelled() {
-                        // Removed, resubscribed or shutting down: hand it back now.
-                        ack(&message, AckKind::Nak(None)).await;
-                        ctx.metrics.shutdown_requeued();
-                    } else {
-                        // Its task waits for a slot (in arrival order: the
-                        // semaphore is fair), kept alive meanwhile.
-                        spawn_event(&ctx, &slot, message, &bound, &signals, &acks);
-                    }
-                    next = rx.try_recv().ok();
-                }
-            }
+            Some(message) = rx.recv() => received.start(&mut rx, Some(message), &bound).await,
             Some(done) = pulls.join_next(), if !pulls.is_empty() => match done {
                 Ok(Ok(_)) => {
                     backoff = Duration::from_millis(100);
                     // An idle pull may mean the consumer is gone (a pull on a
                     // deleted consumer just times out): look now and then.
                     // A busy one notes its ack floor as often, to resume
-                    // there should it vanish.
-                    // (Not once stopping: a reload's new loop owns the
-                    // consumer's condition and gauge by then.)
+                    // there should it vanish. (Not once stopping: a reload's
+                    // new loop owns the consumer's condition and gauge.)
                     if !stop.is_cancelled() && last_check.elapsed() >= CONSUMER_CHECK {
                         last_check = tokio::time::Instant::now();
-                        look(&ctx, &setup, (&mut bound, &mut stale), &mut floor, &condition, CHECK_WAIT, "the consumer is gone").await;
+                        received.start(&mut rx, None, &bound).await;
+                        watch.look(&ctx, &setup, &mut bound, &stop, CHECK_WAIT, "the consumer is gone").await;
                     }
                 }
                 Ok(Err(e)) => {
@@ -274,8 +291,9 @@ async fn consume(
                     // Did the consumer or its stream vanish? Then bind again
                     // (recreating them where the manifest allows).
                     last_check = tokio::time::Instant::now();
+                    received.start(&mut rx, None, &bound).await;
                     if stop.is_cancelled()
-                        || look(&ctx, &setup, (&mut bound, &mut stale), &mut floor, &condition, CHECK_WAIT_AFTER_ERROR, &e).await != Check::Gone
+                        || watch.look(&ctx, &setup, &mut bound, &stop, CHECK_WAIT_AFTER_ERROR, &e).await != Check::Gone
                     {
                         tracing::warn!(plugin = %setup.plugin, "JetStream pull request failed: {e}; retrying in {backoff:?}");
                     }
@@ -286,7 +304,7 @@ async fn consume(
             _ = tokio::time::sleep_until(pause_until.unwrap_or_else(tokio::time::Instant::now)), if pause_until.is_some() => {}
         }
     }
-    ctx.health.clear(&condition);
+    ctx.health.clear(&watch.condition);
     // Every pull has ended: whatever they delivered and was not started goes
     // back (events waiting for a slot hand themselves back on `stop`).
     drop(tx);
@@ -295,85 +313,154 @@ async fn consume(
     }
 }
 
+/// What the pull loop needs to start the messages its pulls delivered.
+struct Received<'a> {
+    ctx: &'a Arc<TriggerContext>,
+    slot: &'a Arc<ArcSwap<Route>>,
+    signals: &'a StopSignals,
+    acks: &'a AckBursts,
+}
+
+impl Received<'_> {
+    /// Start `first` and everything else already received, in one turn of
+    /// the loop (before anything that may wait, such as a look at the
+    /// consumer: a message not started gets no in-progress acks). Once
+    /// stopping, each is handed back instead.
+    async fn start(
+        &self,
+        rx: &mut tokio::sync::mpsc::Receiver<Message>,
+        first: Option<Message>,
+        bound: &BoundConsumer,
+    ) {
+        let mut next = first.or_else(|| rx.try_recv().ok());
+        while let Some(message) = next {
+            if self.signals.stop.is_cancelled() {
+                // Removed, resubscribed or shutting down: hand it back now.
+                ack(&message, AckKind::Nak(None)).await;
+                self.ctx.metrics.shutdown_requeued();
+            } else {
+                // Its task waits for a slot (in arrival order: the
+                // semaphore is fair), kept alive meanwhile.
+                spawn_event(self.ctx, self.slot, message, bound, self.signals, self.acks);
+            }
+            next = rx.try_recv().ok();
+        }
+    }
+}
+
 /// What a look at the consumer found.
 #[derive(Debug, PartialEq, Eq)]
 enum Check {
-    /// It exists (its ack floor noted).
-    There,
+    /// It exists.
+    There {
+        /// Every message up to this stream sequence is acknowledged.
+        ack_floor: u64,
+        /// When it was created (ns since the Unix epoch): another time than the bound consumer's
+        /// means it was deleted and made again (by another host on the
+        /// same durable, or an operator) between two looks.
+        created_ns: i128,
+    },
     /// It, or its stream, is gone.
     Gone,
     /// No answer (NATS down, a leader election): nothing to conclude.
     Unknown,
 }
 
-/// Look at the consumer and act on what is found: bind again when it is
-/// gone; when it is there while our binding is `stale` (our own bind again
-/// failed, and another host on the same durable, whose create won the race,
-/// or an operator made it since), bind to it, which refreshes what the
-/// loop knows of the stream and reconciles the consumer's settings, and
-/// only then clear the host's `condition` about it.
-async fn look(
-    ctx: &TriggerContext,
-    setup: &ConsumerSetup,
-    (bound, stale): (&mut BoundConsumer, &mut bool),
-    floor: &mut Option<ResumeAfter>,
-    condition: &str,
-    wait: Duration,
-    why: &str,
-) -> Check {
-    let found = check(ctx, setup, bound, floor, *stale, wait).await;
-    match found {
-        Check::Gone => *stale = !rebind(ctx, setup, bound, *floor, condition, why).await,
-        Check::There if *stale => match setup.bind(*floor).await {
-            Ok(rebound) => {
-                tracing::info!(plugin = %setup.plugin, stream = %rebound.stream, "bound to the durable consumer found there again");
-                *bound = rebound;
-                *stale = false;
-                ctx.health.clear(condition);
-            }
-            Err(e) => {
-                tracing::warn!(plugin = %setup.plugin, "cannot bind to the consumer found there yet (retrying): {e}");
-                ctx.health.set(condition, &e.to_string());
-            }
-        },
-        Check::There | Check::Unknown => {}
-    }
-    found
+/// What the pull loop knows of its consumer beyond the binding.
+struct Watch {
+    /// The host's `/readyz` condition about it.
+    condition: String,
+    /// The last ack floor seen, to resume after should it vanish.
+    floor: Option<ResumeAfter>,
+    /// The last bind again failed: the binding may describe a stream and a
+    /// consumer that are gone, whatever now has the durable's name. No
+    /// pulls are made on it.
+    stale: bool,
 }
 
-/// Look at the consumer: note its ack floor (also as a metric; not while
-/// the binding is `stale`, whose stream may be another), or find it gone.
-async fn check(
-    ctx: &TriggerContext,
-    setup: &ConsumerSetup,
-    bound: &BoundConsumer,
-    floor: &mut Option<ResumeAfter>,
-    stale: bool,
-    wait: Duration,
-) -> Check {
+impl Watch {
+    /// Look at the consumer and act on what is found: bind again when it is
+    /// gone; when it is there but not the one bound (made again between two
+    /// looks) or the binding is stale, bind to it, which refreshes what the
+    /// loop knows of the stream and reconciles the consumer's settings, and
+    /// only then clear the host's condition; otherwise note its ack floor.
+    /// Nothing is done once `stop` is cancelled (a reload's new loop owns
+    /// the condition and the gauge by then).
+    async fn look(
+        &mut self,
+        ctx: &TriggerContext,
+        setup: &ConsumerSetup,
+        bound: &mut BoundConsumer,
+        stop: &tokio_util::sync::CancellationToken,
+        wait: Duration,
+        why: &str,
+    ) -> Check {
+        let found = check(bound, wait).await;
+        if stop.is_cancelled() {
+            return Check::Unknown;
+        }
+        match &found {
+            Check::Gone => {
+                let first = !self.stale;
+                self.stale =
+                    !rebind(ctx, setup, bound, self.floor, &self.condition, why, first).await;
+            }
+            Check::There { created_ns, .. }
+                if self.stale
+                    || *created_ns
+                        != bound.consumer.cached_info().created.unix_timestamp_nanos() =>
+            {
+                if !self.stale {
+                    ctx.metrics.consumer_lost(&setup.plugin);
+                    tracing::warn!(plugin = %setup.plugin, "JetStream durable consumer was deleted and created again by someone else (another host on the durable, or an operator); binding to the new one");
+                }
+                match setup.bind(self.floor).await {
+                    Ok(rebound) => {
+                        tracing::info!(plugin = %setup.plugin, stream = %rebound.stream, "bound to the durable consumer found there");
+                        *bound = rebound;
+                        self.stale = false;
+                        ctx.health.clear(&self.condition);
+                    }
+                    Err(e) => {
+                        tracing::warn!(plugin = %setup.plugin, "cannot bind to the consumer found there yet (retrying): {e}");
+                        ctx.health.set(&self.condition, &e.to_string());
+                        self.stale = true;
+                    }
+                }
+            }
+            Check::There { ack_floor, .. } => {
+                self.floor = Some(ResumeAfter {
+                    stream_created_ms: bound.stream_created_ms,
+                    stream_sequence: *ack_floor,
+                });
+                ctx.metrics.ack_floor(&setup.plugin, *ack_floor);
+            }
+            Check::Unknown => {}
+        }
+        found
+    }
+}
+
+/// Look at the consumer, waiting at most `wait` for the answer.
+async fn check(bound: &BoundConsumer, wait: Duration) -> Check {
     use async_nats::jetstream::context::ConsumerInfoErrorKind as Kind;
     let Ok(answer) = tokio::time::timeout(wait, bound.consumer.get_info()).await else {
         return Check::Unknown;
     };
     match answer {
-        Ok(_) if stale => Check::There,
-        Ok(info) => {
-            *floor = Some(ResumeAfter {
-                stream_created_ms: bound.stream_created_ms,
-                stream_sequence: info.ack_floor.stream_sequence,
-            });
-            ctx.metrics
-                .ack_floor(&setup.plugin, info.ack_floor.stream_sequence);
-            Check::There
-        }
+        Ok(info) => Check::There {
+            ack_floor: info.ack_floor.stream_sequence,
+            created_ns: info.created.unix_timestamp_nanos(),
+        },
         Err(e) if matches!(e.kind(), Kind::NotFound | Kind::StreamNotFound) => Check::Gone,
         Err(_) => Check::Unknown,
     }
 }
 
-/// The consumer (or its stream) vanished: say so, count it, mark the host
-/// not ready, and bind again (recreating what the manifest allows); the
-/// condition clears once bound. Whether it is bound.
+/// The consumer (or its stream) vanished: say so and count it (the `first`
+/// time, not on each retry), mark the host not ready, and bind again
+/// (recreating what the manifest allows); the condition clears once bound.
+/// Whether it is bound.
 async fn rebind(
     ctx: &TriggerContext,
     setup: &ConsumerSetup,
@@ -381,11 +468,14 @@ async fn rebind(
     floor: Option<ResumeAfter>,
     condition: &str,
     why: &str,
+    first: bool,
 ) -> bool {
-    ctx.metrics.consumer_lost(&setup.plugin);
-    tracing::warn!(plugin = %setup.plugin, "JetStream durable consumer is gone ({why}); recreating it");
-    ctx.health
-        .set(condition, &format!("consumer or stream missing: {why}"));
+    if first {
+        ctx.metrics.consumer_lost(&setup.plugin);
+        tracing::warn!(plugin = %setup.plugin, "JetStream durable consumer is gone ({why}); recreating it");
+        ctx.health
+            .set(condition, &format!("consumer or stream missing: {why}"));
+    }
     match setup.bind(floor).await {
         Ok(rebound) => {
             match floor.filter(|f| f.stream_created_ms == rebound.stream_created_ms) {
