@@ -926,7 +926,10 @@ async fn a_consumer_recreated_by_someone_else_makes_the_host_ready_again() {
         .create_consumer(async_nats::jetstream::consumer::pull::Config {
             durable_name: Some("sluice-mirror".into()),
             ack_policy: async_nats::jetstream::consumer::AckPolicy::Explicit,
+            // Settings of its own: the host updates them to its manifest's,
+            // keeping the start position (which the server cannot change).
             ack_wait: Duration::from_secs(60),
+            deliver_policy: async_nats::jetstream::consumer::DeliverPolicy::New,
             ..Default::default()
         })
         .await;

@@ -236,8 +236,8 @@ pub async fn durable_consumer(
         .manifest
         .durable_name(spec.plugin)
         .expect("jetstream mode has a durable");
-    // Only a new consumer takes the start position (it is not compared nor
-    // updated on an existing one).
+    // Only a new consumer takes the start position: it is not compared, and
+    // an update keeps the existing one (the server refuses to change it).
     let deliver_policy = match spec.resume {
         Some(resume) if resume.stream_created_ms == stream_created_ms => {
             consumer::DeliverPolicy::ByStartSequence {
@@ -269,6 +269,10 @@ pub async fn durable_consumer(
                 durable,
                 "updating the durable consumer to the manifest's settings"
             );
+            let config = consumer::pull::Config {
+                deliver_policy: existing.config.deliver_policy,
+                ..config
+            };
             stream.update_consumer(config).await.map_err(|e| {
                 setup_error(&stream_name, &e, |message| JetStreamSetupError::Update {
                     stream: stream_name.clone(),

@@ -206,6 +206,7 @@ async fn consume(
         condition: format!("plugin `{}` JetStream consumer", setup.plugin),
         floor: None,
         stale: false,
+        raised: false,
     };
     let acks = AckBursts::start(
         ctx.dispatcher.client().clone(),
@@ -226,7 +227,7 @@ async fn consume(
         // the messages a pull would bring): look again, with backoff, until
         // bound.
         if watch.stale && pause_until.is_none() && !stop.is_cancelled() {
-            received.start(&mut rx, None, &bound).await;
+            received.start(&mut rx, None, &bound, true).await;
             watch
                 .look(
                     &ctx,
@@ -270,7 +271,7 @@ async fn consume(
             break;
         }
         tokio::select! {
-            Some(message) = rx.recv() => received.start(&mut rx, Some(message), &bound).await,
+            Some(message) = rx.recv() => received.start(&mut rx, Some(message), &bound, watch.stale).await,
             Some(done) = pulls.join_next(), if !pulls.is_empty() => match done {
                 Ok(Ok(_)) => {
                     backoff = Duration::from_millis(100);
@@ -281,8 +282,11 @@ async fn consume(
                     // new loop owns the consumer's condition and gauge.)
                     if !stop.is_cancelled() && last_check.elapsed() >= CONSUMER_CHECK {
                         last_check = tokio::time::Instant::now();
-                        received.start(&mut rx, None, &bound).await;
+                        received.start(&mut rx, None, &bound, watch.stale).await;
                         watch.look(&ctx, &setup, &mut bound, &stop, CHECK_WAIT, "the consumer is gone").await;
+                        if watch.stale {
+                            pause_until = Some(tokio::time::Instant::now() + backoff);
+                        }
                     }
                 }
                 Ok(Err(e)) => {
@@ -291,7 +295,7 @@ async fn consume(
                     // Did the consumer or its stream vanish? Then bind again
                     // (recreating them where the manifest allows).
                     last_check = tokio::time::Instant::now();
-                    received.start(&mut rx, None, &bound).await;
+                    received.start(&mut rx, None, &bound, watch.stale).await;
                     if stop.is_cancelled()
                         || watch.look(&ctx, &setup, &mut bound, &stop, CHECK_WAIT_AFTER_ERROR, &e).await != Check::Gone
                     {
@@ -304,7 +308,8 @@ async fn consume(
             _ = tokio::time::sleep_until(pause_until.unwrap_or_else(tokio::time::Instant::now)), if pause_until.is_some() => {}
         }
     }
-    ctx.health.clear(&watch.condition);
+    // (Only its own: a reload's new loop may have raised it since.)
+    watch.clear(&ctx);
     // Every pull has ended: whatever they delivered and was not started goes
     // back (events waiting for a slot hand themselves back on `stop`).
     drop(tx);
@@ -325,12 +330,15 @@ impl Received<'_> {
     /// Start `first` and everything else already received, in one turn of
     /// the loop (before anything that may wait, such as a look at the
     /// consumer: a message not started gets no in-progress acks). Once
-    /// stopping, each is handed back instead.
+    /// stopping, each is handed back instead, and so is each while the
+    /// binding is `stale` (a pull already out may have read a stream made
+    /// again, whose identity the binding does not know yet).
     async fn start(
         &self,
         rx: &mut tokio::sync::mpsc::Receiver<Message>,
         first: Option<Message>,
         bound: &BoundConsumer,
+        stale: bool,
     ) {
         let mut next = first.or_else(|| rx.try_recv().ok());
         while let Some(message) = next {
@@ -338,6 +346,8 @@ impl Received<'_> {
                 // Removed, resubscribed or shutting down: hand it back now.
                 ack(&message, AckKind::Nak(None)).await;
                 self.ctx.metrics.shutdown_requeued();
+            } else if stale {
+                ack(&message, AckKind::Nak(None)).await;
             } else {
                 // Its task waits for a slot (in arrival order: the
                 // semaphore is fair), kept alive meanwhile.
@@ -376,9 +386,24 @@ struct Watch {
     /// consumer that are gone, whatever now has the durable's name. No
     /// pulls are made on it.
     stale: bool,
+    /// This loop set the condition (and has not cleared it since).
+    raised: bool,
 }
 
 impl Watch {
+    /// Mark the host not ready: `why`.
+    fn raise(&mut self, ctx: &TriggerContext, why: &str) {
+        ctx.health.set(&self.condition, why);
+        self.raised = true;
+    }
+
+    /// Clear the condition, if this loop set it.
+    fn clear(&mut self, ctx: &TriggerContext) {
+        if std::mem::take(&mut self.raised) {
+            ctx.health.clear(&self.condition);
+        }
+    }
+
     /// Look at the consumer and act on what is found: bind again when it is
     /// gone; when it is there but not the one bound (made again between two
     /// looks) or the binding is stale, bind to it, which refreshes what the
@@ -402,8 +427,7 @@ impl Watch {
         match &found {
             Check::Gone => {
                 let first = !self.stale;
-                self.stale =
-                    !rebind(ctx, setup, bound, self.floor, &self.condition, why, first).await;
+                self.rebind(ctx, setup, bound, stop, why, first).await;
             }
             Check::There { created_ns, .. }
                 if self.stale
@@ -414,16 +438,20 @@ impl Watch {
                     ctx.metrics.consumer_lost(&setup.plugin);
                     tracing::warn!(plugin = %setup.plugin, "JetStream durable consumer was deleted and created again by someone else (another host on the durable, or an operator); binding to the new one");
                 }
-                match setup.bind(self.floor).await {
+                let bound_again = setup.bind(self.floor).await;
+                if stop.is_cancelled() {
+                    return Check::Unknown;
+                }
+                match bound_again {
                     Ok(rebound) => {
                         tracing::info!(plugin = %setup.plugin, stream = %rebound.stream, "bound to the durable consumer found there");
                         *bound = rebound;
                         self.stale = false;
-                        ctx.health.clear(&self.condition);
+                        self.clear(ctx);
                     }
                     Err(e) => {
                         tracing::warn!(plugin = %setup.plugin, "cannot bind to the consumer found there yet (retrying): {e}");
-                        ctx.health.set(&self.condition, &e.to_string());
+                        self.raise(ctx, &e.to_string());
                         self.stale = true;
                     }
                 }
@@ -438,6 +466,55 @@ impl Watch {
             Check::Unknown => {}
         }
         found
+    }
+
+    /// The consumer (or its stream) vanished: say so and count it (the
+    /// `first` time, not on each retry), mark the host not ready, and bind
+    /// again (recreating what the manifest allows); the condition clears
+    /// once bound, and the binding is stale until then.
+    async fn rebind(
+        &mut self,
+        ctx: &TriggerContext,
+        setup: &ConsumerSetup,
+        bound: &mut BoundConsumer,
+        stop: &tokio_util::sync::CancellationToken,
+        why: &str,
+        first: bool,
+    ) {
+        if first {
+            ctx.metrics.consumer_lost(&setup.plugin);
+            tracing::warn!(plugin = %setup.plugin, "JetStream durable consumer is gone ({why}); recreating it");
+            self.raise(ctx, &format!("consumer or stream missing: {why}"));
+        }
+        let bound_again = setup.bind(self.floor).await;
+        if stop.is_cancelled() {
+            return;
+        }
+        match bound_again {
+            Ok(rebound) => {
+                match self
+                    .floor
+                    .filter(|f| f.stream_created_ms == rebound.stream_created_ms)
+                {
+                    Some(f) => tracing::info!(
+                        plugin = %setup.plugin, stream = %rebound.stream,
+                        "durable consumer recreated, starting after stream sequence {} (the last ack floor seen; a message settled since then runs again)",
+                        f.stream_sequence
+                    ),
+                    None => {
+                        tracing::info!(plugin = %setup.plugin, stream = %rebound.stream, "durable consumer recreated")
+                    }
+                }
+                *bound = rebound;
+                self.stale = false;
+                self.clear(ctx);
+            }
+            Err(e) => {
+                tracing::warn!(plugin = %setup.plugin, "cannot recreate the consumer yet (retrying): {e}");
+                self.raise(ctx, &e.to_string());
+                self.stale = true;
+            }
+        }
     }
 }
 
@@ -454,49 +531,6 @@ async fn check(bound: &BoundConsumer, wait: Duration) -> Check {
         },
         Err(e) if matches!(e.kind(), Kind::NotFound | Kind::StreamNotFound) => Check::Gone,
         Err(_) => Check::Unknown,
-    }
-}
-
-/// The consumer (or its stream) vanished: say so and count it (the `first`
-/// time, not on each retry), mark the host not ready, and bind again
-/// (recreating what the manifest allows); the condition clears once bound.
-/// Whether it is bound.
-async fn rebind(
-    ctx: &TriggerContext,
-    setup: &ConsumerSetup,
-    bound: &mut BoundConsumer,
-    floor: Option<ResumeAfter>,
-    condition: &str,
-    why: &str,
-    first: bool,
-) -> bool {
-    if first {
-        ctx.metrics.consumer_lost(&setup.plugin);
-        tracing::warn!(plugin = %setup.plugin, "JetStream durable consumer is gone ({why}); recreating it");
-        ctx.health
-            .set(condition, &format!("consumer or stream missing: {why}"));
-    }
-    match setup.bind(floor).await {
-        Ok(rebound) => {
-            match floor.filter(|f| f.stream_created_ms == rebound.stream_created_ms) {
-                Some(f) => tracing::info!(
-                    plugin = %setup.plugin, stream = %rebound.stream,
-                    "durable consumer recreated, starting after stream sequence {} (the last ack floor seen; a message settled since then runs again)",
-                    f.stream_sequence
-                ),
-                None => {
-                    tracing::info!(plugin = %setup.plugin, stream = %rebound.stream, "durable consumer recreated")
-                }
-            }
-            *bound = rebound;
-            ctx.health.clear(condition);
-            true
-        }
-        Err(e) => {
-            tracing::warn!(plugin = %setup.plugin, "cannot recreate the consumer yet (retrying): {e}");
-            ctx.health.set(condition, &e.to_string());
-            false
-        }
     }
 }
 
