@@ -820,6 +820,56 @@ async fn a_jetstream_event_giving_up_during_the_grace_is_dead_lettered_then() {
     );
 }
 
+/// A JetStream message waiting for a slot when the host stops is handed
+/// back once, not bounced: an immediate Nak sent it straight back into the
+/// host's still-open pull, to be handed back again until the pull was
+/// used up, each bounce a delivery (an untracked event's attempt count).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_handed_back_at_shutdown_is_not_bounced() {
+    let nats = NatsServer::start();
+    let js = async_nats::jetstream::new(nats.client().await);
+    create_stream(&js, "BOUNCEOUT", &["bounce.*.done"]).await;
+    let dir = PluginDir::new();
+    // Pulls of 4 (twice max_concurrency): 3 events leave room in the pull.
+    dir.add(
+        "slow",
+        "slow",
+        "subjects = [\"bounce.*\"]\npublish = [\"bounce.*.done\"]\nmode = \"jetstream\"\n\
+         max_concurrency = 2\ntimeout = \"10s\"\n[jetstream]\nstream = \"BOUNCE\"\ncreate_stream = true",
+    );
+    let host = start_host_configured(&nats.url(), dir.path(), "").await;
+    setup_done(&host).await;
+    for i in 0..3 {
+        js_publish(&js, &format!("bounce.e{i}"), &[("x-sleep-ms", "1500")], "x").await;
+    }
+    eventually_async!(
+        WAIT,
+        "all three delivered: two running, one waiting for a slot",
+        consumer_backlog(&js, "BOUNCE", "sluice-slow").await == (0, 3)
+    );
+    let stats_handle = host.registry();
+    host.shutdown().await.unwrap();
+    let stats = stats_handle.stats("slow").unwrap();
+    assert_eq!(stats.succeeded, 2, "the two running finished: {stats:?}");
+    let mut consumer: async_nats::jetstream::consumer::PullConsumer = js
+        .get_stream("BOUNCE")
+        .await
+        .unwrap()
+        .get_consumer("sluice-slow")
+        .await
+        .unwrap();
+    let info = consumer.info().await.unwrap();
+    assert_eq!(
+        info.delivered.consumer_sequence, 3,
+        "three deliveries, none bounced: {info:?}"
+    );
+    assert_eq!(
+        info.num_pending + info.num_ack_pending as u64,
+        1,
+        "{info:?}"
+    );
+}
+
 /// The durable consumer deleted under the running host (an operator's
 /// `nats consumer rm`): it is recreated after the last ack floor the host
 /// saw, not at the stream's beginning, which ran every event the stream

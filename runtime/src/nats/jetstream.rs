@@ -237,7 +237,9 @@ pub async fn durable_consumer(
         .durable_name(spec.plugin)
         .expect("jetstream mode has a durable");
     // Only a new consumer takes the start position: it is not compared, and
-    // an update keeps the existing one (the server refuses to change it).
+    // an update keeps the existing one, like the other settings the server
+    // refuses to change (the ack policy is compared: one other than explicit
+    // is refused loudly rather than bound as at-most-once).
     let deliver_policy = match spec.resume {
         Some(resume) if resume.stream_created_ms == stream_created_ms => {
             consumer::DeliverPolicy::ByStartSequence {
@@ -271,6 +273,9 @@ pub async fn durable_consumer(
             );
             let config = consumer::pull::Config {
                 deliver_policy: existing.config.deliver_policy,
+                replay_policy: existing.config.replay_policy,
+                max_waiting: existing.config.max_waiting,
+                memory_storage: existing.config.memory_storage,
                 ..config
             };
             stream.update_consumer(config).await.map_err(|e| {
@@ -308,6 +313,7 @@ fn differs(existing: &consumer::Config, wanted: &consumer::pull::Config) -> bool
     have.sort();
     want.sort();
     have != want
+        || existing.ack_policy != wanted.ack_policy
         || existing.ack_wait != wanted.ack_wait
         || existing.max_ack_pending != wanted.max_ack_pending
 }

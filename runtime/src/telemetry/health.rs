@@ -11,21 +11,37 @@ use std::sync::{Arc, Mutex};
 /// Named not-ready conditions, shared by the whole host.
 #[derive(Debug, Clone, Default)]
 pub struct Health {
-    conditions: Arc<Mutex<BTreeMap<String, String>>>,
+    /// Each condition's reason, and who raised it (0: anyone).
+    conditions: Arc<Mutex<BTreeMap<String, (String, u64)>>>,
 }
 
 impl Health {
     /// Raise (or update) condition `name` with `reason`.
     pub fn set(&self, name: &str, reason: &str) {
-        self.conditions
-            .lock()
-            .expect("health lock")
-            .insert(name.to_string(), reason.to_string());
+        self.set_by(name, reason, 0);
     }
 
     /// Clear condition `name`.
     pub fn clear(&self, name: &str) {
         self.conditions.lock().expect("health lock").remove(name);
+    }
+
+    /// Raise (or update) condition `name` as `owner`: for a condition that
+    /// two of its kind can hold in turn (a reload's old and new JetStream
+    /// loop of one plugin), so the one leaving does not clear the other's.
+    pub fn set_by(&self, name: &str, reason: &str, owner: u64) {
+        self.conditions
+            .lock()
+            .expect("health lock")
+            .insert(name.to_string(), (reason.to_string(), owner));
+    }
+
+    /// Clear condition `name` if `owner` raised it last.
+    pub fn clear_by(&self, name: &str, owner: u64) {
+        let mut conditions = self.conditions.lock().expect("health lock");
+        if conditions.get(name).is_some_and(|(_, by)| *by == owner) {
+            conditions.remove(name);
+        }
     }
 
     /// Every live condition as "name: reason".
@@ -34,7 +50,7 @@ impl Health {
             .lock()
             .expect("health lock")
             .iter()
-            .map(|(name, reason)| format!("{name}: {reason}"))
+            .map(|(name, (reason, _))| format!("{name}: {reason}"))
             .collect()
     }
 }
@@ -91,5 +107,16 @@ mod tests {
         assert_eq!(h.problems(), vec!["dlq: cannot create", "kv: down"]);
         h.clear("dlq");
         assert_eq!(h.problems(), vec!["kv: down"]);
+    }
+
+    #[test]
+    fn an_owner_clears_only_what_it_raised_last() {
+        let h = Health::default();
+        h.set_by("consumer", "old loop", 1);
+        h.set_by("consumer", "new loop", 2);
+        h.clear_by("consumer", 1);
+        assert_eq!(h.problems(), vec!["consumer: new loop"]);
+        h.clear_by("consumer", 2);
+        assert!(h.problems().is_empty());
     }
 }

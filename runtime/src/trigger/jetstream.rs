@@ -52,6 +52,12 @@ use crate::nats::jetstream::{
 /// How long one pull request waits for messages: bounds how long stopping
 /// waits for the last batch to end.
 const BATCH_EXPIRES: Duration = Duration::from_secs(1);
+/// How long a message handed back while this host's pulls may still be
+/// open waits before it is delivered again: longer than a pull lives. An
+/// immediate Nak brought it straight back into the open pull, to be handed
+/// back again, each time counted as a delivery (an untracked event's
+/// attempt count, which can dead-letter it before it ever ran).
+const HANDBACK_DELAY: Duration = Duration::from_millis(1_200);
 /// Pull requests outstanding at once: one being consumed, one on its way.
 const PULLS_IN_FLIGHT: usize = 2;
 /// How long a lease outlasts the attempt time limit (outbox commit, acks);
@@ -110,6 +116,15 @@ impl ConsumerSetup {
     }
 }
 
+/// Tells apart the pull loops of one plugin (a reload's old and new one) as
+/// owners of its `/readyz` condition: the one leaving clears only its own.
+static LOOP_IDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+/// The `/readyz` condition about `plugin`'s consumer.
+fn consumer_condition(plugin: &str) -> String {
+    format!("plugin `{plugin}` JetStream consumer")
+}
+
 /// Set up the plugin's consumer and start pulling for the route in `slot`
 /// until `stop`. An error (stream missing, consumer not updatable, ack_wait
 /// too short) leaves nothing running. A cluster that does not answer yet
@@ -129,10 +144,11 @@ pub async fn start(
         Err(e) => return Err(e),
     };
     let signals = StopSignals::new(&ctx, stop);
+    let owner = LOOP_IDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     subscriptions.spawn(async move {
         let bound = match bound {
             Some(bound) => bound,
-            None => match bind_when_answered(&ctx, &setup, &signals.stop).await {
+            None => match bind_when_answered(&ctx, &setup, &signals.stop, owner).await {
                 Some(bound) => bound,
                 None => return,
             },
@@ -141,7 +157,7 @@ pub async fn start(
             plugin = %setup.plugin, stream = %bound.stream,
             durable = ?setup.manifest.durable_name(&setup.plugin), "consuming (JetStream)"
         );
-        consume(ctx, setup, bound, slot, signals).await;
+        consume(ctx, setup, bound, slot, signals, owner).await;
     });
     Ok(())
 }
@@ -150,35 +166,42 @@ pub async fn start(
 /// (100 ms doubling to 5 s) while the failure is transient, with a warning
 /// and `/readyz` not ready meanwhile. `None` when stopped first, or when
 /// the cluster answers with a refusal (logged and shown in `/readyz`: the
-/// manifest or the server must change).
+/// manifest or the server must change). The condition is raised as
+/// `owner`, and nothing is raised once stopped.
 async fn bind_when_answered(
     ctx: &TriggerContext,
     setup: &ConsumerSetup,
     stop: &tokio_util::sync::CancellationToken,
+    owner: u64,
 ) -> Option<BoundConsumer> {
-    let condition = format!("plugin `{}` JetStream consumer", setup.plugin);
+    let condition = consumer_condition(&setup.plugin);
     let mut backoff = Duration::from_millis(100);
     loop {
-        match setup.bind(None).await {
+        let bound = setup.bind(None).await;
+        if stop.is_cancelled() {
+            ctx.health.clear_by(&condition, owner);
+            return None;
+        }
+        match bound {
             Ok(bound) => {
-                ctx.health.clear(&condition);
+                ctx.health.clear_by(&condition, owner);
                 return Some(bound);
             }
             Err(e) if e.is_transient() => {
                 tracing::warn!(plugin = %setup.plugin, "{e}; trying again in {backoff:?}");
-                ctx.health.set(&condition, &e.to_string());
+                ctx.health.set_by(&condition, &e.to_string(), owner);
             }
             Err(e) => {
                 tracing::error!(plugin = %setup.plugin, "{e}; the plugin does not consume until this is fixed");
-                ctx.health.set(&condition, &e.to_string());
+                ctx.health.set_by(&condition, &e.to_string(), owner);
                 stop.cancelled().await;
-                ctx.health.clear(&condition);
+                ctx.health.clear_by(&condition, owner);
                 return None;
             }
         }
         tokio::select! {
             _ = stop.cancelled() => {
-                ctx.health.clear(&condition);
+                ctx.health.clear_by(&condition, owner);
                 return None;
             }
             _ = tokio::time::sleep(backoff) => {}
@@ -194,6 +217,7 @@ async fn consume(
     mut bound: BoundConsumer,
     slot: Arc<ArcSwap<Route>>,
     signals: StopSignals,
+    owner: u64,
 ) {
     let stop = signals.stop.clone();
     let capacity = slot.load().pull_batch_size() * PULLS_IN_FLIGHT;
@@ -203,10 +227,10 @@ async fn consume(
     let mut pause_until: Option<tokio::time::Instant> = None;
     let mut last_check = tokio::time::Instant::now();
     let mut watch = Watch {
-        condition: format!("plugin `{}` JetStream consumer", setup.plugin),
+        condition: consumer_condition(&setup.plugin),
+        owner,
         floor: None,
         stale: false,
-        raised: false,
     };
     let acks = AckBursts::start(
         ctx.dispatcher.client().clone(),
@@ -308,7 +332,7 @@ async fn consume(
             _ = tokio::time::sleep_until(pause_until.unwrap_or_else(tokio::time::Instant::now)), if pause_until.is_some() => {}
         }
     }
-    // (Only its own: a reload's new loop may have raised it since.)
+    // (Only if raised by this loop: a reload's new one may have since.)
     watch.clear(&ctx);
     // Every pull has ended: whatever they delivered and was not started goes
     // back (events waiting for a slot hand themselves back on `stop`).
@@ -343,11 +367,11 @@ impl Received<'_> {
         let mut next = first.or_else(|| rx.try_recv().ok());
         while let Some(message) = next {
             if self.signals.stop.is_cancelled() {
-                // Removed, resubscribed or shutting down: hand it back now.
-                ack(&message, AckKind::Nak(None)).await;
+                // Removed, resubscribed or shutting down: hand it back.
+                ack(&message, AckKind::Nak(Some(HANDBACK_DELAY))).await;
                 self.ctx.metrics.shutdown_requeued();
             } else if stale {
-                ack(&message, AckKind::Nak(None)).await;
+                ack(&message, AckKind::Nak(Some(HANDBACK_DELAY))).await;
             } else {
                 // Its task waits for a slot (in arrival order: the
                 // semaphore is fair), kept alive meanwhile.
@@ -378,30 +402,27 @@ enum Check {
 
 /// What the pull loop knows of its consumer beyond the binding.
 struct Watch {
-    /// The host's `/readyz` condition about it.
+    /// The host's `/readyz` condition about it, and this loop's id as its
+    /// owner.
     condition: String,
+    owner: u64,
     /// The last ack floor seen, to resume after should it vanish.
     floor: Option<ResumeAfter>,
     /// The last bind again failed: the binding may describe a stream and a
     /// consumer that are gone, whatever now has the durable's name. No
     /// pulls are made on it.
     stale: bool,
-    /// This loop set the condition (and has not cleared it since).
-    raised: bool,
 }
 
 impl Watch {
     /// Mark the host not ready: `why`.
-    fn raise(&mut self, ctx: &TriggerContext, why: &str) {
-        ctx.health.set(&self.condition, why);
-        self.raised = true;
+    fn raise(&self, ctx: &TriggerContext, why: &str) {
+        ctx.health.set_by(&self.condition, why, self.owner);
     }
 
-    /// Clear the condition, if this loop set it.
-    fn clear(&mut self, ctx: &TriggerContext) {
-        if std::mem::take(&mut self.raised) {
-            ctx.health.clear(&self.condition);
-        }
+    /// Clear the condition, if this loop raised it last.
+    fn clear(&self, ctx: &TriggerContext) {
+        ctx.health.clear_by(&self.condition, self.owner);
     }
 
     /// Look at the consumer and act on what is found: bind again when it is
@@ -498,7 +519,7 @@ impl Watch {
                 {
                     Some(f) => tracing::info!(
                         plugin = %setup.plugin, stream = %rebound.stream,
-                        "durable consumer recreated, starting after stream sequence {} (the last ack floor seen; a message settled since then runs again)",
+                        "durable consumer bound again; made by this host, it starts after stream sequence {} (the last ack floor seen; a message settled since then runs again), while one another host or an operator made first keeps its own start",
                         f.stream_sequence
                     ),
                     None => {
@@ -590,7 +611,7 @@ fn spawn_event(
         kept_alive(&message, every, async {
             let Some((route, permit)) = wait_for_slot(&slot, route, &signals).await else {
                 // Removed, resubscribed or shutting down before it started.
-                ack(&message, AckKind::Nak(None)).await;
+                ack(&message, AckKind::Nak(Some(HANDBACK_DELAY))).await;
                 ctx2.metrics.shutdown_requeued();
                 return;
             };
