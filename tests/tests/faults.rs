@@ -796,8 +796,12 @@ async fn a_jetstream_event_giving_up_during_the_grace_is_dead_lettered_then() {
     let host = start_host_configured(&nats.url(), dir.path(), "shutdown_grace = \"10s\"").await;
     setup_done(&host).await;
     js_publish(&js, "owed.e1", &[("x-sleep-ms", "3000")], "x").await;
+    // Running, not just received (a shutdown between its claim and its
+    // start hands it back unattempted).
     eventually(WAIT, "the attempt runs", || {
-        host.stats("slow").unwrap().received >= 1
+        host.metrics()
+            .render()
+            .contains("sluice_events_in_flight{plugin=\"slow\"} 1")
     })
     .await;
     let stats_handle = host.registry();

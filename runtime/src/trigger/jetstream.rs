@@ -881,6 +881,14 @@ async fn handle(
                     let unchanged = record.history();
                     ledger.released(unchanged).await;
                 }
+                // Handed back while stopping: after this host's pulls expired,
+                // or it would come straight back into one still open.
+                let after = match why {
+                    settle::NotAttempted::Stopping | settle::NotAttempted::Abandoned => {
+                        after.max(HANDBACK_DELAY)
+                    }
+                    _ => after,
+                };
                 ack(message, AckKind::Nak((!after.is_zero()).then_some(after))).await;
             }
             Decision::DeadLetter { class, history } => {
