@@ -459,22 +459,9 @@ impl Watch {
                     ctx.metrics.consumer_lost(&setup.plugin);
                     tracing::warn!(plugin = %setup.plugin, "JetStream durable consumer was deleted and created again by someone else (another host on the durable, or an operator); binding to the new one");
                 }
-                let bound_again = setup.bind(self.floor).await;
-                if stop.is_cancelled() {
-                    return Check::Unknown;
-                }
-                match bound_again {
-                    Ok(rebound) => {
-                        tracing::info!(plugin = %setup.plugin, stream = %rebound.stream, "bound to the durable consumer found there");
-                        *bound = rebound;
-                        self.stale = false;
-                        self.clear(ctx);
-                    }
-                    Err(e) => {
-                        tracing::warn!(plugin = %setup.plugin, "cannot bind to the consumer found there yet (retrying): {e}");
-                        self.raise(ctx, &e.to_string());
-                        self.stale = true;
-                    }
+                let refused = "cannot bind to the consumer found there yet";
+                if self.bind_again(ctx, setup, bound, stop, refused).await {
+                    tracing::info!(plugin = %setup.plugin, stream = %bound.stream, "bound to the durable consumer found there");
                 }
             }
             Check::There { ack_floor, .. } => {
@@ -507,33 +494,52 @@ impl Watch {
             tracing::warn!(plugin = %setup.plugin, "JetStream durable consumer is gone ({why}); recreating it");
             self.raise(ctx, &format!("consumer or stream missing: {why}"));
         }
+        let refused = "cannot recreate the consumer yet";
+        if self.bind_again(ctx, setup, bound, stop, refused).await {
+            match self
+                .floor
+                .filter(|f| f.stream_created_ms == bound.stream_created_ms)
+            {
+                Some(f) => tracing::info!(
+                    plugin = %setup.plugin, stream = %bound.stream,
+                        "durable consumer bound again; made by this host, it starts after stream sequence {} (the last ack floor seen; a message settled since then runs again), while one another host or an operator made first keeps its own start",
+                    f.stream_sequence
+                ),
+                None => {
+                    tracing::info!(plugin = %setup.plugin, stream = %bound.stream, "durable consumer recreated")
+                }
+            }
+        }
+    }
+
+    /// Bind again (a consumer made is started after the last ack floor)
+    /// and take the outcome: bound, the binding is fresh and the condition
+    /// clears; refused, it stays stale and the host not ready, logged as
+    /// `refused`. Whether bound; nothing changes when stopped meanwhile.
+    async fn bind_again(
+        &mut self,
+        ctx: &TriggerContext,
+        setup: &ConsumerSetup,
+        bound: &mut BoundConsumer,
+        stop: &tokio_util::sync::CancellationToken,
+        refused: &str,
+    ) -> bool {
         let bound_again = setup.bind(self.floor).await;
         if stop.is_cancelled() {
-            return;
+            return false;
         }
         match bound_again {
             Ok(rebound) => {
-                match self
-                    .floor
-                    .filter(|f| f.stream_created_ms == rebound.stream_created_ms)
-                {
-                    Some(f) => tracing::info!(
-                        plugin = %setup.plugin, stream = %rebound.stream,
-                        "durable consumer bound again; made by this host, it starts after stream sequence {} (the last ack floor seen; a message settled since then runs again), while one another host or an operator made first keeps its own start",
-                        f.stream_sequence
-                    ),
-                    None => {
-                        tracing::info!(plugin = %setup.plugin, stream = %rebound.stream, "durable consumer recreated")
-                    }
-                }
                 *bound = rebound;
                 self.stale = false;
                 self.clear(ctx);
+                true
             }
             Err(e) => {
-                tracing::warn!(plugin = %setup.plugin, "cannot recreate the consumer yet (retrying): {e}");
+                tracing::warn!(plugin = %setup.plugin, "{refused} (retrying): {e}");
                 self.raise(ctx, &e.to_string());
                 self.stale = true;
+                false
             }
         }
     }
