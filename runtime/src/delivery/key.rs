@@ -47,10 +47,48 @@ pub struct StreamPosition<'a> {
 }
 
 impl StreamPosition<'_> {
-    /// The key of the message at this position (when nothing else names it).
+    /// The key of the message at this position (when nothing else names it):
+    /// `stream@created_ms:sequence`. Written by hand: through `format!` this
+    /// was a twentieth of a JetStream host's time.
     pub fn key(&self) -> String {
-        format!("{}@{}:{}", self.stream, self.created_ms, self.sequence)
+        let mut digits = [0u8; 20];
+        let mut out = String::with_capacity(self.stream.len() + 42);
+        out.push_str(self.stream);
+        out.push('@');
+        out.push_str(decimal(self.created_ms, &mut digits));
+        out.push(':');
+        out.push_str(decimal(self.sequence, &mut digits));
+        out
     }
+
+    /// Whether `key` is exactly [`StreamPosition::key`], without making it.
+    pub fn is_key(&self, key: &str) -> bool {
+        let mut digits = [0u8; 20];
+        let Some(rest) = key
+            .strip_prefix(self.stream)
+            .and_then(|rest| rest.strip_prefix('@'))
+        else {
+            return false;
+        };
+        let Some(rest) = rest.strip_prefix(decimal(self.created_ms, &mut digits)) else {
+            return false;
+        };
+        rest.strip_prefix(':') == Some(decimal(self.sequence, &mut digits))
+    }
+}
+
+/// `n` in decimal digits, written into `buf`.
+fn decimal(mut n: u64, buf: &mut [u8; 20]) -> &str {
+    let mut at = buf.len();
+    loop {
+        at -= 1;
+        buf[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    std::str::from_utf8(&buf[at..]).expect("ASCII digits")
 }
 
 /// What the key is derived from, for one event.
@@ -257,6 +295,52 @@ pub fn outgoing_msg_id(key: &str, plugin: &str, index: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_position_key_is_stream_at_creation_colon_sequence_and_is_recognised_exactly() {
+        for (created_ms, sequence) in [
+            (0u64, 0u64),
+            (1, 9),
+            (1_733_000_000_123, 42),
+            (u64::MAX, u64::MAX),
+            (10, 100),
+        ] {
+            let position = StreamPosition {
+                stream: "ORDERS",
+                created_ms,
+                sequence,
+            };
+            let key = position.key();
+            assert_eq!(key, format!("ORDERS@{created_ms}:{sequence}"));
+            assert!(position.is_key(&key), "{key}");
+        }
+        let position = StreamPosition {
+            stream: "ORDERS",
+            created_ms: 17,
+            sequence: 5,
+        };
+        for other in [
+            "ORDERS@17:6",
+            "ORDERS@17:50",
+            "ORDERS@17:05",
+            "ORDERS@017:5",
+            "ORDERS@18:5",
+            "ORDERS@17:5x",
+            "ORDERS@17",
+            "ORDERS@17:",
+            "ORDERS17:5",
+            "ORDERSX@17:5",
+            "ORDER@17:5",
+            "orders@17:5",
+            "",
+            "@17:5",
+        ] {
+            assert!(
+                !position.is_key(other),
+                "{other} taken for the key of ORDERS@17:5"
+            );
+        }
+    }
 
     #[test]
     fn a_generated_id_is_the_32_digit_lower_hex_of_its_number() {

@@ -18,6 +18,7 @@
 //!   bucket is created with limit markers).
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::HeaderMap;
@@ -36,11 +37,13 @@ pub const MAX_WRITE_BYTES: usize = 1 << 20;
 /// Longest key a plugin may use, in bytes.
 pub const MAX_KEY: usize = 256;
 
-/// One plugin's key space in the state bucket.
+/// One plugin's key space in the state bucket. Cheap to clone and small:
+/// every event's invocation request carries one (the bucket handle alone is
+/// over 1.5 KB, which each event's futures copied several times).
 #[derive(Clone)]
 pub struct StateSpace {
-    kv: kv::Store,
-    js: jetstream::Context,
+    kv: Arc<kv::Store>,
+    js: Arc<jetstream::Context>,
     bucket: String,
     prefix: String,
 }
@@ -92,8 +95,8 @@ impl StateSpace {
                 .map_err(|e| open_error(&e))?,
         };
         Ok(StateSpace {
-            kv,
-            js: js.clone(),
+            kv: Arc::new(kv),
+            js: Arc::new(js.clone()),
             bucket: bucket.to_string(),
             prefix: format!("{plugin}."),
         })

@@ -564,20 +564,22 @@ async fn handle(
                         _ = signals.deadline.cancelled() => {
                             // The grace is over with a retry pending.
                             let Decision::DeadLetter { class, history } = settle::at_deadline(Mode::Core, history) else { unreachable!() };
-                            dead_letter(ctx, route, message, &mut ledger, (&key, trace.get()), class, history, last_failure.take()).await;
+                            Box::pin(dead_letter(ctx, route, message, &mut ledger, (&key, trace.get()), class, history, last_failure.take())).await;
                             return;
                         }
                     }
                 }
                 Decision::DeadLetter { class, history } => {
-                    dead_letter(ctx, route, message, &mut ledger, (&key, trace.get()), class, history, last_failure.take()).await;
+                    // Boxed, as every path that is not an event's usual one:
+                    // the event's future stays small (it is copied when made).
+                    Box::pin(dead_letter(ctx, route, message, &mut ledger, (&key, trace.get()), class, history, last_failure.take())).await;
                     return;
                 }
                 Decision::Shed => {
                     bump(&route.stats.breaker_rejected, 1);
                     bump(&route.stats.shed, 1);
                     tracing::debug!("circuit breaker open: event shed (when_open = \"shed\")");
-                    ledger.released(history).await;
+                    Box::pin(ledger.released(history)).await;
                     return;
                 }
                 Decision::Redeliver { .. } | Decision::Run { .. } => {

@@ -692,7 +692,7 @@ async fn kept_alive<F: std::future::Future<Output = ()>>(
             () = &mut work => return,
             () = &mut tick => {
                 tick.as_mut().reset(tokio::time::Instant::now() + every);
-                if let Err(e) = message.ack_with(AckKind::Progress).await {
+                if let Err(e) = Box::pin(message.ack_with(AckKind::Progress)).await {
                     tracing::debug!("in-progress ack not sent: {e}");
                 }
             }
@@ -772,7 +772,7 @@ async fn handle(
             created_ms: stream_created_ms,
             sequence,
         };
-        let first_delivery = delivered == 1 && key == own_position.key();
+        let first_delivery = delivered == 1 && own_position.is_key(&key);
         let claimed = match admission {
             Admission::Rejected { .. } => None,
             _ if first_delivery && ledger.may_skip_claim() => Some(ledger.assume_unclaimed(replay)),
@@ -851,7 +851,7 @@ async fn handle(
                 // the record; one is written only when it does not come.
                 if let Err(e) = confirmed_ack(acks, message).await {
                     tracing::debug!("acknowledgement not confirmed ({e}); recording completion so a redelivery is skipped");
-                    tokio::join!(ledger.completed(), ack(message, AckKind::Ack));
+                    Box::pin(async { tokio::join!(ledger.completed(), ack(message, AckKind::Ack)) }).await;
                 }
             }
             Decision::Ack => {
@@ -862,7 +862,7 @@ async fn handle(
                 if queued {
                     ledger.completed().await;
                 } else {
-                    tokio::join!(ledger.completed(), ack(message, AckKind::Ack));
+                    Box::pin(async { tokio::join!(ledger.completed(), ack(message, AckKind::Ack)) }).await;
                 }
             }
             Decision::Skip => {
@@ -875,7 +875,7 @@ async fn handle(
                 if let Some(f) = &last_failure {
                     tracing::warn!(error.class = f.class.as_str(), "attempt {} failed: {}; redelivery in {after:?}", history.attempts, f.message);
                 }
-                ledger.released(history).await;
+                Box::pin(ledger.released(history)).await;
                 ack(message, AckKind::Nak(Some(after))).await;
             }
             Decision::Redeliver { after, why } => {
@@ -885,7 +885,7 @@ async fn handle(
                 tracing::debug!("not attempted ({}); redelivering in {after:?}", why.as_str());
                 if let Some(record) = ledger.record() {
                     let unchanged = record.history();
-                    ledger.released(unchanged).await;
+                    Box::pin(ledger.released(unchanged)).await;
                 }
                 // Handed back while stopping: after this host's pulls expired,
                 // or it would come straight back into one still open.
@@ -911,7 +911,7 @@ async fn handle(
                 });
                 if ledger.record().is_none_or(|r| r.gave_up.is_none()) {
                     route.stats.record_give_up(&failure);
-                    ledger.gave_up(history, class, &failure.message).await;
+                    Box::pin(ledger.gave_up(history, class, &failure.message)).await;
                 }
                 let now = SystemTime::now();
                 let letter = dead_letter_for(
@@ -926,8 +926,8 @@ async fn handle(
                 );
                 // Tried until the grace is over: an event that gives up
                 // while the host stops is dead-lettered then too.
-                if deliver_dead_letter(&ctx.dispatcher, route, &letter, &signals.deadline).await {
-                    ledger.dead_lettered(history).await;
+                if Box::pin(deliver_dead_letter(&ctx.dispatcher, route, &letter, &signals.deadline)).await {
+                    Box::pin(ledger.dead_lettered(history)).await;
                     ack(message, AckKind::Term).await;
                 } else {
                     // Stopping with the DLQ still down: the record says the
@@ -955,7 +955,9 @@ async fn confirmed_ack(acks: &AckBursts, message: &Message) -> Result<(), String
 }
 
 async fn ack(message: &Message, kind: AckKind) {
-    if let Err(e) = message.ack_with(kind).await {
+    // Boxed: the client's ack future is large, and most events' futures
+    // (whose acks go out in bursts) need not carry it.
+    if let Err(e) = Box::pin(message.ack_with(kind)).await {
         // The server redelivers after ack_wait; the dedup record makes that safe.
         tracing::warn!(
             "acknowledgement ({kind:?}) not sent: {e}; the server will redeliver after ack_wait"
