@@ -928,6 +928,7 @@ impl Supervisor {
             dedup: manifest.idempotency.dedup,
             confirm_publishes: manifest.confirm_publishes,
             in_flight: Default::default(),
+            recent_call_ns: (crate::dispatch::UNKNOWN_CALL.as_nanos() as u64).into(),
             breaker: self.registry.breaker_handle(
                 &plugin.name,
                 manifest

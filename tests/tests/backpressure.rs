@@ -316,3 +316,100 @@ async fn operators_force_a_breaker_and_read_plugin_status_from_the_cli() {
     assert!(!ok && err.contains("404"), "{err}");
     host.shutdown().await.unwrap();
 }
+
+/// A slow plugin's host holds at most two pulls of twice its slots: the
+/// consumer's `max_ack_pending` is now sized for a fast plugin's deep pulls
+/// (and shared by every host), so the host itself must leave a backlog it
+/// cannot start in the stream, where another host of the consumer can take
+/// it. A consumer made by an older host (with `max_ack_pending` of four
+/// times the slots) is brought up to the new size.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_plugins_host_holds_two_pulls_of_twice_its_slots_and_the_backlog_stays_in_the_stream()
+ {
+    const EVENTS: usize = 100;
+    let nats = NatsServer::start();
+    let client = nats.client().await;
+    let js = async_nats::jetstream::new(client.clone());
+    create_stream(&js, "SLOWQ", &["slowq.in"]).await;
+    create_stream(&js, "SLOWQOUT", &["slowq.in.done"]).await;
+    // The durable as an older host made it.
+    js.get_stream("SLOWQ")
+        .await
+        .unwrap()
+        .create_consumer(async_nats::jetstream::consumer::pull::Config {
+            durable_name: Some("sluice-slow".into()),
+            ack_policy: async_nats::jetstream::consumer::AckPolicy::Explicit,
+            max_deliver: -1,
+            max_ack_pending: 8,
+            filter_subjects: vec!["slowq.in".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    for i in 0..EVENTS {
+        let mut headers = HeaderMap::new();
+        headers.insert("Nats-Msg-Id", format!("job-{i}").as_str());
+        headers.insert("x-sleep-ms", "20");
+        js.publish_with_headers("slowq.in", headers, Bytes::from(format!("job-{i}")))
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    let dir = PluginDir::new();
+    dir.add(
+        "slow",
+        "slow",
+        "subjects = [\"slowq.in\"]\npublish = [\"slowq.in.done\"]\nmode = \"jetstream\"\n\
+         max_concurrency = 2\ntimeout = \"10s\"\n[jetstream]\nstream = \"SLOWQ\"",
+    );
+    let host = start_host(&nats.url(), dir.path()).await;
+
+    // 2 slots of 20 ms events: about 100 events/s, far below what fills a
+    // pull of more than its floor (2 × 2 slots) in 5 ms. So the host holds
+    // at most two pulls of 4 (plus, for an instant, the acks of events just
+    // settled that the server has not applied yet).
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let (mut most_out, mut saw_backlog_wait) = (0usize, false);
+    loop {
+        let (pending, out) = consumer_backlog(&js, "SLOWQ", "sluice-slow").await;
+        most_out = most_out.max(out);
+        saw_backlog_wait |= pending > 0 && out > 0;
+        if pending == 0 && out == 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the backlog was not consumed within 60 s: {pending} pending, {out} out"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        saw_backlog_wait,
+        "the host was seen handling while the rest of the backlog waited in the stream"
+    );
+    assert!(
+        (4..=10).contains(&most_out),
+        "messages out at once: {most_out} (two pulls of 4, acks just sent aside)"
+    );
+    let info = js
+        .get_stream("SLOWQ")
+        .await
+        .unwrap()
+        .consumer_info("sluice-slow")
+        .await
+        .unwrap();
+    assert_eq!(
+        info.config.max_ack_pending,
+        sluice::trigger::pull_depth::max_ack_pending_for(2),
+        "the older consumer is brought up to the new max_ack_pending"
+    );
+    assert_eq!(info.config.max_ack_pending, 1024);
+    let done: BTreeSet<Vec<u8>> = read_stream(&js, "SLOWQOUT")
+        .await
+        .iter()
+        .map(|m| m.payload.to_vec())
+        .collect();
+    assert_eq!(done.len(), EVENTS, "every job done");
+    host.shutdown().await.unwrap();
+}

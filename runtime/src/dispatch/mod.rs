@@ -213,6 +213,9 @@ pub struct Route {
     pub confirm_publishes: bool,
     /// Events of this version being handled right now.
     pub in_flight: std::sync::atomic::AtomicUsize,
+    /// How long its recent invocations took (ns, smoothed): decides whether
+    /// an event is first polled in the task that received it.
+    pub recent_call_ns: std::sync::atomic::AtomicU64,
     /// The plugin's circuit breaker (shared by all its versions).
     pub breaker: Arc<std::sync::Mutex<CircuitBreaker>>,
     /// What a core event meets while the breaker is open.
@@ -223,7 +226,35 @@ pub struct Route {
     pub plugin_metrics: crate::telemetry::metrics::PluginMetrics,
 }
 
+/// Invocations shorter than this, on average lately, let their plugin's
+/// core events be first polled in the task that received them (see
+/// [`crate::trigger::poll_here_first`]): a warm instance's call (a few µs).
+/// A fresh instance (~35 µs) is kept off the reader: run there, the
+/// instantiations of one subscription would share one worker while the
+/// other idles (measured: JetStream fresh-instance rows lost a third).
+pub const INLINE_BELOW: Duration = Duration::from_micros(20);
+
+/// What a version's invocations are taken to cost before any ran: long,
+/// so a new plugin's events get tasks until its calls proved short (a
+/// warm no-op's average falls below [`INLINE_BELOW`] within ~30 events).
+pub const UNKNOWN_CALL: Duration = Duration::from_millis(1);
+
 impl Route {
+    /// Note how long an invocation took.
+    pub fn note_call(&self, took: Duration) {
+        let took = u64::try_from(took.as_nanos()).unwrap_or(u64::MAX);
+        let before = self.recent_call_ns.load(Ordering::Relaxed);
+        // A lost update between two workers only delays the average a little.
+        self.recent_call_ns
+            .store(before - before / 8 + took / 8, Ordering::Relaxed);
+    }
+
+    /// Whether this plugin's invocations are short lately (so an event may
+    /// be polled where it was received; see [`INLINE_BELOW`]).
+    pub fn calls_are_short(&self) -> bool {
+        self.recent_call_ns.load(Ordering::Relaxed) < INLINE_BELOW.as_nanos() as u64
+    }
+
     /// Events of this version being handled right now (a retired version
     /// drains until this reaches zero).
     pub fn in_flight(&self) -> usize {
@@ -242,20 +273,20 @@ impl Route {
     }
 
     /// How many events to fetch now, or how long to wait (see
-    /// [`CircuitBreaker::fetch_budget`]): a full batch
-    /// ([`pull_batch_size`](Self::pull_batch_size)) while the breaker is
-    /// closed; only the probes while half-open.
-    pub fn fetch_budget(&self) -> Result<usize, Duration> {
+    /// [`CircuitBreaker::fetch_budget`]): the `wanted` batch while the
+    /// breaker is closed; only the probes while half-open.
+    pub fn fetch_budget(&self, wanted: usize) -> Result<usize, Duration> {
         self.breaker
             .lock()
             .expect("breaker lock")
-            .fetch_budget(Instant::now(), self.pull_batch_size())
+            .fetch_budget(Instant::now(), wanted)
     }
 
-    /// Messages one JetStream pull asks for: twice `max_concurrency`, so
-    /// with two pulls in flight the consumer's `max_ack_pending` (four
-    /// times `max_concurrency`) is the bound on messages out at once.
-    pub fn pull_batch_size(&self) -> usize {
+    /// The fewest messages one JetStream pull asks for: twice
+    /// `max_concurrency`, so the next events are on their way while the
+    /// slots are busy. A fast plugin's pulls grow past it (see
+    /// [`crate::trigger::pull_depth`]).
+    pub fn pull_batch_floor(&self) -> usize {
         self.max_concurrency.max(1) * 2
     }
 
@@ -416,6 +447,7 @@ impl Dispatcher {
             }
             _ => drop(permit),
         }
+        route.note_call(report.elapsed);
         let name = &route.tag.name;
         if !report.instantiate_time.is_zero() {
             route.plugin_metrics.instantiated(report.instantiate_time);

@@ -117,7 +117,8 @@ pub struct ConsumerSpec<'a> {
     pub plugin: &'a str,
     /// The manifest (stream, durable, subjects).
     pub manifest: &'a Manifest,
-    /// The plugin's concurrency cap (sizes max_ack_pending).
+    /// The plugin's concurrency cap (with the largest pull, sizes
+    /// max_ack_pending).
     pub concurrency: u32,
     /// The plugin's per-event time limit (sizes ack_wait).
     pub timeout: Duration,
@@ -255,7 +256,7 @@ pub async fn durable_consumer(
         ack_policy: consumer::AckPolicy::Explicit,
         ack_wait,
         max_deliver: -1,
-        max_ack_pending: i64::from(spec.concurrency) * 4,
+        max_ack_pending: crate::trigger::pull_depth::max_ack_pending_for(spec.concurrency),
         filter_subjects: spec.manifest.subjects.clone(),
         ..Default::default()
     };

@@ -273,13 +273,13 @@ impl Reader {
                     }
                 },
             };
-            // Nothing buffered and a slot free: start it here, one task hop
+            // Nothing buffered and a slot free: start it here, one hop
             // sooner. (A message the drain already took and waits to start is
             // ahead in the semaphore's queue: a freed slot goes to it.)
             if self.tx.capacity() == self.tx.max_capacity() {
                 let route = self.slot.load_full();
                 if let Ok(permit) = route.concurrency.clone().try_acquire_owned() {
-                    spawn_event(&self.ctx, route, message, Some(permit), &self.events);
+                    run_event(&self.ctx, route, message, Some(permit), &self.events);
                     continue;
                 }
             }
@@ -338,7 +338,7 @@ impl Reader {
                 }
             };
             if let Err(unsent) = self.tx.send(message).await {
-                spawn_event(
+                run_event(
                     &self.ctx,
                     self.slot.load_full(),
                     unsent.0,
@@ -414,11 +414,13 @@ async fn drain(
             permit = route.concurrency.clone().acquire_owned() => permit.ok(),
             _ = signals.deadline.cancelled() => None,
         };
-        spawn_event(&ctx, route, message, permit, &signals);
+        run_event(&ctx, route, message, permit, &signals);
     }
 }
 
-fn spawn_event(
+/// Start one event (first polled here, see [`super::poll_here_first`]),
+/// with its slot if it already has one.
+fn run_event(
     ctx: &Arc<TriggerContext>,
     route: Arc<Route>,
     message: async_nats::Message,
@@ -426,7 +428,7 @@ fn spawn_event(
     signals: &StopSignals,
 ) {
     let (ctx2, signals, route2) = (ctx.clone(), signals.clone(), route.clone());
-    super::spawn_event(ctx, &route, async move {
+    super::run_event(ctx, &route, async move {
         // Boxed when it starts (see the JetStream trigger): the task stays small.
         Box::pin(handle(&ctx2, &route2, &message, permit, &signals)).await;
     });

@@ -15,8 +15,9 @@
 //! so a long wait for a slot or a long attempt never lets `ack_wait` or the
 //! lease lapse into a second copy running at once.
 //!
-//! Pulls: two batches in flight, each twice `max_concurrency`, so the next
-//! messages are on their way while the previous run; the consumer's
+//! Pulls: two batches in flight, each at least twice `max_concurrency` and
+//! larger for a plugin that drains them fast ([`super::pull_depth`]), so the
+//! next messages are on their way while the previous run; the consumer's
 //! `max_ack_pending` bounds what is out. Nothing is pulled while the breaker
 //! is open, only the probes while half-open. A pull that fails because the
 //! consumer or its stream vanished is noticed: warned, counted, `/readyz`
@@ -35,6 +36,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use tracing::Instrument;
 
 use super::ack_bursts::AckBursts;
+use super::pull_depth::{HeldMessage, Holding, MOST_PER_PULL, PullDepth};
 use super::{Ledger, StopSignals, TriggerContext, deliver_dead_letter};
 use crate::contract;
 use crate::delivery::breaker::Admission;
@@ -220,8 +222,10 @@ async fn consume(
     owner: u64,
 ) {
     let stop = signals.stop.clone();
-    let capacity = slot.load().pull_batch_size() * PULLS_IN_FLIGHT;
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Message>(capacity);
+    let capacity = slot.load().pull_batch_floor().max(MOST_PER_PULL) * PULLS_IN_FLIGHT;
+    let mut depth = PullDepth::new(Instant::now());
+    let holding = Arc::new(Holding::default());
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Arrived>(capacity);
     let mut pulls = tokio::task::JoinSet::new();
     let mut backoff = Duration::from_millis(100);
     let mut pause_until: Option<tokio::time::Instant> = None;
@@ -269,21 +273,35 @@ async fn consume(
                 backoff = Duration::from_millis(100);
             }
         }
+        let mut waiting_for_room = false;
         while !stop.is_cancelled()
             && !watch.stale
             && pause_until.is_none()
             && pulls.len() < PULLS_IN_FLIGHT
         {
             let route = slot.load_full();
-            match route.fetch_budget().and_then(|n| match n {
+            let wanted = depth.size(route.pull_batch_floor(), Instant::now());
+            match route.fetch_budget(wanted).and_then(|n| match n {
                 0 => Err(Duration::ZERO),
                 n => Ok(n),
             }) {
-                Ok(n) if pulls.is_empty() || n >= route.pull_batch_size() => {
-                    pulls.spawn(pull_batch(bound.consumer.clone(), n, tx.clone()));
-                }
                 // Half-open: the probes' pull is already out.
-                Ok(_) => break,
+                Ok(n) if !pulls.is_empty() && n < wanted => break,
+                // This host already holds its share: the rest stays in the
+                // stream (for another host, or until slots free up here).
+                Ok(n) if !holding.room_for(n, wanted * PULLS_IN_FLIGHT) => {
+                    waiting_for_room = true;
+                    break;
+                }
+                Ok(n) => {
+                    holding.asking(n);
+                    pulls.spawn(pull_batch(
+                        bound.consumer.clone(),
+                        n,
+                        tx.clone(),
+                        holding.clone(),
+                    ));
+                }
                 Err(wait) => {
                     pause_until =
                         Some(tokio::time::Instant::now() + wait.max(Duration::from_millis(20)));
@@ -297,7 +315,8 @@ async fn consume(
         tokio::select! {
             Some(message) = rx.recv() => received.start(&mut rx, Some(message), &bound, watch.stale).await,
             Some(done) = pulls.join_next(), if !pulls.is_empty() => match done {
-                Ok(Ok(_)) => {
+                Ok(Ok(pulled)) => {
+                    depth.pulled(pulled.messages, pulled.bytes, Instant::now());
                     backoff = Duration::from_millis(100);
                     // An idle pull may mean the consumer is gone (a pull on a
                     // deleted consumer just times out): look now and then.
@@ -328,6 +347,7 @@ async fn consume(
                 }
                 Err(e) => tracing::error!(plugin = %setup.plugin, "JetStream pull task failed: {e}"),
             },
+            () = holding.freed(), if waiting_for_room => {}
             _ = stop.cancelled(), if !stop.is_cancelled() => {}
             _ = tokio::time::sleep_until(pause_until.unwrap_or_else(tokio::time::Instant::now)), if pause_until.is_some() => {}
         }
@@ -337,10 +357,14 @@ async fn consume(
     // Every pull has ended: whatever they delivered and was not started goes
     // back (events waiting for a slot hand themselves back on `stop`).
     drop(tx);
-    while let Some(message) = rx.recv().await {
+    while let Some((message, _held)) = rx.recv().await {
         ack(&message, AckKind::Nak(None)).await;
     }
 }
+
+/// A message a pull brought, held (counted against the host's room for
+/// more) from the moment it arrived until its event settles.
+type Arrived = (Message, HeldMessage);
 
 /// What the pull loop needs to start the messages its pulls delivered.
 struct Received<'a> {
@@ -359,13 +383,13 @@ impl Received<'_> {
     /// again, whose identity the binding does not know yet).
     async fn start(
         &self,
-        rx: &mut tokio::sync::mpsc::Receiver<Message>,
-        first: Option<Message>,
+        rx: &mut tokio::sync::mpsc::Receiver<Arrived>,
+        first: Option<Arrived>,
         bound: &BoundConsumer,
         stale: bool,
     ) {
         let mut next = first.or_else(|| rx.try_recv().ok());
-        while let Some(message) = next {
+        while let Some((message, held)) = next {
             if self.signals.stop.is_cancelled() {
                 // Removed, resubscribed or shutting down: hand it back.
                 ack(&message, AckKind::Nak(Some(HANDBACK_DELAY))).await;
@@ -375,7 +399,14 @@ impl Received<'_> {
             } else {
                 // Its task waits for a slot (in arrival order: the
                 // semaphore is fair), kept alive meanwhile.
-                spawn_event(self.ctx, self.slot, message, bound, self.signals, self.acks);
+                spawn_event(
+                    self.ctx,
+                    self.slot,
+                    (message, held),
+                    bound,
+                    self.signals,
+                    self.acks,
+                );
             }
             next = rx.try_recv().ok();
         }
@@ -561,14 +592,40 @@ async fn check(bound: &BoundConsumer, wait: Duration) -> Check {
     }
 }
 
-/// One pull request, its batch read to the end into `to`; how many
-/// messages it brought. An error item (consumer deleted, stream gone,
-/// leadership change) fails the pull.
+/// What one pull brought.
+struct Pulled {
+    messages: usize,
+    /// Payload bytes.
+    bytes: usize,
+}
+
+/// One pull request, its batch read to the end into `to`; what it
+/// brought. An error item (consumer deleted, stream gone, leadership
+/// change) fails the pull.
 async fn pull_batch(
     consumer: PullConsumer,
     max: usize,
-    to: tokio::sync::mpsc::Sender<Message>,
-) -> Result<usize, String> {
+    to: tokio::sync::mpsc::Sender<Arrived>,
+    holding: Arc<Holding>,
+) -> Result<Pulled, String> {
+    let mut pulled = Pulled {
+        messages: 0,
+        bytes: 0,
+    };
+    let read = read_batch(consumer, max, to, &holding, &mut pulled).await;
+    holding.pull_ended(max, pulled.messages);
+    read.map(|()| pulled)
+}
+
+/// [`pull_batch`]'s request and reading; each message it brings is told to
+/// `holding`.
+async fn read_batch(
+    consumer: PullConsumer,
+    max: usize,
+    to: tokio::sync::mpsc::Sender<Arrived>,
+    holding: &Arc<Holding>,
+    received: &mut Pulled,
+) -> Result<(), String> {
     let mut messages = consumer
         .batch()
         .max_messages(max)
@@ -577,30 +634,35 @@ async fn pull_batch(
         .await
         .map_err(|e| e.to_string())?;
     let mut failed = None;
-    let mut received = 0;
     while let Some(next) = messages.next().await {
         match next {
             Ok(message) => {
-                received += 1;
-                if let Err(unsent) = to.send(message).await {
-                    ack(&unsent.0, AckKind::Nak(None)).await;
+                received.messages += 1;
+                received.bytes += message.payload.len();
+                // Held before no longer asked for: always counted once.
+                let held = holding.hold();
+                holding.brought_one();
+                if let Err(unsent) = to.send((message, held)).await {
+                    ack(&unsent.0.0, AckKind::Nak(None)).await;
                 }
             }
             Err(e) => failed = Some(e.to_string()),
         }
     }
-    failed.map_or(Ok(received), Err)
+    failed.map_or(Ok(()), Err)
 }
 
-/// Start one event's task: it waits for a slot of the plugin's current
-/// version, then handles the event; from arrival until it settles, the
-/// message is kept alive (in-progress acks), so a long wait for a slot or an
-/// instance never lets `ack_wait` lapse into a second copy running at once.
-/// One task per event does both (no separate keepalive task).
+/// Start one event: it waits for a slot of the plugin's current version,
+/// then handles the event; from arrival until it settles, the message is
+/// kept alive (in-progress acks), so a long wait for a slot or an instance
+/// never lets `ack_wait` lapse into a second copy running at once. One
+/// future per event does both (no separate keepalive task); it is first
+/// polled here and gets a task only if it has to wait
+/// ([`super::poll_here_first`]).
 fn spawn_event(
     ctx: &Arc<TriggerContext>,
     slot: &Arc<ArcSwap<Route>>,
-    message: Message,
+    (message, held): (Message, HeldMessage),
     bound: &BoundConsumer,
     signals: &StopSignals,
     acks: &AckBursts,
@@ -638,6 +700,8 @@ fn spawn_event(
             .await;
         })
         .await;
+        // Settled (or handed back): room for another message.
+        drop(held);
     });
 }
 
