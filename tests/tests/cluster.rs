@@ -51,15 +51,27 @@ async fn cluster_with_done_stream() -> (NatsCluster, async_nats::Client, jetstre
         .unwrap();
     let client = cluster.client().await;
     let js = jetstream::new(client.clone());
-    js.create_stream(stream::Config {
+    let config = stream::Config {
         name: "DONE".into(),
         subjects: vec!["orders.enriched.>".into()],
         num_replicas: 3,
         duplicate_window: Duration::from_secs(600),
         ..Default::default()
-    })
-    .await
-    .expect("DONE stream (R3)");
+    };
+    // A new R3 stream needs its own leader elected: on two loaded cores
+    // (other clusters' tests running beside) that can outlast one request's
+    // 5 s. Creating it again with the same config is idempotent.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        match js.create_stream(config.clone()).await {
+            Ok(_) => break,
+            Err(e) if std::time::Instant::now() < deadline => {
+                eprintln!("creating the DONE stream (R3): {e}; trying again");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => panic!("DONE stream (R3) not created within 60 s: {e}"),
+        }
+    }
     (cluster, client, js)
 }
 
