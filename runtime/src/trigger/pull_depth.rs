@@ -166,7 +166,8 @@ impl Holding {
     }
 
     /// Messages held now.
-    pub fn held(&self) -> usize {
+    #[cfg(test)]
+    fn held(&self) -> usize {
         self.held.load(Ordering::Relaxed)
     }
 }
@@ -206,6 +207,22 @@ mod tests {
         (now, depth.size(floor, now))
     }
 
+    /// The size a fresh consumer asks for after half a second at `pace`
+    /// messages/s of `bytes` each.
+    fn size_after_half_a_second(pace: u64, bytes: usize, floor: usize) -> usize {
+        let start = Instant::now();
+        let mut depth = PullDepth::new(start);
+        settle(
+            &mut depth,
+            start,
+            pace,
+            bytes,
+            Duration::from_millis(500),
+            floor,
+        )
+        .1
+    }
+
     #[test]
     fn nothing_seen_asks_for_the_floor() {
         let now = Instant::now();
@@ -216,73 +233,29 @@ mod tests {
 
     #[test]
     fn a_fast_plugin_grows_to_the_largest_pull_and_a_slow_one_keeps_its_floor() {
-        let start = Instant::now();
-        let mut fast = PullDepth::new(start);
-        let (_, size) = settle(
-            &mut fast,
-            start,
-            150_000,
-            128,
-            Duration::from_millis(500),
-            64,
-        );
+        let size = size_after_half_a_second(150_000, 128, 64);
         assert_eq!(size, MOST_PER_PULL);
 
-        let mut medium = PullDepth::new(start);
-        let (_, size) = settle(
-            &mut medium,
-            start,
-            40_000,
-            128,
-            Duration::from_millis(500),
-            64,
-        );
+        let size = size_after_half_a_second(40_000, 128, 64);
         // 5 ms of 40,000/s.
         assert!((190..=210).contains(&size), "{size}");
 
-        let mut slow = PullDepth::new(start);
-        let (_, size) = settle(&mut slow, start, 2_000, 128, Duration::from_millis(500), 64);
+        let size = size_after_half_a_second(2_000, 128, 64);
         assert_eq!(size, 64);
     }
 
     #[test]
     fn large_messages_bound_the_pull_by_bytes_but_never_below_the_floor() {
-        let start = Instant::now();
-        let mut depth = PullDepth::new(start);
-        let (_, size) = settle(
-            &mut depth,
-            start,
-            100_000,
-            64 << 10,
-            Duration::from_millis(500),
-            64,
-        );
+        let size = size_after_half_a_second(100_000, 64 << 10, 64);
         assert_eq!(size, BYTES_PER_PULL / (64 << 10));
 
-        let mut huge = PullDepth::new(start);
-        let (_, size) = settle(
-            &mut huge,
-            start,
-            100_000,
-            1 << 20,
-            Duration::from_millis(500),
-            64,
-        );
+        let size = size_after_half_a_second(100_000, 1 << 20, 64);
         assert_eq!(size, 64);
     }
 
     #[test]
     fn a_plugin_with_more_slots_than_the_largest_pull_asks_for_its_floor() {
-        let start = Instant::now();
-        let mut depth = PullDepth::new(start);
-        let (_, size) = settle(
-            &mut depth,
-            start,
-            500_000,
-            128,
-            Duration::from_millis(500),
-            2_000,
-        );
+        let size = size_after_half_a_second(500_000, 128, 2_000);
         assert_eq!(size, 2_000);
     }
 
