@@ -585,20 +585,40 @@ async fn deliveries_turned_away_by_the_breaker_cost_no_attempt() {
     let js = async_nats::jetstream::new(nats.client().await);
     create_stream(&js, "BRK", &["brk.*"]).await;
     create_stream(&js, "BRKOUT", &["brk.*.done"]).await;
-    // The first event fails once and opens the breaker; the events pulled
-    // with it are turned away while it is open.
-    js_publish(&js, "brk.e0", &[("x-fail-times", "1")], "x").await;
-    for i in 1..6 {
-        js_publish(&js, &format!("brk.e{i}"), &[], "x").await;
-    }
-    // The backlog must meet the open breaker: none of it may be handed back
-    // (and come back late) while the KV bucket opens.
+    // The first event fails once, slowly, and opens the breaker; the events
+    // pulled while it holds the one slot are turned away once it is open.
+    // They are published only once its attempt runs, so the order does not
+    // depend on which waiting task the runtime polls first.
+    js_publish(
+        &js,
+        "brk.e0",
+        &[("x-fail-times", "1"), ("x-fail-after-ms", "3000")],
+        "x",
+    )
+    .await;
     let dir = PluginDir::new();
-    let manifest = "subjects = [\"brk.*\"]\npublish = [\"brk.*.done\"]\nmode = \"jetstream\"\nmax_concurrency = 1\n\
+    let manifest = "subjects = [\"brk.*\"]\npublish = [\"brk.*.done\"]\nmode = \"jetstream\"\nmax_concurrency = 1\ntimeout = \"30s\"\n\
          [jetstream]\nstream = \"BRK\"\n\
          [retry]\nmax_attempts = 3\ninitial_delay = \"100ms\"\nmax_delay = \"200ms\"\n\
          [breaker]\nconsecutive_failures = 1\ncool_down = \"1s\"\nmax_cool_down = \"1s\"";
     let host = start_host_then_add(&nats.url(), &dir, ("flaky", "flaky", manifest)).await;
+    eventually(WAIT, "the first event's attempt running", || {
+        host.pool_usage().component_instances == 1
+    })
+    .await;
+    for i in 1..6 {
+        js_publish(&js, &format!("brk.e{i}"), &[], "x").await;
+    }
+    eventually_async!(
+        WAIT,
+        "another event delivered to the host while the first runs",
+        consumer_backlog(&js, "BRK", "sluice-flaky").await.1 >= 2
+    );
+    assert_eq!(
+        host.stats("flaky").unwrap().failed_attempts,
+        0,
+        "the first attempt must still be running when the others arrive"
+    );
     eventually(WAIT, "all six handled", || {
         host.stats("flaky").unwrap().succeeded == 6
     })

@@ -4,6 +4,8 @@
 //! publishes of failed attempts are discarded (the outbox).
 //!
 //! Header `x-retry-after-ms` adds a delay hint to the retryable error.
+//! Header `x-fail-after-ms` makes each failing attempt take that long (a
+//! slow dependency that times out): the event holds its slot meanwhile.
 //! Header `x-fail-until-ms` (Unix epoch milliseconds) simulates a dependency
 //! that is down until then: every attempt before that time fails (retryable).
 use sluice_sdk::{Event, HandlerError, HandlerResult};
@@ -41,6 +43,9 @@ fn handle(event: Event) -> HandlerResult {
         ));
     }
     if event.attempt <= fail_times {
+        if let Some(ms) = event.header("x-fail-after-ms").and_then(|v| v.parse().ok()) {
+            std::thread::sleep(Duration::from_millis(ms));
+        }
         let message = format!("simulated failure {} of {fail_times}", event.attempt);
         return Err(
             match event
