@@ -222,6 +222,78 @@ async fn traceparent_continues_into_plugin_logs_and_published_events() {
     assert!(host.terminate().success());
 }
 
+/// The default log lines (plain text, not a terminal) name the event being
+/// handled on each line logged while it is handled, the plugin's own
+/// included, with the fields a span would have; lines outside an event name
+/// none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_log_lines_name_the_event_they_were_logged_for() {
+    const TRACE: &str = "0af7651916cd43dd8448eb211c80319c";
+    let nats = NatsServer::start();
+    let dir = PluginDir::new();
+    dir.add(
+        "enrich",
+        "enrich",
+        "subjects = [\"orders.created\"]\npublish = [\"orders.enriched.>\"]",
+    )
+    .add(
+        "flaky",
+        "flaky",
+        "subjects = [\"plainjobs.*\"]\npublish = [\"plainjobs.*.done\"]\nmode = \"jetstream\"\n\
+         [jetstream]\nstream = \"PLAINJOBS\"\ncreate_stream = true\n\
+         [retry]\ninitial_delay = \"50ms\"",
+    );
+    let host = Running::spawn(run(&nats.url(), dir.path(), &["--log", "info"]));
+    let serving = host.wait_for("sluice is serving", Duration::from_secs(60));
+    assert!(!serving.contains("event:"), "{serving}");
+    let client = nats.client().await;
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        "traceparent",
+        format!("00-{TRACE}-00f067aa0ba902b7-01").as_str(),
+    );
+    client
+        .publish_with_headers(
+            "orders.created",
+            headers,
+            Bytes::from_static(br#"{"id":"p-1"}"#),
+        )
+        .await
+        .unwrap();
+    let line = host.wait_for("enriched orders.created", Duration::from_secs(20));
+    for part in [
+        " INFO event: sluice::plugin: ",
+        "otel.kind=\"consumer\" plugin=enrich version=",
+        " subject=orders.created key=",
+        &format!(" trace_id={TRACE}"),
+    ] {
+        assert!(line.contains(part), "`{part}` in: {line}");
+    }
+    assert!(
+        !line.contains("stream="),
+        "a core event has no position: {line}"
+    );
+
+    let mut failing = HeaderMap::new();
+    failing.insert("x-fail-times", "1");
+    let js = async_nats::jetstream::new(client.clone());
+    js.publish_with_headers("plainjobs.a", failing, Bytes::from_static(b"x"))
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let line = host.wait_for("attempt 1 failed", Duration::from_secs(20));
+    for part in [
+        " WARN event: sluice::trigger::jetstream: attempt 1 failed: simulated failure 1 of 1",
+        "error.class=\"retryable\" otel.kind=\"consumer\" plugin=flaky version=",
+        " subject=plainjobs.a key=",
+        " stream=PLAINJOBS seq=1 trace_id=",
+    ] {
+        assert!(line.contains(part), "`{part}` in: {line}");
+    }
+    assert!(host.terminate().success());
+}
+
 /// Run the host against `nats` with `args`/`env`: Ok once serving, Err(stderr) once it exited.
 fn connects(nats: &NatsServer, args: &[&str], env: &[(&str, &str)]) -> Result<(), String> {
     let dir = PluginDir::new();

@@ -698,30 +698,32 @@ impl Dispatcher {
     }
 }
 
-/// An event's trace id ([`trace_id`]), worked out only when first asked
-/// for: the log span asks only when its level is enabled, a dead letter only
-/// when one is written, so most events never generate one.
-pub struct LazyTraceId<'a> {
-    headers: Option<&'a HeaderMap>,
+/// An event's trace id ([`trace_id`]): the `traceparent`'s when the event
+/// has one, else generated only when first asked for (a line logged while
+/// the event is handled, a dead letter), so most events never make one.
+#[derive(Debug)]
+pub struct LazyTraceId {
     id: std::sync::OnceLock<String>,
 }
 
-impl<'a> LazyTraceId<'a> {
+impl LazyTraceId {
     /// The trace id of an event with `headers`.
-    pub fn of(headers: Option<&'a HeaderMap>) -> Self {
-        LazyTraceId {
-            headers,
-            id: std::sync::OnceLock::new(),
+    pub fn of(headers: Option<&HeaderMap>) -> Self {
+        let id = std::sync::OnceLock::new();
+        if let Some(given) = traceparent_id(headers) {
+            let _ = id.set(given);
         }
+        LazyTraceId { id }
     }
 
     /// The id (the same on every call).
     pub fn get(&self) -> &str {
-        self.id.get_or_init(|| trace_id(self.headers))
+        self.id
+            .get_or_init(|| crate::delivery::key::hex_id(rand::random::<u128>()))
     }
 }
 
-impl std::fmt::Display for LazyTraceId<'_> {
+impl std::fmt::Display for LazyTraceId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.get())
     }
@@ -729,16 +731,18 @@ impl std::fmt::Display for LazyTraceId<'_> {
 
 /// The W3C trace id of `traceparent`, else a fresh random one.
 pub fn trace_id(headers: Option<&HeaderMap>) -> String {
-    headers
-        .and_then(|h| h.get("traceparent"))
-        .and_then(|v| {
-            let parts: Vec<&str> = v.as_str().split('-').collect();
-            (parts.len() == 4
-                && parts[1].len() == 32
-                && parts[1].chars().all(|c| c.is_ascii_hexdigit()))
-            .then(|| parts[1].to_ascii_lowercase())
-        })
-        .unwrap_or_else(|| crate::delivery::key::hex_id(rand::random::<u128>()))
+    traceparent_id(headers).unwrap_or_else(|| crate::delivery::key::hex_id(rand::random::<u128>()))
+}
+
+/// The trace id of a well-formed `traceparent` header.
+fn traceparent_id(headers: Option<&HeaderMap>) -> Option<String> {
+    headers.and_then(|h| h.get("traceparent")).and_then(|v| {
+        let parts: Vec<&str> = v.as_str().split('-').collect();
+        (parts.len() == 4
+            && parts[1].len() == 32
+            && parts[1].chars().all(|c| c.is_ascii_hexdigit()))
+        .then(|| parts[1].to_ascii_lowercase())
+    })
 }
 
 /// The dead letter of `message` after its last failed attempt, for either

@@ -26,7 +26,6 @@ use thiserror::Error;
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::Instrument;
 
 use super::{Ledger, StopSignals, TriggerContext, deliver_dead_letter};
 use crate::delivery::breaker::Admission;
@@ -36,6 +35,7 @@ use crate::delivery::settle::{self, Claimed, Decision, Gate, History, Mode, Outc
 use crate::dispatch::{LazyTraceId, Route, bump, count_dropped, dead_letter_for};
 use crate::engine::invoke::{Failure, FailureClass};
 use crate::nats::convert;
+use crate::telemetry::event_scope::{self, EventFields};
 
 /// How long to wait for the server to confirm the subscriptions.
 const SYNC_WAIT: Duration = Duration::from_secs(5);
@@ -461,15 +461,19 @@ async fn handle(
             hash_headers: &route.hash_headers,
         },
     );
-    let trace = LazyTraceId::of(message.headers.as_ref());
-    let span = tracing::info_span!(
-        "event", otel.kind = "consumer", plugin = %route.tag.name, version = %route.tag.version,
-        subject = %message.subject, key = %key, trace_id = %trace
-    );
-    async {
+    let named = Arc::new(EventFields {
+        plugin: route.tag.name.clone(),
+        version: route.tag.version.clone(),
+        subject: message.subject.clone(),
+        key,
+        position: None,
+        trace: LazyTraceId::of(message.headers.as_ref()),
+    });
+    let (key, trace) = (&named.key, &named.trace);
+    event_scope::within(&named, async {
         // A per-message key has nothing to deduplicate against: no store
         // round trip. The lease covers every attempt: retries are in process.
-        let mut ledger = Ledger::new(ctx, route, &key, !per_message);
+        let mut ledger = Ledger::new(ctx, route, key, !per_message);
         let lease_for = route.retry.max_elapsed.unwrap_or(Duration::from_secs(300)) + route.limits.timeout * 2;
         let mut history = History::default();
         let mut claimed_once = false;
@@ -519,9 +523,9 @@ async fn handle(
                         settle::at_deadline(Mode::Core, before)
                     }
                     Some(slot) => {
-                        let event = convert::core_event(message, &key, attempt);
+                        let event = convert::core_event(message, key, attempt);
                         let outcome = tokio::select! {
-                            result = Box::pin(ctx.dispatcher.attempt(route, &key, &event, admission)) => match result {
+                            result = Box::pin(ctx.dispatcher.attempt(route, key, &event, admission)) => match result {
                                 Ok(()) => Outcome::Succeeded,
                                 Err(failure) => {
                                     let outcome = Outcome::Failed { class: failure.class, retry_after: failure.retry_after };
@@ -566,7 +570,7 @@ async fn handle(
                         _ = signals.deadline.cancelled() => {
                             // The grace is over with a retry pending.
                             let Decision::DeadLetter { class, history } = settle::at_deadline(Mode::Core, history) else { unreachable!() };
-                            Box::pin(dead_letter(ctx, route, message, &mut ledger, (&key, trace.get()), class, history, last_failure.take())).await;
+                            Box::pin(dead_letter(ctx, route, message, &mut ledger, (key, trace.get()), class, history, last_failure.take())).await;
                             return;
                         }
                     }
@@ -574,7 +578,7 @@ async fn handle(
                 Decision::DeadLetter { class, history } => {
                     // Boxed, as every path that is not an event's usual one:
                     // the event's future stays small (it is copied when made).
-                    Box::pin(dead_letter(ctx, route, message, &mut ledger, (&key, trace.get()), class, history, last_failure.take())).await;
+                    Box::pin(dead_letter(ctx, route, message, &mut ledger, (key, trace.get()), class, history, last_failure.take())).await;
                     return;
                 }
                 Decision::Shed => {
@@ -589,8 +593,7 @@ async fn handle(
                 }
             }
         }
-    }
-    .instrument(span)
+    })
     .await;
 }
 

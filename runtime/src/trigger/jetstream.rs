@@ -33,7 +33,6 @@ use async_nats::jetstream::consumer::PullConsumer;
 use async_nats::jetstream::{AckKind, Message};
 use futures::StreamExt;
 use tokio::sync::OwnedSemaphorePermit;
-use tracing::Instrument;
 
 use super::ack_bursts::AckBursts;
 use super::pull_depth::{HeldMessage, Holding, MOST_PER_PULL, PullDepth};
@@ -50,6 +49,7 @@ use crate::nats::convert;
 use crate::nats::jetstream::{
     BoundConsumer, ConsumerSpec, JetStreamSetupError, ResumeAfter, durable_consumer,
 };
+use crate::telemetry::event_scope::{self, EventFields};
 
 /// How long one pull request waits for messages: bounds how long stopping
 /// waits for the last batch to end.
@@ -815,19 +815,23 @@ async fn handle(
         },
     )
     .value;
-    let trace = LazyTraceId::of(message.headers.as_ref());
-    let span = tracing::info_span!(
-        "event", otel.kind = "consumer", plugin = %route.tag.name, version = %route.tag.version,
-        subject = %message.subject, key = %key, stream = %stream, seq = sequence, trace_id = %trace
-    );
-    async {
+    let named = Arc::new(EventFields {
+        plugin: route.tag.name.clone(),
+        version: route.tag.version.clone(),
+        subject: message.subject.clone(),
+        key,
+        position: Some((stream.clone(), sequence)),
+        trace: LazyTraceId::of(message.headers.as_ref()),
+    });
+    let (key, trace) = (&named.key, &named.trace);
+    event_scope::within(&named, async {
         // Without a dedup record, the server's count is all there is.
         let untracked = History {
             attempts: u32::try_from(delivered.saturating_sub(1)).unwrap_or(u32::MAX),
             first_failure: (delivered > 1).then_some(published),
         };
         let replay = crate::delivery::dead_letter::replay_count_for(&route.tag.name, message.headers.as_ref());
-        let mut ledger = Ledger::new(ctx, route, &key, true);
+        let mut ledger = Ledger::new(ctx, route, key, true);
         let admission = route.admit();
         // The first delivery of a message keyed by its own position cannot be
         // held by anyone else: its claim's round trip is skipped.
@@ -836,7 +840,7 @@ async fn handle(
             created_ms: stream_created_ms,
             sequence,
         };
-        let first_delivery = delivered == 1 && own_position.is_key(&key);
+        let first_delivery = delivered == 1 && own_position.is_key(key);
         let claimed = match admission {
             Admission::Rejected { .. } => None,
             _ if first_delivery && ledger.may_skip_claim() => Some(ledger.assume_unclaimed(replay)),
@@ -873,7 +877,7 @@ async fn handle(
                     },
                 };
                 let outcome = {
-                    let mut attempt_run = Box::pin(ctx.dispatcher.attempt(route, &key, &event, admission));
+                    let mut attempt_run = Box::pin(ctx.dispatcher.attempt(route, key, &event, admission));
                     let renew_every = lease_for / 3;
                     // No timer for an event without a lease (dedup off, or
                     // a first delivery whose claim was skipped).
@@ -982,7 +986,7 @@ async fn handle(
                     route,
                     &message.message,
                     Some((&stream, sequence)),
-                    &key,
+                    key,
                     history.attempts,
                     &failure,
                     (history.first_failure.unwrap_or(now), now),
@@ -1003,8 +1007,7 @@ async fn handle(
             }
             Decision::Shed | Decision::Run { .. } => unreachable!("JetStream never sheds; Run was handled"),
         }
-    }
-    .instrument(span)
+    })
     .await;
 }
 
