@@ -49,7 +49,8 @@ struct Args {
     #[arg(long, default_value = "")]
     config_extra: String,
     /// Every host's `log` filter; `info` is what a host runs with by default
-    /// (it creates each event's span, which is part of the measured path).
+    /// (every line logged while an event is handled names the event; the
+    /// measured path is the host's default one).
     #[arg(long, default_value = "info")]
     host_log: String,
     /// Output folder (results.json, results.md, host.log).

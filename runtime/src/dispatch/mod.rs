@@ -736,13 +736,15 @@ pub fn trace_id(headers: Option<&HeaderMap>) -> String {
 
 /// The trace id of a well-formed `traceparent` header.
 fn traceparent_id(headers: Option<&HeaderMap>) -> Option<String> {
-    headers.and_then(|h| h.get("traceparent")).and_then(|v| {
-        let parts: Vec<&str> = v.as_str().split('-').collect();
-        (parts.len() == 4
-            && parts[1].len() == 32
-            && parts[1].chars().all(|c| c.is_ascii_hexdigit()))
-        .then(|| parts[1].to_ascii_lowercase())
-    })
+    let value = headers?.get("traceparent")?.as_str();
+    let mut parts = value.split('-');
+    let (_version, id) = (parts.next()?, parts.next()?);
+    let well_formed = matches!(
+        (parts.next(), parts.next(), parts.next()),
+        (Some(_), Some(_), None)
+    ) && id.len() == 32
+        && id.chars().all(|c| c.is_ascii_hexdigit());
+    well_formed.then(|| id.to_ascii_lowercase())
 }
 
 /// The dead letter of `message` after its last failed attempt, for either
@@ -800,6 +802,21 @@ mod tests {
         let generated = trace_id(None);
         assert_eq!(generated.len(), 32);
         assert_ne!(generated, trace_id(None));
+        // Not four dash-separated parts, or not 32 hex digits: not used.
+        for malformed in [
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-02",
+            "00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e473z-00f067aa0ba902b7-01",
+        ] {
+            let mut h = HeaderMap::new();
+            h.insert("traceparent", malformed);
+            let id = trace_id(Some(&h));
+            assert!(
+                id.len() == 32 && !id.starts_with("4bf92f35"),
+                "{malformed}: {id}"
+            );
+        }
     }
 
     #[test]
