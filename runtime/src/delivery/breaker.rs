@@ -333,6 +333,17 @@ impl CircuitBreaker {
         })
     }
 
+    /// Whether [`Self::admit`] would allow any event now without a
+    /// transition, whatever the time: closed, forced closed or disabled
+    /// (so the caller need not read the clock).
+    pub fn admits_all(&self) -> bool {
+        match self.forced {
+            Forced::Closed => true,
+            Forced::Open => false,
+            Forced::Auto => !self.policy.enabled || self.state == State::Closed,
+        }
+    }
+
     /// May an event run now? Moves open -> half-open when the cool-down ended.
     pub fn admit(&mut self, now: Instant) -> (Admission, Option<Transition>) {
         match self.forced {
@@ -484,6 +495,44 @@ mod tests {
             max_cool_down: Duration::from_secs(4),
             probes: 1,
         }
+    }
+
+    /// `admits_all` (the clock-free fast path) says yes only where `admit`
+    /// would allow without a transition, in every state and override.
+    #[test]
+    fn admits_all_only_where_admit_allows_without_a_transition() {
+        let t0 = Instant::now();
+        // What `admits_all` said, checked against what `admit` then did.
+        let check = |b: &mut CircuitBreaker, at: Instant| {
+            let all = b.admits_all();
+            let answer = b.admit(at);
+            if all {
+                assert_eq!(answer, (Admission::Allowed, None), "{:?}", b.state());
+            }
+            all
+        };
+        let mut b = CircuitBreaker::new(policy(), t0);
+        assert!(check(&mut b, t0), "closed");
+        for _ in 0..3 {
+            b.record(Outcome::Failure, Admission::Allowed, t0);
+        }
+        assert!(!check(&mut b, t0), "open");
+        let later = t0 + Duration::from_secs(1);
+        assert!(!check(&mut b, later), "open past its cool-down (a probe)");
+        assert_eq!(b.state(), State::HalfOpen);
+        assert!(!check(&mut b, later), "half-open");
+        b.force(Forced::Closed, later);
+        assert!(check(&mut b, later), "forced closed");
+        b.force(Forced::Open, later);
+        assert!(!check(&mut b, later), "forced open");
+        let mut off = CircuitBreaker::new(
+            BreakerPolicy {
+                enabled: false,
+                ..policy()
+            },
+            t0,
+        );
+        assert!(check(&mut off, t0), "disabled");
     }
 
     #[test]

@@ -183,10 +183,37 @@ pub struct Gate {
     pub stopping: Stopping,
     /// Core NATS with the breaker open: dead-letter or shed.
     pub when_open: WhenOpen,
-    /// Now.
-    pub now: SystemTime,
+    /// What time it is, when a decision needs it.
+    pub clock: GateClock,
+}
+
+/// The time a [`Gate`] decides at: read only by the decisions that wait
+/// (breaker open, a record busy elsewhere), so the usual event reads no
+/// clock here; fixed in tests.
+#[derive(Debug, Clone, Copy)]
+pub enum GateClock {
+    /// The clocks, read when asked.
+    Live,
+    /// A fixed moment: wall clock and the breaker's monotonic clock.
+    At(SystemTime, std::time::Instant),
+}
+
+impl GateClock {
+    /// Now, on the wall clock.
+    pub fn now(&self) -> SystemTime {
+        match self {
+            GateClock::Live => SystemTime::now(),
+            GateClock::At(now, _) => *now,
+        }
+    }
+
     /// Now, on the monotonic clock the breaker uses.
-    pub instant: std::time::Instant,
+    pub fn instant(&self) -> std::time::Instant {
+        match self {
+            GateClock::Live => std::time::Instant::now(),
+            GateClock::At(_, instant) => *instant,
+        }
+    }
 }
 
 /// Decide whether to run an attempt, or settle the event without one.
@@ -225,13 +252,13 @@ pub fn before_attempt(gate: &Gate) -> Decision {
                 },
             };
         }
-        let wait = until.saturating_duration_since(gate.instant);
+        let wait = until.saturating_duration_since(gate.clock.instant());
         return redeliver(wait, NotAttempted::BreakerOpen);
     }
     match gate.claimed {
         Some(Claimed::Busy { .. }) if core => Decision::Skip,
         Some(Claimed::Busy { until }) => {
-            let wait = until.duration_since(gate.now).unwrap_or_default();
+            let wait = until.duration_since(gate.clock.now()).unwrap_or_default();
             redeliver(wait, NotAttempted::Busy)
         }
         // Core NATS cannot redeliver: run without the record rather than lose it.
@@ -342,8 +369,10 @@ mod tests {
             claimed,
             stopping: Stopping::No,
             when_open: WhenOpen::DeadLetter,
-            now: SystemTime::UNIX_EPOCH + Duration::from_secs(1_000),
-            instant: Instant::now(),
+            clock: GateClock::At(
+                SystemTime::UNIX_EPOCH + Duration::from_secs(1_000),
+                Instant::now(),
+            ),
         }
     }
 
@@ -435,7 +464,7 @@ mod tests {
         ));
         let mut open = gate(Mode::JetStream, None);
         open.admission = Admission::Rejected {
-            until: open.instant + Duration::from_secs(2),
+            until: open.clock.instant() + Duration::from_secs(2),
         };
         assert_eq!(
             before_attempt(&open),
@@ -470,7 +499,7 @@ mod tests {
         ));
         let h = History {
             attempts: 1,
-            first_failure: Some(g.now),
+            first_failure: Some(g.clock.now()),
         };
         assert_eq!(
             at_deadline(Mode::Core, h),
@@ -485,7 +514,7 @@ mod tests {
     fn core_with_the_breaker_open_dead_letters_or_sheds_and_runs_without_a_store() {
         let mut g = gate(Mode::Core, None);
         g.admission = Admission::Rejected {
-            until: g.instant + Duration::from_secs(1),
+            until: g.clock.instant() + Duration::from_secs(1),
         };
         assert!(matches!(
             before_attempt(&g),
@@ -708,8 +737,7 @@ mod tests {
                     claimed,
                     stopping: if matches!(s, Step::Stopping) { Stopping::Draining } else { Stopping::No },
                     when_open: WhenOpen::DeadLetter,
-                    now,
-                    instant: Instant::now(),
+                    clock: GateClock::At(now, Instant::now()),
                 };
                 let decision = match before_attempt(&g) {
                     Decision::Run { attempt, history } => {
@@ -794,7 +822,7 @@ mod tests {
                     _ => Claimed::Ours(history),
                 }));
                 if matches!(s, Step::BreakerOpen) {
-                    g.admission = Admission::Rejected { until: g.instant };
+                    g.admission = Admission::Rejected { until: g.clock.instant() };
                     g.claimed = None;
                 }
                 if matches!(s, Step::Stopping) { g.stopping = Stopping::Deadline; }

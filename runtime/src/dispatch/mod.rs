@@ -263,11 +263,12 @@ impl Route {
 
     /// Ask the breaker whether an event may run now (logging any transition).
     pub fn admit(&self) -> Admission {
-        let (admission, transition) = self
-            .breaker
-            .lock()
-            .expect("breaker lock")
-            .admit(Instant::now());
+        let mut breaker = self.breaker.lock().expect("breaker lock");
+        if breaker.admits_all() {
+            return Admission::Allowed;
+        }
+        let (admission, transition) = breaker.admit(Instant::now());
+        drop(breaker);
         self.log_transition(transition);
         admission
     }

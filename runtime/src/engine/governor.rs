@@ -163,9 +163,14 @@ impl CpuGovernor {
     /// foreground if the plugin is interactive, else in the background (then
     /// [`CpuTicket::admit`] waits for a lane before it may start).
     pub fn enter(self: &Arc<Self>, plugin: &str, deadline: Instant) -> CpuTicket {
+        self.enter_at(plugin, Instant::now(), deadline)
+    }
+
+    /// [`Self::enter`] for an invocation that started at `now` (a clock
+    /// read the caller already made).
+    pub fn enter_at(self: &Arc<Self>, plugin: &str, now: Instant, deadline: Instant) -> CpuTicket {
         let profile = self.profile(plugin);
         let foreground = profile.interactive();
-        let now = Instant::now();
         if foreground {
             self.foreground.fetch_add(1, Ordering::Relaxed);
             self.touch(now);

@@ -364,7 +364,9 @@ pub async fn invoke_reusing(
     // to handle a missing answer (fail as retryable, fall back) instead of
     // being interrupted.
     let request_deadline = deadline - (limits.timeout / 10).min(REQUEST_RESERVE);
-    let ticket = engine.governor().enter(&request.tag.name, deadline);
+    let ticket = engine
+        .governor()
+        .enter_at(&request.tag.name, started, deadline);
     if !ticket.admit().await {
         let failure = Failure::new(
             FailureClass::DeadlineExceeded,

@@ -31,7 +31,7 @@ use super::{Ledger, StopSignals, TriggerContext, deliver_dead_letter};
 use crate::delivery::breaker::Admission;
 use crate::delivery::dead_letter::replay_count_for;
 use crate::delivery::key::{Key, KeyInput, derive_key_for};
-use crate::delivery::settle::{self, Claimed, Decision, Gate, History, Mode, Outcome};
+use crate::delivery::settle::{self, Claimed, Decision, Gate, GateClock, History, Mode, Outcome};
 use crate::dispatch::{LazyTraceId, Route, bump, count_dropped, dead_letter_for};
 use crate::engine::invoke::{Failure, FailureClass};
 use crate::nats::convert;
@@ -500,8 +500,7 @@ async fn handle(
                 claimed,
                 stopping: signals.stopping(),
                 when_open: route.when_open,
-                now: SystemTime::now(),
-                instant: Instant::now(),
+                clock: GateClock::Live,
             };
             let mut decision = settle::before_attempt(&gate);
             if !matches!(decision, Decision::Run { .. }) && admission == Admission::Probe {

@@ -41,7 +41,7 @@ use crate::contract;
 use crate::delivery::breaker::Admission;
 use crate::delivery::dedup::epoch_ms;
 use crate::delivery::key::{KeyInput, StreamPosition, derive_key_for};
-use crate::delivery::settle::{self, Decision, Gate, History, Mode, Outcome};
+use crate::delivery::settle::{self, Decision, Gate, GateClock, History, Mode, Outcome};
 use crate::dispatch::{LazyTraceId, Route, bump, dead_letter_for};
 use crate::engine::invoke::Failure;
 use crate::manifest::Manifest;
@@ -853,8 +853,7 @@ async fn handle(
             claimed,
             stopping: signals.stopping(),
             when_open: route.when_open,
-            now: SystemTime::now(),
-            instant: Instant::now(),
+            clock: GateClock::Live,
         });
         if !matches!(decision, Decision::Run { .. }) && admission == Admission::Probe {
             route.cancel_probe();
