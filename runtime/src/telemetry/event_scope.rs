@@ -23,6 +23,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 
+use futures::future::Either;
 use tracing::Instrument;
 
 use crate::dispatch::LazyTraceId;
@@ -70,12 +71,16 @@ pub fn current() -> Option<Arc<EventFields>> {
 }
 
 /// Run `work` as the handling of the event named by `fields`: every line
-/// it logs names the event.
-pub async fn within<F: Future>(fields: &Arc<EventFields>, work: F) -> F::Output {
+/// it logs names the event. (Not an `async fn`: `work` is large, and is
+/// moved once, into the returned future, instead of twice.)
+pub fn within<F: Future>(
+    fields: &Arc<EventFields>,
+    work: F,
+) -> impl Future<Output = F::Output> + use<F> {
     if REAL_SPANS.load(Ordering::Relaxed) {
-        work.instrument(fields.span()).await
+        Either::Left(work.instrument(fields.span()))
     } else {
-        in_event(fields.clone(), work).await
+        Either::Right(in_event(fields.clone(), work))
     }
 }
 
