@@ -255,6 +255,21 @@ mod tests {
         }));
         assert_eq!(seen.as_deref(), Some("ORDERS@1:7"));
         assert!(event_scope::current().is_none());
+        // An event polled inside another's poll is current only meanwhile.
+        let (inner, outer) = runtime.block_on(in_event(fields(None), async {
+            let inner = in_event(
+                Arc::new(EventFields {
+                    key: "inner".into(),
+                    ..Arc::into_inner(fields(None)).unwrap()
+                }),
+                async { event_scope::current().map(|f| f.key.clone()) },
+            )
+            .await;
+            (inner, event_scope::current().map(|f| f.key.clone()))
+        }));
+        assert_eq!(inner.as_deref(), Some("inner"));
+        assert_eq!(outer.as_deref(), Some("ORDERS@1:7"));
+        assert!(event_scope::current().is_none());
         // A panic inside the poll does not leave it set.
         let panicked = std::panic::catch_unwind(|| {
             runtime.block_on(in_event(fields(None), async { panic!("boom") }))
