@@ -148,6 +148,7 @@ impl Floor {
             InvocationRequest {
                 event: &self.event,
                 tag: self.tag.clone(),
+                cpu: None,
                 grants: self.grants.clone(),
                 config: Arc::default(),
                 state: None,
@@ -174,6 +175,7 @@ impl Floor {
             InvocationRequest {
                 event: &self.event,
                 tag: self.tag.clone(),
+                cpu: None,
                 grants: self.grants.clone(),
                 config: Arc::default(),
                 state: None,

@@ -897,6 +897,7 @@ impl Supervisor {
                 version: plugin.compiled.info.version.as_str().into(),
             },
             compiled: plugin.compiled.clone(),
+            cpu: self.engine.governor().profile_of(&plugin.name),
             grants: Arc::new(sandbox.grants),
             config,
             state,

@@ -53,6 +53,7 @@ async fn run(
                 name: name.into(),
                 version: "v".into(),
             },
+            cpu: None,
             grants: Arc::new(PublishGrants::new(vec![])),
             config: Arc::default(),
             state: None,

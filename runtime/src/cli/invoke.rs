@@ -148,6 +148,7 @@ pub async fn invoke(args: InvokeArgs) -> anyhow::Result<ExitCode> {
         InvocationRequest {
             event: &event,
             tag: tag.clone(),
+            cpu: None,
             grants: Arc::new(grants),
             config: Arc::new(host::PluginConfig::of_manifest(
                 manifest.as_ref().map(|m| &m.config),

@@ -27,6 +27,7 @@ use crate::delivery::breaker::{
 use crate::delivery::dead_letter::{self, DeadLetter, DlqError};
 use crate::engine::WasmEngine;
 use crate::engine::component::CompiledPlugin;
+use crate::engine::governor::CpuProfile;
 use crate::engine::invoke::{
     self, ClassCounters, ClassCounts, Failure, FailureClass, InvocationRequest, InvokeLimits,
 };
@@ -178,6 +179,8 @@ pub struct Route {
     pub tag: PluginTag,
     /// The compiled component.
     pub compiled: Arc<CompiledPlugin>,
+    /// The plugin's CPU profile in the engine's governor.
+    pub cpu: CpuProfile,
     /// Publish grants.
     pub grants: Arc<PublishGrants>,
     /// Configuration and secrets (`config.get`).
@@ -425,6 +428,7 @@ impl Dispatcher {
             InvocationRequest {
                 event,
                 tag: route.tag.clone(),
+                cpu: Some(route.cpu.clone()),
                 grants: route.grants.clone(),
                 config: route.config.clone(),
                 state: route.state.clone(),

@@ -112,6 +112,11 @@ impl Profile {
     }
 }
 
+/// One plugin's [`Profile`], looked up once (when its route is built) so
+/// each invocation does not look it up by name under the governor's lock.
+#[derive(Debug, Clone)]
+pub struct CpuProfile(Arc<Profile>);
+
 impl CpuGovernor {
     /// A governor for an engine ticking every `tick`, with `lanes` background
     /// lanes (one per core), which together get `busy_share` of one core
@@ -159,6 +164,12 @@ impl CpuGovernor {
         p
     }
 
+    /// `plugin`'s profile, for [`Self::enter_with`]. Profiles are never
+    /// removed, so a handle stays the one the governor uses for that name.
+    pub fn profile_of(&self, plugin: &str) -> CpuProfile {
+        CpuProfile(self.profile(plugin))
+    }
+
     /// Register a new invocation of `plugin` ending at `deadline`: in the
     /// foreground if the plugin is interactive, else in the background (then
     /// [`CpuTicket::admit`] waits for a lane before it may start).
@@ -169,7 +180,17 @@ impl CpuGovernor {
     /// [`Self::enter`] for an invocation that started at `now` (a clock
     /// read the caller already made).
     pub fn enter_at(self: &Arc<Self>, plugin: &str, now: Instant, deadline: Instant) -> CpuTicket {
-        let profile = self.profile(plugin);
+        self.enter_with(&self.profile_of(plugin), now, deadline)
+    }
+
+    /// [`Self::enter_at`] with the plugin's profile already at hand.
+    pub fn enter_with(
+        self: &Arc<Self>,
+        profile: &CpuProfile,
+        now: Instant,
+        deadline: Instant,
+    ) -> CpuTicket {
+        let profile = profile.0.clone();
         let foreground = profile.interactive();
         if foreground {
             self.foreground.fetch_add(1, Ordering::Relaxed);
@@ -182,6 +203,7 @@ impl CpuGovernor {
             deadline,
             foreground,
             went_long: false,
+            ended: None,
             lane: Arc::default(),
             throttled: Arc::default(),
         }
@@ -250,6 +272,9 @@ pub struct CpuTicket {
     deadline: Instant,
     foreground: bool,
     went_long: bool,
+    /// When the invocation ended, if the caller read the clock already
+    /// ([`CpuTicket::end_at`]); else the drop reads it.
+    ended: Option<Instant>,
     lane: Arc<Mutex<Lane>>,
     /// Nanoseconds this invocation waited on the governor.
     throttled: Arc<AtomicU64>,
@@ -296,6 +321,12 @@ impl CpuTicket {
         .await;
         add_nanos(&self.throttled, started.elapsed());
         admitted
+    }
+
+    /// The invocation ended at `now` (a clock read the caller made): the
+    /// ticket's end (when it is dropped) uses it instead of reading again.
+    pub fn end_at(&mut self, now: Instant) {
+        self.ended = Some(now);
     }
 
     /// How long this invocation has waited on the governor so far (for a
@@ -445,7 +476,7 @@ impl LaneHandle {
 
 impl Drop for CpuTicket {
     fn drop(&mut self) {
-        let now = Instant::now();
+        let now = self.ended.unwrap_or_else(Instant::now);
         self.leave_foreground(now);
         if !self.went_long {
             // A long attempt was recorded when it went long; this one ended

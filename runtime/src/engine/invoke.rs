@@ -18,7 +18,7 @@ use wasmtime::{Store, Trap, UpdateDeadline};
 use crate::contract::{self, HandlerError};
 use crate::engine::WasmEngine;
 use crate::engine::component::CompiledPlugin;
-use crate::engine::governor::CpuTicket;
+use crate::engine::governor::{CpuProfile, CpuTicket};
 use crate::host::http::{HttpBudget, HttpLimits, HttpPolicy};
 use crate::host::requester::{RequestBudget, Requester};
 use crate::host::state::{StateSpace, StateWrite};
@@ -289,6 +289,9 @@ pub struct InvocationRequest<'a> {
     pub event: &'a contract::Event,
     /// Plugin name and version, for tagging.
     pub tag: PluginTag,
+    /// The plugin's CPU profile, if the caller keeps it (else looked up by
+    /// name).
+    pub cpu: Option<CpuProfile>,
     /// Publish grants.
     pub grants: Arc<PublishGrants>,
     /// Configuration and secrets the plugin reads (`config.get`).
@@ -364,9 +367,11 @@ pub async fn invoke_reusing(
     // to handle a missing answer (fail as retryable, fall back) instead of
     // being interrupted.
     let request_deadline = deadline - (limits.timeout / 10).min(REQUEST_RESERVE);
-    let ticket = engine
-        .governor()
-        .enter_at(&request.tag.name, started, deadline);
+    let governor = engine.governor();
+    let ticket = match &request.cpu {
+        Some(profile) => governor.enter_with(profile, started, deadline),
+        None => governor.enter_at(&request.tag.name, started, deadline),
+    };
     if !ticket.admit().await {
         let failure = Failure::new(
             FailureClass::DeadlineExceeded,
@@ -493,7 +498,13 @@ pub async fn invoke_reusing(
         ticket.lock().expect("cpu ticket lock").mark_heavy();
     }
     disarm(&mut store);
-    let throttled = ticket.lock().expect("cpu ticket lock").throttled();
+    // One clock read ends both the ticket and the report's elapsed time.
+    let ended = Instant::now();
+    let throttled = {
+        let mut ticket = ticket.lock().expect("cpu ticket lock");
+        ticket.end_at(ended);
+        ticket.throttled()
+    };
     drop(ticket);
 
     let (result, consumer) = match result {
@@ -546,7 +557,7 @@ pub async fn invoke_reusing(
         refused_http,
         log_dropped: state.log_gate.dropped(),
         instantiate_time,
-        elapsed: started.elapsed(),
+        elapsed: ended.saturating_duration_since(started),
         throttled,
     };
     let warm = match consumer {

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant, SystemTime};
 use arc_swap::ArcSwap;
 use futures::{FutureExt, StreamExt};
 use thiserror::Error;
-use tokio::sync::{OwnedSemaphorePermit, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, TryAcquireError, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -410,9 +410,15 @@ async fn drain(
 ) {
     while let Some(message) = rx.recv().await {
         let route = slot.load_full();
-        let permit = tokio::select! {
-            permit = route.concurrency.clone().acquire_owned() => permit.ok(),
-            _ = signals.deadline.cancelled() => None,
+        // A free slot is taken without waiting: no waiter registered on the
+        // deadline (a lock, then another to remove it) for every event.
+        let permit = match route.concurrency.clone().try_acquire_owned() {
+            Ok(permit) => Some(permit),
+            Err(TryAcquireError::Closed) => None,
+            Err(TryAcquireError::NoPermits) => tokio::select! {
+                permit = route.concurrency.clone().acquire_owned() => permit.ok(),
+                _ = signals.deadline.cancelled() => None,
+            },
         };
         run_event(&ctx, route, message, permit, &signals);
     }
@@ -489,6 +495,7 @@ async fn handle(
                     // last moment: the event is then settled as lost, counted.
                     let replay = replay_count_for(&route.tag.name, message.headers.as_ref());
                     Some(tokio::select! {
+                        biased;
                         claimed = ledger.claim(lease_for, replay, history) => claimed,
                         _ = ctx.hard_stop.cancelled() => Claimed::StoreUnavailable,
                     })
@@ -524,6 +531,9 @@ async fn handle(
                     Some(slot) => {
                         let event = convert::core_event(message, key, attempt);
                         let outcome = tokio::select! {
+                            // Biased: an attempt that ends in its first poll
+                            // never registers a waiter on the deadline.
+                            biased;
                             result = Box::pin(ctx.dispatcher.attempt(route, key, &event, admission)) => match result {
                                 Ok(()) => Outcome::Succeeded,
                                 Err(failure) => {
