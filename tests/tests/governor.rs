@@ -54,6 +54,7 @@ async fn run(
                 version: "v".into(),
             },
             cpu: None,
+            started: None,
             grants: Arc::new(PublishGrants::new(vec![])),
             config: Arc::default(),
             state: None,

@@ -149,6 +149,7 @@ pub async fn invoke(args: InvokeArgs) -> anyhow::Result<ExitCode> {
             event: &event,
             tag: tag.clone(),
             cpu: None,
+            started: None,
             grants: Arc::new(grants),
             config: Arc::new(host::PluginConfig::of_manifest(
                 manifest.as_ref().map(|m| &m.config),

@@ -187,9 +187,9 @@ pub struct Gate {
     pub clock: GateClock,
 }
 
-/// The time a [`Gate`] decides at: read only by the decisions that wait
-/// (breaker open, a record busy elsewhere), so the usual event reads no
-/// clock here; fixed in tests.
+/// The time a [`Gate`] or [`after_attempt`] decides at: read only by the
+/// decisions that wait (breaker open, a record busy elsewhere, a failed
+/// attempt's backoff), so the usual event reads no clock here; fixed in tests.
 #[derive(Debug, Clone, Copy)]
 pub enum GateClock {
     /// The clocks, read when asked.
@@ -299,7 +299,7 @@ pub fn after_attempt(
     before: History,
     outcome: Outcome,
     policy: &RetryPolicy,
-    now: SystemTime,
+    clock: GateClock,
     rng: &mut impl Rng,
 ) -> Decision {
     let (class, retry_after) = match outcome {
@@ -307,6 +307,8 @@ pub fn after_attempt(
         Outcome::Abandoned => return at_deadline(mode, before),
         Outcome::Failed { class, retry_after } => (class, retry_after),
     };
+    // Read only for a failure: a success reads no clock here.
+    let now = clock.now();
     let history = History {
         attempts: before.attempts.saturating_add(1),
         first_failure: Some(before.first_failure.unwrap_or(now)),
@@ -350,6 +352,11 @@ mod tests {
     use rand::SeedableRng;
     use rand::rngs::StdRng;
     use std::time::Instant;
+
+    /// A fixed moment for decisions that read the clock.
+    fn at(now: SystemTime) -> GateClock {
+        GateClock::At(now, Instant::now())
+    }
 
     fn policy() -> RetryPolicy {
         RetryPolicy {
@@ -548,7 +555,7 @@ mod tests {
                 history,
                 failed(FailureClass::Retryable),
                 &p,
-                t0,
+                at(t0),
                 &mut rng,
             ) {
                 Decision::Retry { history: h, .. } => {
@@ -565,7 +572,7 @@ mod tests {
                 history,
                 failed(FailureClass::Trap),
                 &p,
-                t0,
+                at(t0),
                 &mut rng
             ),
             Decision::DeadLetter {
@@ -589,7 +596,7 @@ mod tests {
                 History::default(),
                 failed(FailureClass::Permanent),
                 &p,
-                t0,
+                at(t0),
                 &mut rng
             ),
             Decision::DeadLetter {
@@ -608,7 +615,7 @@ mod tests {
                 old,
                 failed(FailureClass::Retryable),
                 &p,
-                late,
+                at(late),
                 &mut rng
             ),
             Decision::DeadLetter { .. }
@@ -625,11 +632,25 @@ mod tests {
             first_failure: Some(now),
         };
         assert_eq!(
-            after_attempt(Mode::JetStream, h, Outcome::Succeeded, &p, now, &mut rng),
+            after_attempt(
+                Mode::JetStream,
+                h,
+                Outcome::Succeeded,
+                &p,
+                at(now),
+                &mut rng
+            ),
             Decision::Ack
         );
         assert_eq!(
-            after_attempt(Mode::JetStream, h, Outcome::Abandoned, &p, now, &mut rng),
+            after_attempt(
+                Mode::JetStream,
+                h,
+                Outcome::Abandoned,
+                &p,
+                at(now),
+                &mut rng
+            ),
             Decision::Redeliver {
                 after: Duration::ZERO,
                 why: NotAttempted::Abandoned
@@ -767,7 +788,7 @@ mod tests {
                         }
                         saw_permanent |= matches!(outcome, Outcome::Failed { class: FailureClass::Permanent, .. });
                         succeeded |= matches!(outcome, Outcome::Succeeded);
-                        after_attempt(Mode::JetStream, history, outcome, &p, now, &mut rng)
+                        after_attempt(Mode::JetStream, history, outcome, &p, at(now), &mut rng)
                     }
                     other => other,
                 };
@@ -827,7 +848,7 @@ mod tests {
                 }
                 if matches!(s, Step::Stopping) { g.stopping = Stopping::Deadline; }
                 let d = match before_attempt(&g) {
-                    Decision::Run { history: h, .. } => after_attempt(Mode::Core, h, failed(FailureClass::Retryable), &p, now, &mut rng),
+                    Decision::Run { history: h, .. } => after_attempt(Mode::Core, h, failed(FailureClass::Retryable), &p, at(now), &mut rng),
                     other => other,
                 };
                 prop_assert!(!matches!(d, Decision::Redeliver { .. }), "{:?}", d);

@@ -429,6 +429,7 @@ impl Dispatcher {
                 event,
                 tag: route.tag.clone(),
                 cpu: Some(route.cpu.clone()),
+                started: Some(started),
                 grants: route.grants.clone(),
                 config: route.config.clone(),
                 state: route.state.clone(),

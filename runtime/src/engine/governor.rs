@@ -524,6 +524,33 @@ mod tests {
         assert!(governor.is_interactive("light"));
     }
 
+    #[tokio::test]
+    async fn the_end_the_caller_read_decides_whether_an_attempt_ran_long() {
+        let tick = Duration::from_millis(10);
+        let governor = CpuGovernor::new(tick, 1, 0.2);
+        let profile = governor.profile_of("p");
+        let started = Instant::now();
+        // Dropped at once, but ended (by the caller's clock) many ticks in:
+        // long attempts, so the plugin leaves the foreground.
+        for _ in 0..8 {
+            let mut ticket = governor.enter_with(&profile, started, soon());
+            ticket.end_at(started + tick * 20);
+        }
+        assert!(
+            !governor.is_interactive("p"),
+            "the recorded end, not the drop, is when the attempt ended"
+        );
+        // Ended within the first tick, even if dropped later: short again.
+        for _ in 0..8 {
+            let started = Instant::now();
+            let mut ticket = governor.enter_with(&profile, started, soon());
+            ticket.end_at(started);
+            std::thread::sleep(tick + Duration::from_millis(2));
+            drop(ticket);
+        }
+        assert!(governor.is_interactive("p"));
+    }
+
     /// Teach the governor that `plugin`'s attempts run long.
     fn make_slow(governor: &CpuGovernor, plugin: &str) {
         for _ in 0..8 {

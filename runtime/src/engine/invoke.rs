@@ -292,6 +292,9 @@ pub struct InvocationRequest<'a> {
     /// The plugin's CPU profile, if the caller keeps it (else looked up by
     /// name).
     pub cpu: Option<CpuProfile>,
+    /// When the attempt began, if the caller read the clock already (else
+    /// read here): the time limit counts from it.
+    pub started: Option<Instant>,
     /// Publish grants.
     pub grants: Arc<PublishGrants>,
     /// Configuration and secrets the plugin reads (`config.get`).
@@ -349,7 +352,7 @@ pub async fn invoke_reusing(
     warm: Option<WarmInstance>,
     keep_warm: bool,
 ) -> (InvocationReport, Option<WarmInstance>) {
-    let started = Instant::now();
+    let started = request.started.unwrap_or_else(Instant::now);
     let limits = request.limits;
     if request.event.payload.len() > limits.max_payload_bytes {
         let failure = Failure::new(

@@ -82,7 +82,8 @@ pub async fn start(
     stop: CancellationToken,
     subscriptions: &TaskTracker,
 ) -> Result<CoreTrigger, SubscribeError> {
-    let signals = StopSignals::new(&ctx, stop);
+    // Shared: every event holds it, and cloning its tokens takes their locks.
+    let signals = Arc::new(StopSignals::new(&ctx, stop));
     let (tx, rx) = mpsc::channel::<async_nats::Message>(setup.buffer.max(1));
     let mut trigger = CoreTrigger {
         ctx: ctx.clone(),
@@ -116,7 +117,7 @@ pub struct CoreTrigger {
     queue_group: Option<String>,
     buffer: usize,
     slot: Arc<ArcSwap<Route>>,
-    signals: StopSignals,
+    signals: Arc<StopSignals>,
     /// The buffer's sender, held weakly: the drain task ends once every
     /// reader has ended.
     tx: mpsc::WeakSender<async_nats::Message>,
@@ -247,7 +248,7 @@ struct Reader {
     /// cancelled by the reader itself when the client ended its stream.
     own: StopSignals,
     /// The trigger's: what the events it starts see.
-    events: StopSignals,
+    events: Arc<StopSignals>,
     buffer: usize,
 }
 
@@ -406,7 +407,7 @@ async fn drain(
     ctx: Arc<TriggerContext>,
     mut rx: mpsc::Receiver<async_nats::Message>,
     slot: Arc<ArcSwap<Route>>,
-    signals: StopSignals,
+    signals: Arc<StopSignals>,
 ) {
     while let Some(message) = rx.recv().await {
         let route = slot.load_full();
@@ -431,7 +432,7 @@ fn run_event(
     route: Arc<Route>,
     message: async_nats::Message,
     permit: Option<OwnedSemaphorePermit>,
-    signals: &StopSignals,
+    signals: &Arc<StopSignals>,
 ) {
     let (ctx2, signals, route2) = (ctx.clone(), signals.clone(), route.clone());
     super::run_event(ctx, &route, async move {
@@ -552,7 +553,7 @@ async fn handle(
                             }
                         };
                         drop(slot);
-                        settle::after_attempt(Mode::Core, before, outcome, &route.retry, SystemTime::now(), &mut rand::rng())
+                        settle::after_attempt(Mode::Core, before, outcome, &route.retry, GateClock::Live, &mut rand::rng())
                     }
                 };
             }

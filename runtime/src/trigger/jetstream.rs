@@ -901,7 +901,7 @@ async fn handle(
                     }
                 };
                 drop(permit);
-                settle::after_attempt(Mode::JetStream, history, outcome, &route.retry, SystemTime::now(), &mut rand::rng())
+                settle::after_attempt(Mode::JetStream, history, outcome, &route.retry, GateClock::Live, &mut rand::rng())
             }
             other => {
                 drop(permit);
