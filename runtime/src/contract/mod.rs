@@ -15,7 +15,7 @@
 pub mod v0_1;
 pub mod v0_2;
 
-use wasmtime::component::{InstancePre, Linker};
+use wasmtime::component::{ComponentExportIndex, ComponentType, InstancePre, Linker, Lower};
 use wasmtime::{AsContextMut, Result};
 
 /// The contract versions this host accepts, newest first.
@@ -26,8 +26,15 @@ pub fn handler_export(version: &str) -> String {
     format!("sluice:plugin/handler@{version}")
 }
 
+// The event types below are lowered into a plugin as they are: they derive
+// the canonical ABI of the contract's `types` records (every version so far
+// has the same ones; the field names and order are checked against the
+// plugin's `handle` when an instance is made), so an event is not copied into
+// generated types first.
+
 /// One NATS message header (a name may appear more than once).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, ComponentType, Lower)]
+#[component(record)]
 pub struct Header {
     /// Header name, as sent on the wire.
     pub name: String,
@@ -36,20 +43,24 @@ pub struct Header {
 }
 
 /// Where and how the host received an event.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, ComponentType, Lower)]
+#[component(record)]
 pub struct Delivery {
     /// JetStream stream; `None` for core NATS.
     pub stream: Option<String>,
     /// JetStream stream sequence; `None` for core NATS.
     pub sequence: Option<u64>,
     /// Publish time (JetStream) or receive time (core NATS), ms since the epoch.
+    #[component(name = "published-at-ms")]
     pub published_at_ms: Option<u64>,
     /// The reply subject when the event was sent as a request.
+    #[component(name = "reply-to")]
     pub reply_to: Option<String>,
 }
 
 /// One event as the host hands it to a plugin, whatever the contract version.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, ComponentType, Lower)]
+#[component(record)]
 pub struct Event {
     /// The concrete subject.
     pub subject: String,
@@ -58,6 +69,7 @@ pub struct Event {
     /// Headers in the order received.
     pub headers: Vec<Header>,
     /// The host's idempotency key of the event.
+    #[component(name = "idempotency-key")]
     pub idempotency_key: String,
     /// Delivery attempt, from 1.
     pub attempt: u32,
@@ -275,39 +287,71 @@ pub fn add_to_linker<T: PluginHost>(linker: &mut Linker<T>) -> Result<()> {
 }
 
 /// A pre-linked plugin of some contract version; instantiate once per event.
-pub enum Pre<T: 'static> {
-    /// `sluice:plugin@0.1.0`.
+pub struct Pre<T: 'static> {
+    version: Version<T>,
+    /// The plugin's `handle` export.
+    handle: ComponentExportIndex,
+}
+
+/// A pre-linked plugin, by contract version (checked to implement its world).
+enum Version<T: 'static> {
     V0_1(v0_1::ConsumerPre<T>),
-    /// `sluice:plugin@0.2.0`.
     V0_2(v0_2::ConsumerPre<T>),
 }
 
 impl<T: Send + 'static> Pre<T> {
     /// Check that `pre` implements contract `version`'s world.
     pub fn new(version: &str, pre: InstancePre<T>) -> Result<Self> {
-        match version {
-            v0_1::VERSION => Ok(Pre::V0_1(v0_1::ConsumerPre::new(pre)?)),
-            v0_2::VERSION => Ok(Pre::V0_2(v0_2::ConsumerPre::new(pre)?)),
-            other => Err(wasmtime::Error::msg(format!(
-                "contract version {other} is not accepted by this host (accepted: {})",
-                CONTRACT_VERSIONS.join(", ")
-            ))),
-        }
+        let version = match version {
+            v0_1::VERSION => Version::V0_1(v0_1::ConsumerPre::new(pre)?),
+            v0_2::VERSION => Version::V0_2(v0_2::ConsumerPre::new(pre)?),
+            other => {
+                return Err(wasmtime::Error::msg(format!(
+                    "contract version {other} is not accepted by this host (accepted: {})",
+                    CONTRACT_VERSIONS.join(", ")
+                )));
+            }
+        };
+        let component = match &version {
+            Version::V0_1(pre) => pre.instance_pre().component(),
+            Version::V0_2(pre) => pre.instance_pre().component(),
+        };
+        let export = handler_export(match &version {
+            Version::V0_1(_) => v0_1::VERSION,
+            Version::V0_2(_) => v0_2::VERSION,
+        });
+        // The world check above found both.
+        let handle = component
+            .get_export_index(None, &export)
+            .and_then(|interface| component.get_export_index(Some(&interface), "handle"))
+            .ok_or_else(|| {
+                wasmtime::Error::msg(format!("the plugin exports no `{export}#handle`"))
+            })?;
+        Ok(Pre { version, handle })
     }
 
     /// The contract version.
     pub fn version(&self) -> &'static str {
-        match self {
-            Pre::V0_1(_) => v0_1::VERSION,
-            Pre::V0_2(_) => v0_2::VERSION,
+        match self.version {
+            Version::V0_1(_) => v0_1::VERSION,
+            Version::V0_2(_) => v0_2::VERSION,
         }
     }
 
     /// A new instance in `store`.
-    pub async fn instantiate_async(&self, store: impl AsContextMut<Data = T>) -> Result<Instance> {
-        Ok(match self {
-            Pre::V0_1(pre) => Instance::V0_1(pre.instantiate_async(store).await?),
-            Pre::V0_2(pre) => Instance::V0_2(pre.instantiate_async(store).await?),
+    pub async fn instantiate_async(
+        &self,
+        mut store: impl AsContextMut<Data = T>,
+    ) -> Result<Instance> {
+        Ok(match &self.version {
+            Version::V0_1(pre) => {
+                let instance = pre.instance_pre().instantiate_async(&mut store).await?;
+                Instance::V0_1(v0_1::Handler::of(store, &instance, &self.handle)?)
+            }
+            Version::V0_2(pre) => {
+                let instance = pre.instance_pre().instantiate_async(&mut store).await?;
+                Instance::V0_2(v0_2::Handler::of(store, &instance, &self.handle)?)
+            }
         })
     }
 }
@@ -315,9 +359,9 @@ impl<T: Send + 'static> Pre<T> {
 /// A live plugin instance of some contract version.
 pub enum Instance {
     /// `sluice:plugin@0.1.0`.
-    V0_1(v0_1::Consumer),
+    V0_1(v0_1::Handler),
     /// `sluice:plugin@0.2.0`.
-    V0_2(v0_2::Consumer),
+    V0_2(v0_2::Handler),
 }
 
 impl Instance {
@@ -329,8 +373,8 @@ impl Instance {
         event: &Event,
     ) -> Result<Result<(), HandlerError>> {
         match self {
-            Instance::V0_1(consumer) => v0_1::handle(consumer, store, event).await,
-            Instance::V0_2(consumer) => v0_2::handle(consumer, store, event).await,
+            Instance::V0_1(handler) => handler.handle(store, event).await,
+            Instance::V0_2(handler) => handler.handle(store, event).await,
         }
     }
 }
@@ -342,46 +386,48 @@ impl Instance {
 /// interfaces; a version that changes any of these writes its own instead.
 macro_rules! surface_of_0_1 {
     () => {
-        /// Call `handle` with the host's `event`.
-        pub async fn handle<T: Send + 'static>(
-            consumer: &Consumer,
-            store: impl AsContextMut<Data = T>,
-            event: &Event,
-        ) -> wasmtime::Result<Result<(), HandlerError>> {
-            let event = event_of(event);
-            let verdict = consumer
-                .sluice_plugin_handler()
-                .call_handle(store, &event)
-                .await?;
-            Ok(verdict.map_err(|e| match e {
-                types::HandlerError::Retryable(e) => HandlerError::Retryable {
-                    message: e.message,
-                    retry_after_ms: e.retry_after_ms,
-                },
-                types::HandlerError::Permanent(message) => HandlerError::Permanent(message),
-            }))
-        }
+        /// The `handle` export of one instance, checked to take the
+        /// host's [`Event`] as it is.
+        pub struct Handler(wasmtime::component::Func);
 
-        fn event_of(event: &Event) -> types::Event {
-            types::Event {
-                subject: event.subject.clone(),
-                payload: event.payload.clone(),
-                headers: event
-                    .headers
-                    .iter()
-                    .map(|h| types::Header {
-                        name: h.name.clone(),
-                        value: h.value.clone(),
-                    })
-                    .collect(),
-                idempotency_key: event.idempotency_key.clone(),
-                attempt: event.attempt,
-                delivery: types::Delivery {
-                    stream: event.delivery.stream.clone(),
-                    sequence: event.delivery.sequence,
-                    published_at_ms: event.delivery.published_at_ms,
-                    reply_to: event.delivery.reply_to.clone(),
-                },
+        /// `handle`'s signature, with the host's event type.
+        type HandleFunc<'a> =
+            wasmtime::component::TypedFunc<(&'a Event,), (Result<(), types::HandlerError>,)>;
+
+        impl Handler {
+            /// Find `handle` (at `index`) in `instance` and check its type.
+            pub fn of(
+                mut store: impl AsContextMut,
+                instance: &wasmtime::component::Instance,
+                index: &wasmtime::component::ComponentExportIndex,
+            ) -> wasmtime::Result<Handler> {
+                let typed: HandleFunc<'_> = instance.get_typed_func(&mut store, index)?;
+                Ok(Handler(*typed.func()))
+            }
+
+            /// Call `handle` with the host's `event`.
+            // The one `unsafe` of the call path: rebuilding the typed
+            // function `of` checked, as the generated bindings do.
+            #[allow(unsafe_code)]
+            pub async fn handle<T: Send + 'static>(
+                &self,
+                mut store: impl AsContextMut<Data = T>,
+                event: &Event,
+            ) -> wasmtime::Result<Result<(), HandlerError>> {
+                // SAFETY: `of` made `self.0` from a `HandleFunc` that
+                // wasmtime type-checked against the instance's `handle`; the
+                // lifetime is the only difference, and lowering borrows
+                // `event` for this call only.
+                let callee: HandleFunc<'_> =
+                    unsafe { wasmtime::component::TypedFunc::new_unchecked(self.0) };
+                let (verdict,) = callee.call_async(store.as_context_mut(), (event,)).await?;
+                Ok(verdict.map_err(|e| match e {
+                    types::HandlerError::Retryable(e) => HandlerError::Retryable {
+                        message: e.message,
+                        retry_after_ms: e.retry_after_ms,
+                    },
+                    types::HandlerError::Permanent(message) => HandlerError::Permanent(message),
+                }))
             }
         }
 

@@ -303,8 +303,14 @@ impl Route {
     /// Tell the breaker how an attempt admitted as `admission` ended;
     /// `starved`: it missed its deadline mostly because the CPU governor held
     /// it back (the host's contention, not the plugin's dependency), which
-    /// counts as neither success nor failure.
-    pub fn record_outcome(&self, failure: Option<&Failure>, admission: Admission, starved: bool) {
+    /// counts as neither success nor failure. `now`: when the attempt ended.
+    pub fn record_outcome(
+        &self,
+        failure: Option<&Failure>,
+        admission: Admission,
+        starved: bool,
+        now: Instant,
+    ) {
         let outcome = match failure {
             None => BreakerOutcome::Success,
             Some(_) if starved => BreakerOutcome::Neutral,
@@ -318,11 +324,11 @@ impl Route {
             }
             Some(_) => BreakerOutcome::Neutral,
         };
-        let transition =
-            self.breaker
-                .lock()
-                .expect("breaker lock")
-                .record(outcome, admission, Instant::now());
+        let transition = self
+            .breaker
+            .lock()
+            .expect("breaker lock")
+            .record(outcome, admission, now);
         self.log_transition(transition);
     }
 
@@ -481,14 +487,18 @@ impl Dispatcher {
             ],
         );
         let starved = report.cpu_starved();
+        // The invocation's end, read once by the invocation itself: an
+        // attempt that commits nothing ends there.
+        let invoked = started + report.elapsed;
         if let Err(failure) = report.outcome {
             bump(&route.stats.failed_attempts, 1);
             route.stats.failures.bump(failure.class);
-            route.record_outcome(Some(&failure), admission, starved);
+            route.record_outcome(Some(&failure), admission, starved, invoked);
             self.metrics
-                .event_handled(name, failure.class.as_str(), started.elapsed());
+                .event_handled(name, failure.class.as_str(), report.elapsed);
             return Err(failure);
         }
+        let committing = report.state_writes.is_some() || !report.published.is_empty();
         // State first: a compare-and-swap conflict fails the attempt before
         // anything is published.
         if let Some((space, writes)) = report.state_writes {
@@ -504,7 +514,7 @@ impl Dispatcher {
                 .inspect_err(|failure| {
                     bump(&route.stats.failed_attempts, 1);
                     route.stats.failures.bump(failure.class);
-                    route.record_outcome(Some(failure), admission, false);
+                    route.record_outcome(Some(failure), admission, false, Instant::now());
                     self.metrics.event_handled(name, "state", started.elapsed());
                 })?;
         }
@@ -522,14 +532,15 @@ impl Dispatcher {
             .await
             .inspect_err(|failure| {
                 bump(&route.stats.failed_attempts, 1);
-                route.record_outcome(Some(failure), admission, false);
+                route.record_outcome(Some(failure), admission, false, Instant::now());
                 self.metrics
                     .event_handled(name, "outbox", started.elapsed());
             })?;
         }
-        route.record_outcome(None, admission, false);
+        let ended = if committing { Instant::now() } else { invoked };
+        route.record_outcome(None, admission, false, ended);
         bump(&route.stats.succeeded, 1);
-        route.plugin_metrics.handled_ok(started.elapsed());
+        route.plugin_metrics.handled_ok(ended - started);
         tracing::debug!(elapsed = ?report.elapsed, "handled");
         Ok(())
     }

@@ -204,8 +204,7 @@ impl CpuGovernor {
             foreground,
             went_long: false,
             ended: None,
-            lane: Arc::default(),
-            throttled: Arc::default(),
+            shared: Arc::default(),
         }
     }
 
@@ -275,18 +274,26 @@ pub struct CpuTicket {
     /// When the invocation ended, if the caller read the clock already
     /// ([`CpuTicket::end_at`]); else the drop reads it.
     ended: Option<Instant>,
-    lane: Arc<Mutex<Lane>>,
+    /// Its lane and throttled time, shared with the futures that wait for
+    /// a lane (one allocation for both).
+    shared: Arc<Shared>,
+}
+
+/// What an invocation shares with the futures that wait for its lane.
+#[derive(Debug, Default)]
+struct Shared {
+    lane: Mutex<Lane>,
     /// Nanoseconds this invocation waited on the governor.
-    throttled: Arc<AtomicU64>,
+    throttled: AtomicU64,
 }
 
 /// Wait for a lane until `deadline`; store it in `lane`, marked fresh.
-async fn take_lane(lanes: Arc<Semaphore>, lane: Arc<Mutex<Lane>>, deadline: Instant) -> bool {
+async fn take_lane(lanes: Arc<Semaphore>, shared: Arc<Shared>, deadline: Instant) -> bool {
     let deadline = tokio::time::Instant::from_std(deadline);
     tokio::select! {
         permit = lanes.acquire_owned() => match permit {
             Ok(permit) => {
-                let mut lane = lane.lock().expect("cpu lane lock");
+                let mut lane = shared.lane.lock().expect("cpu lane lock");
                 lane.held = Some(Held { _permit: permit, since: Instant::now() });
                 lane.fresh = true;
                 true
@@ -315,11 +322,11 @@ impl CpuTicket {
         let started = Instant::now();
         let admitted = take_lane(
             self.governor.lanes.clone(),
-            self.lane.clone(),
+            self.shared.clone(),
             self.deadline,
         )
         .await;
-        add_nanos(&self.throttled, started.elapsed());
+        add_nanos(&self.shared.throttled, started.elapsed());
         admitted
     }
 
@@ -332,7 +339,7 @@ impl CpuTicket {
     /// How long this invocation has waited on the governor so far (for a
     /// lane, or idling after one while interactive work flowed).
     pub fn throttled(&self) -> Duration {
-        Duration::from_nanos(self.throttled.load(Ordering::Relaxed))
+        Duration::from_nanos(self.shared.throttled.load(Ordering::Relaxed))
     }
 
     /// The epoch callback: interrupt at the deadline, otherwise decide
@@ -356,7 +363,7 @@ impl CpuTicket {
             self.leave_foreground(now);
             self.governor.demoted.fetch_add(1, Ordering::Relaxed);
         }
-        let mut lane = self.lane.lock().expect("cpu lane lock");
+        let mut lane = self.shared.lane.lock().expect("cpu lane lock");
         if lane.fresh {
             lane.fresh = false;
             return UpdateDeadline::Continue(1);
@@ -374,17 +381,16 @@ impl CpuTicket {
         let deadline = tokio::time::Instant::from_std(self.deadline);
         let release = held.and_then(|h| self.governor.release(h, now, Some(deadline)));
         let lanes = self.governor.lanes.clone();
-        let lane = self.lane.clone();
+        let shared = self.shared.clone();
         let until = self.deadline;
-        let throttled = self.throttled.clone();
         let turn: Pin<Box<dyn Future<Output = ()> + Send>> = Box::pin(async move {
-            let _waiting = Waiting::since(throttled);
+            let _waiting = Waiting::since(shared.clone());
             if let Some(release) = release {
                 release.await;
             }
             // Requeue behind the other background invocations.
             tokio::task::yield_now().await;
-            take_lane(lanes, lane, until).await;
+            take_lane(lanes, shared, until).await;
         });
         // Zero ticks: the callback runs again as soon as wasm resumes, and
         // either runs a tick with the fresh lane or interrupts at the deadline.
@@ -408,7 +414,7 @@ impl CpuTicket {
     pub fn lane_handle(&self) -> LaneHandle {
         LaneHandle {
             governor: self.governor.clone(),
-            lane: self.lane.clone(),
+            shared: self.shared.clone(),
         }
     }
 
@@ -429,11 +435,11 @@ fn add_nanos(counter: &AtomicU64, d: Duration) {
 /// may end early: the invocation is interrupted or dropped mid-wait).
 struct Waiting {
     since: Instant,
-    into: Arc<AtomicU64>,
+    into: Arc<Shared>,
 }
 
 impl Waiting {
-    fn since(into: Arc<AtomicU64>) -> Self {
+    fn since(into: Arc<Shared>) -> Self {
         Waiting {
             since: Instant::now(),
             into,
@@ -443,7 +449,7 @@ impl Waiting {
 
 impl Drop for Waiting {
     fn drop(&mut self) {
-        add_nanos(&self.into, self.since.elapsed());
+        add_nanos(&self.into.throttled, self.since.elapsed());
     }
 }
 
@@ -452,7 +458,7 @@ impl Drop for Waiting {
 #[derive(Debug, Clone)]
 pub struct LaneHandle {
     governor: Arc<CpuGovernor>,
-    lane: Arc<Mutex<Lane>>,
+    shared: Arc<Shared>,
 }
 
 impl LaneHandle {
@@ -462,7 +468,7 @@ impl LaneHandle {
     /// takes a lane again at its next tick.
     pub fn suspended(&self) {
         let held = {
-            let mut lane = self.lane.lock().expect("cpu lane lock");
+            let mut lane = self.shared.lane.lock().expect("cpu lane lock");
             if lane.fresh {
                 return;
             }
@@ -484,7 +490,7 @@ impl Drop for CpuTicket {
             self.profile
                 .record(now.duration_since(self.started) < self.governor.tick);
         }
-        let held = self.lane.lock().expect("cpu lane lock").held.take();
+        let held = self.shared.lane.lock().expect("cpu lane lock").held.take();
         if let Some(release) = held.and_then(|h| self.governor.release(h, now, None))
             && let Ok(runtime) = tokio::runtime::Handle::try_current()
         {

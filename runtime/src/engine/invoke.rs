@@ -393,7 +393,7 @@ pub async fn invoke_reusing(
         );
     }
     let lane = ticket.lane_handle();
-    let ticket = Arc::new(std::sync::Mutex::new(ticket));
+    let mut ticket = Some(ticket);
     // HTTP requests share the request deadline, for the same reason.
     let http_budget = HttpBudget::new(
         request.tag.name.clone(),
@@ -412,7 +412,7 @@ pub async fn invoke_reusing(
             store.data_mut().state.reset(request.state);
             store.data_mut().requests = RequestBudget::new(request.requester, request_deadline);
             store.data_mut().http = http_budget;
-            arm(&mut store, ticket.clone());
+            arm(&mut store, ticket.take());
             (store, Some((consumer, uses)))
         }
         None => {
@@ -439,7 +439,8 @@ pub async fn invoke_reusing(
             store.data_mut().requests = RequestBudget::new(request.requester, request_deadline);
             store.data_mut().http = http_budget;
             store.limiter(|s| &mut s.limiter);
-            arm(&mut store, ticket.clone());
+            store.epoch_deadline_callback(on_epoch);
+            arm(&mut store, ticket.take());
             (store, None)
         }
     };
@@ -495,19 +496,20 @@ pub async fn invoke_reusing(
         }
     };
     drop(call);
-    // The invocation's CPU ticket lives in the epoch callback: end it now,
-    // whether or not the store lives on.
-    if store.data().limiter.grown() >= HEAVY_GROWTH {
-        ticket.lock().expect("cpu ticket lock").mark_heavy();
+    // The invocation's CPU ticket lives in the store: end it now, whether or
+    // not the store lives on.
+    let mut ticket = disarm(&mut store);
+    if let Some(ticket) = ticket.as_mut()
+        && store.data().limiter.grown() >= HEAVY_GROWTH
+    {
+        ticket.mark_heavy();
     }
-    disarm(&mut store);
     // One clock read ends both the ticket and the report's elapsed time.
     let ended = Instant::now();
-    let throttled = {
-        let mut ticket = ticket.lock().expect("cpu ticket lock");
+    let throttled = ticket.as_mut().map_or(Duration::ZERO, |ticket| {
         ticket.end_at(ended);
         ticket.throttled()
-    };
+    });
     drop(ticket);
 
     let (result, consumer) = match result {
@@ -592,20 +594,31 @@ fn refused_before_start(started: Instant, failure: Failure) -> InvocationReport 
     }
 }
 
-/// Give `store` the epoch callback of one invocation, following `ticket`
-/// (interrupt at the deadline, else the CPU governor).
-fn arm(store: &mut Store<HostState>, ticket: Arc<std::sync::Mutex<CpuTicket>>) {
-    // A background invocation (admitted with a fresh lane) checks in at the
-    // first epoch check; a foreground one at the end of its first tick.
-    let foreground = ticket.lock().expect("cpu ticket lock").in_foreground();
-    store.set_epoch_deadline(u64::from(foreground));
-    store.epoch_deadline_callback(move |_| Ok(ticket.lock().expect("cpu ticket lock").on_tick()));
+/// Every store's epoch callback (set once, when the store is made): the
+/// invocation's ticket decides (interrupt at the deadline, else the CPU
+/// governor); a store entered with no invocation armed is interrupted.
+fn on_epoch(
+    mut store: wasmtime::StoreContextMut<'_, HostState>,
+) -> wasmtime::Result<UpdateDeadline> {
+    Ok(match store.data_mut().cpu.as_mut() {
+        Some(ticket) => ticket.on_tick(),
+        None => UpdateDeadline::Interrupt,
+    })
 }
 
-/// End the invocation's CPU ticket (dropped with the old callback); an idle
-/// store that were somehow entered again would be interrupted at once.
-fn disarm(store: &mut Store<HostState>) {
-    store.epoch_deadline_callback(|_| Ok(UpdateDeadline::Interrupt));
+/// Give `store`'s epoch callback the invocation's `ticket`.
+fn arm(store: &mut Store<HostState>, ticket: Option<CpuTicket>) {
+    // A background invocation (admitted with a fresh lane) checks in at the
+    // first epoch check; a foreground one at the end of its first tick.
+    let foreground = ticket.as_ref().is_some_and(CpuTicket::in_foreground);
+    store.set_epoch_deadline(u64::from(foreground));
+    store.data_mut().cpu = ticket;
+}
+
+/// Take the invocation's ticket back from `store`, to end it; a store that
+/// were somehow entered again would be interrupted at once.
+fn disarm(store: &mut Store<HostState>) -> Option<CpuTicket> {
+    store.data_mut().cpu.take()
 }
 
 fn classify(
@@ -685,7 +698,8 @@ pub async fn smoke(
     let _ = ticket.admit().await;
     let mut store = Store::new(engine.engine(), state);
     store.limiter(|s| &mut s.limiter);
-    arm(&mut store, Arc::new(std::sync::Mutex::new(ticket)));
+    store.epoch_deadline_callback(on_epoch);
+    arm(&mut store, Some(ticket));
     plugin
         .pre
         .instantiate_async(&mut store)

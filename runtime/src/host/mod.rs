@@ -68,6 +68,9 @@ pub struct HostState {
     http_ctx: WasiHttpCtx,
     /// The attempt's outbound HTTP (`wasi:http`).
     pub http: http::HttpBudget,
+    /// The invocation's place in the CPU governor, read by the store's epoch
+    /// callback; `None` between invocations (the callback then interrupts).
+    pub cpu: Option<crate::engine::governor::CpuTicket>,
 }
 
 impl HostState {
@@ -106,6 +109,7 @@ impl HostState {
             requests: requester::RequestBudget::default(),
             http_ctx: WasiHttpCtx::new(),
             http: http::HttpBudget::default(),
+            cpu: None,
         }
     }
 }
