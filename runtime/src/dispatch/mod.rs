@@ -413,10 +413,12 @@ impl Dispatcher {
         let _in_flight = route.plugin_metrics.attempt_started();
         let started = Instant::now();
         let warm = route.warm.as_ref().and_then(|pool| pool.take());
-        let (warm, permit) = match warm {
-            Some((warm, permit)) => (Some(warm), permit),
+        // The time limit runs from when the invocation can start: a wait for
+        // an instance permit must not eat it (a warm instance waits for none).
+        let (warm, permit, invocation_started) = match warm {
+            Some((warm, permit)) => (Some(warm), permit, started),
             None => match Box::pin(self.instance_permit(route)).await {
-                Some(permit) => (None, permit),
+                Some(permit) => (None, permit, Instant::now()),
                 None => {
                     return Err(Failure {
                         class: FailureClass::Instantiate,
@@ -435,7 +437,7 @@ impl Dispatcher {
                 event,
                 tag: route.tag.clone(),
                 cpu: Some(route.cpu.clone()),
-                started: Some(started),
+                started: Some(invocation_started),
                 grants: route.grants.clone(),
                 config: route.config.clone(),
                 state: route.state.clone(),
@@ -489,13 +491,13 @@ impl Dispatcher {
         let starved = report.cpu_starved();
         // The invocation's end, read once by the invocation itself: an
         // attempt that commits nothing ends there.
-        let invoked = started + report.elapsed;
+        let invoked = invocation_started + report.elapsed;
         if let Err(failure) = report.outcome {
             bump(&route.stats.failed_attempts, 1);
             route.stats.failures.bump(failure.class);
             route.record_outcome(Some(&failure), admission, starved, invoked);
             self.metrics
-                .event_handled(name, failure.class.as_str(), report.elapsed);
+                .event_handled(name, failure.class.as_str(), invoked - started);
             return Err(failure);
         }
         let committing = report.state_writes.is_some() || !report.published.is_empty();
