@@ -288,23 +288,34 @@ pub fn add_to_linker<T: PluginHost>(linker: &mut Linker<T>) -> Result<()> {
 
 /// A pre-linked plugin of some contract version; instantiate once per event.
 pub struct Pre<T: 'static> {
-    version: Version<T>,
+    version: Version,
+    pre: InstancePre<T>,
     /// The plugin's `handle` export.
     handle: ComponentExportIndex,
 }
 
-/// A pre-linked plugin, by contract version (checked to implement its world).
-enum Version<T: 'static> {
-    V0_1(v0_1::ConsumerPre<T>),
-    V0_2(v0_2::ConsumerPre<T>),
+/// The contract version a [`Pre`] was checked to implement.
+#[derive(Clone, Copy)]
+enum Version {
+    V0_1,
+    V0_2,
+}
+
+impl Version {
+    fn name(self) -> &'static str {
+        match self {
+            Version::V0_1 => v0_1::VERSION,
+            Version::V0_2 => v0_2::VERSION,
+        }
+    }
 }
 
 impl<T: Send + 'static> Pre<T> {
     /// Check that `pre` implements contract `version`'s world.
     pub fn new(version: &str, pre: InstancePre<T>) -> Result<Self> {
         let version = match version {
-            v0_1::VERSION => Version::V0_1(v0_1::ConsumerPre::new(pre)?),
-            v0_2::VERSION => Version::V0_2(v0_2::ConsumerPre::new(pre)?),
+            v0_1::VERSION => v0_1::ConsumerPre::new(pre.clone()).map(|_| Version::V0_1)?,
+            v0_2::VERSION => v0_2::ConsumerPre::new(pre.clone()).map(|_| Version::V0_2)?,
             other => {
                 return Err(wasmtime::Error::msg(format!(
                     "contract version {other} is not accepted by this host (accepted: {})",
@@ -312,30 +323,25 @@ impl<T: Send + 'static> Pre<T> {
                 )));
             }
         };
-        let component = match &version {
-            Version::V0_1(pre) => pre.instance_pre().component(),
-            Version::V0_2(pre) => pre.instance_pre().component(),
-        };
-        let export = handler_export(match &version {
-            Version::V0_1(_) => v0_1::VERSION,
-            Version::V0_2(_) => v0_2::VERSION,
-        });
         // The world check above found both.
+        let component = pre.component();
+        let export = handler_export(version.name());
         let handle = component
             .get_export_index(None, &export)
             .and_then(|interface| component.get_export_index(Some(&interface), "handle"))
             .ok_or_else(|| {
                 wasmtime::Error::msg(format!("the plugin exports no `{export}#handle`"))
             })?;
-        Ok(Pre { version, handle })
+        Ok(Pre {
+            version,
+            pre,
+            handle,
+        })
     }
 
     /// The contract version.
     pub fn version(&self) -> &'static str {
-        match self.version {
-            Version::V0_1(_) => v0_1::VERSION,
-            Version::V0_2(_) => v0_2::VERSION,
-        }
+        self.version.name()
     }
 
     /// A new instance in `store`.
@@ -343,15 +349,10 @@ impl<T: Send + 'static> Pre<T> {
         &self,
         mut store: impl AsContextMut<Data = T>,
     ) -> Result<Instance> {
-        Ok(match &self.version {
-            Version::V0_1(pre) => {
-                let instance = pre.instance_pre().instantiate_async(&mut store).await?;
-                Instance::V0_1(v0_1::Handler::of(store, &instance, &self.handle)?)
-            }
-            Version::V0_2(pre) => {
-                let instance = pre.instance_pre().instantiate_async(&mut store).await?;
-                Instance::V0_2(v0_2::Handler::of(store, &instance, &self.handle)?)
-            }
+        let instance = self.pre.instantiate_async(&mut store).await?;
+        Ok(match self.version {
+            Version::V0_1 => Instance::V0_1(v0_1::Handler::of(store, &instance, &self.handle)?),
+            Version::V0_2 => Instance::V0_2(v0_2::Handler::of(store, &instance, &self.handle)?),
         })
     }
 }
