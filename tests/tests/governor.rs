@@ -44,19 +44,20 @@ async fn run(
             reply_to: None,
         },
     };
+    let tag = PluginTag {
+        name: name.into(),
+        version: "v".into(),
+    };
     invoke::invoke(
         engine,
         plugin,
         InvocationRequest {
             event: &event,
-            tag: PluginTag {
-                name: name.into(),
-                version: "v".into(),
-            },
+            tag: &tag,
             cpu: None,
             started: None,
-            grants: Arc::new(PublishGrants::new(vec![])),
-            config: Arc::default(),
+            grants: &Arc::new(PublishGrants::new(vec![])),
+            config: &Arc::default(),
             state: None,
             requester: None,
             http: None,
@@ -64,7 +65,7 @@ async fn run(
                 timeout,
                 ..InvokeLimits::default()
             },
-            log_budget: Arc::new(LogBudget::unlimited()),
+            log_budget: &Arc::new(LogBudget::unlimited()),
             keep_logs: false,
         },
     )

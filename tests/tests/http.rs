@@ -355,6 +355,48 @@ async fn the_per_event_request_limit_holds() {
     assert_eq!(rig.host.stats("fetch").unwrap().refused_http, 1);
 }
 
+/// A warm instance carries its HTTP budget from event to event: each event
+/// still gets the whole limit, and a refusal counts for its own event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_reused_instance_every_event_gets_the_whole_request_limit() {
+    let server = hello_server().await;
+    let mut rig = FetchRig::start(
+        &fetch_manifest(
+            &[server.origin()],
+            "isolation = \"reuse\"\nmax_http_requests = 2\n[retry]\nmax_attempts = 1",
+        ),
+        ALLOW_PRIVATE,
+    )
+    .await;
+    for event in 1..=3 {
+        rig.fetch(format!("{0}/{event}a\n{0}/{event}b", server.origin()))
+            .await;
+        let fetched = rig.fetched("both requests of the event").await;
+        assert_eq!(&fetched[..], b"200 5\n200 5\n", "event {event}");
+    }
+    let stats = rig.host.stats("fetch").unwrap();
+    assert_eq!(
+        (stats.refused_http, stats.dead_lettered),
+        (0, 0),
+        "{stats:?}"
+    );
+    assert_eq!(server.received().len(), 6);
+
+    rig.fetch(format!("{0}/x\n{0}/y\n{0}/z", server.origin()))
+        .await;
+    let why = gave_up(&rig.host, "fetch").await;
+    assert!(why.contains("max_http_requests"), "{why}");
+    assert_eq!(rig.host.stats("fetch").unwrap().refused_http, 1);
+    rig.fetch(format!("{}/after", server.origin())).await;
+    let fetched = rig.fetched("the next event, after a refused one").await;
+    assert_eq!(&fetched[..], b"200 5\n");
+    assert_eq!(
+        rig.host.stats("fetch").unwrap().refused_http,
+        1,
+        "no refusal carried over"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_idempotency_key_is_sent_and_stays_the_same_across_retries() {
     let nats = NatsServer::start();

@@ -38,12 +38,23 @@ fn with_id(id: &str) -> HeaderMap {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_attempt_writes_nothing_and_a_success_commits() {
+    failed_then_successful_writes("").await;
+}
+
+/// A warm instance keeps its store between events: the failed event's
+/// writes must still be forgotten, and the next events still commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_reused_instance_a_failed_attempt_writes_nothing_and_successes_commit() {
+    failed_then_successful_writes("isolation = \"reuse\"\n").await;
+}
+
+async fn failed_then_successful_writes(isolation: &str) {
     let nats = NatsServer::start();
     let dir = PluginDir::new();
     dir.add(
         "totals",
         "totals",
-        &format!("{TOTALS}[retry]\nmax_attempts = 1\n"),
+        &format!("{TOTALS}{isolation}[retry]\nmax_attempts = 1\n"),
     );
     let host = start_host(&nats.url(), dir.path()).await;
     let client = nats.client().await;
@@ -79,6 +90,18 @@ async fn a_failed_attempt_writes_nothing_and_a_success_commits() {
         "the failed attempt's 5 never counted"
     );
     assert_eq!(stored_total(&kv, "a").await.as_deref(), Some("2"));
+
+    client
+        .publish_with_headers("totals.add.a", with_id("ok-2"), Bytes::from_static(b"3"))
+        .await
+        .unwrap();
+    let msg = next_message(&mut updated, WAIT, "the second committed total").await;
+    assert_eq!(
+        &msg.payload[..],
+        b"5",
+        "the next event reads the committed 2"
+    );
+    assert_eq!(stored_total(&kv, "a").await.as_deref(), Some("5"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

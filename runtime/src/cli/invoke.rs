@@ -142,32 +142,36 @@ pub async fn invoke(args: InvokeArgs) -> anyhow::Result<ExitCode> {
         name: name.as_str().into(),
         version: compiled.info.version.as_str().into(),
     };
+    let grants = Arc::new(grants);
+    let config = Arc::new(host::PluginConfig::of_manifest(
+        manifest.as_ref().map(|m| &m.config),
+    ));
+    // HTTP goes to the manifest's origins (public addresses only).
+    let http = manifest.as_ref().and_then(|m| {
+        crate::limits::SandboxPolicy::default()
+            .http_policy_of(&name, &m.http)
+            .map(Arc::new)
+    });
+    let log_budget = Arc::new(host::LogBudget::unlimited());
     let report = engine_invoke::invoke(
         &engine,
         &compiled,
         InvocationRequest {
             event: &event,
-            tag: tag.clone(),
+            tag: &tag,
             cpu: None,
             started: None,
-            grants: Arc::new(grants),
-            config: Arc::new(host::PluginConfig::of_manifest(
-                manifest.as_ref().map(|m| &m.config),
-            )),
+            grants: &grants,
+            config: &config,
             // No NATS here: state calls and requests return `not-granted`.
             state: None,
             requester: None,
-            // HTTP goes to the manifest's origins (public addresses only).
-            http: manifest.as_ref().and_then(|m| {
-                crate::limits::SandboxPolicy::default()
-                    .http_policy_of(&name, &m.http)
-                    .map(Arc::new)
-            }),
+            http: http.as_ref(),
             limits: InvokeLimits {
                 timeout: args.timeout,
                 ..InvokeLimits::default()
             },
-            log_budget: Arc::new(host::LogBudget::unlimited()),
+            log_budget: &log_budget,
             keep_logs: true,
         },
     )

@@ -435,19 +435,19 @@ impl Dispatcher {
             &route.compiled,
             InvocationRequest {
                 event,
-                tag: route.tag.clone(),
-                cpu: Some(route.cpu.clone()),
+                tag: &route.tag,
+                cpu: Some(&route.cpu),
                 started: Some(invocation_started),
-                grants: route.grants.clone(),
-                config: route.config.clone(),
-                state: route.state.clone(),
+                grants: &route.grants,
+                config: &route.config,
+                state: route.state.as_ref(),
                 requester: route
                     .request_grants
                     .clone()
                     .map(|grants| Requester::new(self.client.clone(), grants)),
-                http: route.http.clone(),
+                http: route.http.as_ref(),
                 limits: route.limits,
-                log_budget: route.log_budget.clone(),
+                log_budget: &route.log_budget,
                 keep_logs: false,
             },
             warm,

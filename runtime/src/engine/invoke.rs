@@ -288,27 +288,27 @@ pub struct InvocationRequest<'a> {
     /// The event as the plugin will see it.
     pub event: &'a contract::Event,
     /// Plugin name and version, for tagging.
-    pub tag: PluginTag,
+    pub tag: &'a PluginTag,
     /// The plugin's CPU profile, if the caller keeps it (else looked up by
     /// name).
-    pub cpu: Option<CpuProfile>,
+    pub cpu: Option<&'a CpuProfile>,
     /// When the attempt began, if the caller read the clock already (else
     /// read here): the time limit counts from it.
     pub started: Option<Instant>,
     /// Publish grants.
-    pub grants: Arc<PublishGrants>,
+    pub grants: &'a Arc<PublishGrants>,
     /// Configuration and secrets the plugin reads (`config.get`).
-    pub config: Arc<PluginConfig>,
+    pub config: &'a Arc<PluginConfig>,
     /// The plugin's state key space; `None`: state not granted.
-    pub state: Option<StateSpace>,
+    pub state: Option<&'a StateSpace>,
     /// What the plugin may ask (`requester`); `None`: nothing granted.
     pub requester: Option<Requester>,
     /// What the plugin may reach over HTTP; `None`: nothing granted.
-    pub http: Option<Arc<HttpPolicy>>,
+    pub http: Option<&'a Arc<HttpPolicy>>,
     /// Limits.
     pub limits: InvokeLimits,
     /// The plugin's log rate limit, shared by all its invocations.
-    pub log_budget: Arc<LogBudget>,
+    pub log_budget: &'a Arc<LogBudget>,
     /// Keep log records and output lines in the report (for `sluice invoke`).
     pub keep_logs: bool,
 }
@@ -371,7 +371,7 @@ pub async fn invoke_reusing(
     // being interrupted.
     let request_deadline = deadline - (limits.timeout / 10).min(REQUEST_RESERVE);
     let governor = engine.governor();
-    let ticket = match &request.cpu {
+    let ticket = match request.cpu {
         Some(profile) => governor.enter_with(profile, started, deadline),
         None => governor.enter_at(&request.tag.name, started, deadline),
     };
@@ -395,35 +395,35 @@ pub async fn invoke_reusing(
     let lane = ticket.lane_handle();
     let mut ticket = Some(ticket);
     // HTTP requests share the request deadline, for the same reason.
-    let http_budget = HttpBudget::new(
-        request.tag.name.clone(),
-        request.http,
-        limits.http,
-        request_deadline,
-    );
     let (mut store, consumer) = match warm {
         Some(WarmInstance {
             mut store,
             consumer,
             uses,
         }) => {
-            store.data_mut().begin_event();
-            store.data_mut().config = request.config;
-            store.data_mut().state.reset(request.state);
-            store.data_mut().requests = RequestBudget::new(request.requester, request_deadline);
-            store.data_mut().http = http_budget;
+            // A warm instance belongs to this route: what it already holds
+            // is kept, not cloned again (each clone and drop of a shared
+            // `Arc` is an atomic write the other workers' events also make).
+            let data = store.data_mut();
+            data.begin_event();
+            if !Arc::ptr_eq(&data.config, request.config) {
+                data.config = request.config.clone();
+            }
+            data.state.reset(request.state);
+            data.requests = RequestBudget::new(request.requester, request_deadline);
+            data.http.renew(request.http, limits.http, request_deadline);
             arm(&mut store, ticket.take());
             (store, Some((consumer, uses)))
         }
         None => {
             let gate = Arc::new(LogGate::new(
                 request.tag.clone(),
-                request.log_budget,
+                request.log_budget.clone(),
                 limits.max_log_lines,
             ));
             let state = HostState::new(
-                request.tag,
-                request.grants,
+                request.tag.clone(),
+                request.grants.clone(),
                 limits.publish,
                 MemoryLimiter::new(
                     limits.max_memory_bytes,
@@ -434,10 +434,15 @@ pub async fn invoke_reusing(
                 request.keep_logs,
             );
             let mut store = Store::new(engine.engine(), state);
-            store.data_mut().config = request.config;
+            store.data_mut().config = request.config.clone();
             store.data_mut().state.reset(request.state);
             store.data_mut().requests = RequestBudget::new(request.requester, request_deadline);
-            store.data_mut().http = http_budget;
+            store.data_mut().http = HttpBudget::new(
+                request.tag.name.clone(),
+                request.http.cloned(),
+                limits.http,
+                request_deadline,
+            );
             store.limiter(|s| &mut s.limiter);
             store.epoch_deadline_callback(on_epoch);
             arm(&mut store, ticket.take());

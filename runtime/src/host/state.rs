@@ -70,6 +70,14 @@ pub struct StateOpenError {
 }
 
 impl StateSpace {
+    /// Whether `other` is this same key space (the same bucket handle and
+    /// prefix), so one can stand for the other.
+    pub fn is(&self, other: &StateSpace) -> bool {
+        Arc::ptr_eq(&self.kv, &other.kv)
+            && self.bucket == other.bucket
+            && self.prefix == other.prefix
+    }
+
     /// Open (creating if missing) `bucket` for `plugin`'s keys.
     pub async fn open(
         js: &jetstream::Context,
@@ -189,7 +197,14 @@ impl StateTxn {
     }
 
     /// Forget the previous event's writes (a reused instance), keeping the space.
-    pub fn reset(&mut self, space: Option<StateSpace>) {
+    ///
+    /// The space it already holds is kept when it is the same one (a warm
+    /// instance's next event): no clone of its handles and names per event.
+    pub fn reset(&mut self, space: Option<&StateSpace>) {
+        let space = match (self.space.take(), space) {
+            (Some(held), Some(wanted)) if held.is(wanted) => Some(held),
+            (_, wanted) => wanted.cloned(),
+        };
         *self = StateTxn::new(space);
     }
 

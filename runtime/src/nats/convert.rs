@@ -18,7 +18,8 @@ pub fn core_event(message: &async_nats::Message, key: &str, attempt: u32) -> con
         .map(|d| d.as_millis() as u64)
         .ok();
     contract::Event {
-        subject: message.subject.to_string(),
+        // `as_str`, not `to_string`: a `Subject` formats through `Display`.
+        subject: message.subject.as_str().to_owned(),
         payload: message.payload.to_vec(),
         idempotency_key: key.to_string(),
         headers,
@@ -27,7 +28,7 @@ pub fn core_event(message: &async_nats::Message, key: &str, attempt: u32) -> con
             stream: None,
             sequence: None,
             published_at_ms: received_ms,
-            reply_to: message.reply.as_ref().map(|r| r.to_string()),
+            reply_to: message.reply.as_ref().map(|r| r.as_str().to_owned()),
         },
     }
 }

@@ -863,7 +863,7 @@ async fn handle(
         let decision = match decision {
             Decision::Run { attempt, history } => {
                 let event = contract::Event {
-                    subject: message.subject.to_string(),
+                    subject: message.subject.as_str().to_owned(),
                     payload: message.payload.to_vec(),
                     headers: convert::headers_to_vec(message.headers.as_ref()),
                     idempotency_key: key.clone(),

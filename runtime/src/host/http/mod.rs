@@ -110,6 +110,34 @@ impl HttpBudget {
         }
     }
 
+    /// Start the next attempt of a warm instance with this budget: nothing
+    /// sent yet, `deadline` for its requests. The policy and the refusal
+    /// counter are kept when they can be: a counter still shared with a send
+    /// pending from an earlier attempt is replaced, so that send's refusal
+    /// never counts against this attempt.
+    pub fn renew(
+        &mut self,
+        policy: Option<&Arc<HttpPolicy>>,
+        limits: HttpLimits,
+        deadline: Instant,
+    ) {
+        let same_policy = match (&self.policy, policy) {
+            (Some(held), Some(wanted)) => Arc::ptr_eq(held, wanted),
+            (None, None) => true,
+            _ => false,
+        };
+        if !same_policy {
+            self.policy = policy.cloned();
+        }
+        self.limits = limits;
+        self.deadline = Some(deadline);
+        self.sent = 0;
+        match Arc::get_mut(&mut self.refused) {
+            Some(refused) => *refused.get_mut() = 0,
+            None => self.refused = Arc::default(),
+        }
+    }
+
     /// Requests refused in this attempt (not granted, private address, over
     /// a limit), including refusals still to be decided by a pending send.
     pub fn refused(&self) -> u32 {
@@ -242,5 +270,50 @@ mod tests {
         let mut none = HttpBudget::default();
         assert!(matches!(none.admit(&ok), Err(Error::HttpRequestDenied)));
         assert_eq!(none.refused(), 1);
+    }
+
+    #[test]
+    fn a_renewed_budget_starts_the_next_attempt_from_nothing_sent_or_refused() {
+        let mut b = budget(&["https://api.example.com"], 1);
+        let ok: http::Uri = "https://api.example.com/charge".parse().unwrap();
+        let policy = b.policy.clone();
+        assert!(b.admit(&ok).is_ok());
+        assert!(matches!(b.admit(&ok), Err(Error::ConnectionLimitReached)));
+        let counter = Arc::as_ptr(&b.refused);
+        b.renew(policy.as_ref(), b.limits, Instant::now());
+        assert_eq!(b.refused(), 0);
+        assert!(Arc::ptr_eq(
+            b.policy.as_ref().unwrap(),
+            policy.as_ref().unwrap()
+        ));
+        assert_eq!(
+            Arc::as_ptr(&b.refused),
+            counter,
+            "an unshared counter is reset in place"
+        );
+        assert!(
+            b.admit(&ok).is_ok(),
+            "the request limit counts from the renewal"
+        );
+    }
+
+    #[test]
+    fn a_send_still_pending_from_an_earlier_attempt_never_counts_against_the_next() {
+        let mut b = budget(&["https://api.example.com"], 4);
+        // A pending send holds the attempt's counter (`send::Target::refused`).
+        let pending_send = b.refused.clone();
+        b.renew(None, b.limits, Instant::now());
+        pending_send.fetch_add(1, Ordering::Relaxed);
+        assert_eq!(
+            b.refused(),
+            0,
+            "the late refusal counts for its own attempt only"
+        );
+        let ok: http::Uri = "https://api.example.com/charge".parse().unwrap();
+        assert!(
+            matches!(b.admit(&ok), Err(Error::HttpRequestDenied)),
+            "renewed with no policy: nothing granted"
+        );
+        assert_eq!(b.refused(), 1);
     }
 }
