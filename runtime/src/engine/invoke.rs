@@ -394,7 +394,8 @@ pub async fn invoke_reusing(
     }
     let lane = ticket.lane_handle();
     let mut ticket = Some(ticket);
-    // HTTP requests share the request deadline, for the same reason.
+    // HTTP requests (the budgets below) share the request deadline, for the
+    // same reason.
     let (mut store, consumer) = match warm {
         Some(WarmInstance {
             mut store,
