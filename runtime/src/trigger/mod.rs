@@ -199,7 +199,13 @@ pub struct Ledger<'a> {
     store: Option<&'a Arc<dyn DedupStore>>,
     route: &'a Route,
     key: &'a str,
-    lease: Option<Lease>,
+    /// Boxed: only a tracked key has one, and every event's future holds
+    /// the ledger. Inline, the ~170-byte lease put the core event's boxed
+    /// future at 1,088 bytes, past the 1 KiB up to which glibc serves an
+    /// allocation from its per-thread cache; every event then paid a
+    /// large-size allocation, which first consolidates the fast bins
+    /// (docs/benchmarks.md, ninth round).
+    lease: Option<Box<Lease>>,
     /// The claim was skipped (a first delivery nobody else can hold): the
     /// record is created when the event settles, with this replay count.
     unclaimed: Option<u32>,
@@ -280,7 +286,7 @@ impl<'a> Ledger<'a> {
                 }
                 let claimed = claim.claimed();
                 if let Claim::Acquired(lease) = claim {
-                    self.lease = Some(lease);
+                    self.lease = Some(Box::new(lease));
                 }
                 claimed
             }
@@ -343,7 +349,7 @@ impl<'a> Ledger<'a> {
         Some(
             match store.create(&self.route.tag.name, self.key, record).await {
                 Ok(lease) => {
-                    self.lease = Some(lease);
+                    self.lease = Some(Box::new(lease));
                     self.unclaimed = None;
                     Ok(())
                 }
