@@ -316,7 +316,7 @@ impl CpuTicket {
     /// teardown) counts against the background share. `false` when the
     /// deadline passed first.
     pub async fn admit(&self) -> bool {
-        if self.foreground {
+        if self.admitted_at_once() {
             return true;
         }
         let started = Instant::now();
@@ -328,6 +328,14 @@ impl CpuTicket {
         .await;
         add_nanos(&self.shared.throttled, started.elapsed());
         admitted
+    }
+
+    /// Whether [`CpuTicket::admit`] would admit without waiting (a
+    /// foreground invocation). Callers test this first and box `admit`'s
+    /// future only for the wait: the future is large, and a caller that
+    /// held it inline would carry its size through every event.
+    pub fn admitted_at_once(&self) -> bool {
+        self.foreground
     }
 
     /// The invocation ended at `now` (a clock read the caller made): the

@@ -345,241 +345,252 @@ pub async fn invoke(
 /// else on a fresh instance. With `keep_warm`, the instance is handed back
 /// when the call returned normally (whatever the handler's verdict), for the
 /// caller to reuse; after a trap, a deadline or a refused start it is dropped.
-pub async fn invoke_reusing(
-    engine: &WasmEngine,
-    plugin: &CompiledPlugin,
-    request: InvocationRequest<'_>,
+///
+/// An `async move` block rather than an `async fn`: an `async fn` copies its
+/// arguments into locals and keeps both in its future, and the request
+/// twice made the future 1,320 bytes, past the 1 KiB up to which glibc
+/// serves an allocation from its per-thread cache (every event boxes this
+/// future; docs/benchmarks.md, ninth round).
+#[allow(clippy::manual_async_fn)] // on purpose: see above
+pub fn invoke_reusing<'a>(
+    engine: &'a WasmEngine,
+    plugin: &'a CompiledPlugin,
+    request: InvocationRequest<'a>,
     warm: Option<WarmInstance>,
     keep_warm: bool,
-) -> (InvocationReport, Option<WarmInstance>) {
-    let started = request.started.unwrap_or_else(Instant::now);
-    let limits = request.limits;
-    if request.event.payload.len() > limits.max_payload_bytes {
-        let failure = Failure::new(
-            FailureClass::PayloadTooLarge,
-            &format!(
-                "payload of {} bytes is larger than the plugin's limit of {} bytes (max_payload); not retried",
-                request.event.payload.len(),
-                limits.max_payload_bytes
-            ),
-        );
-        return (refused_before_start(started, failure), warm);
-    }
-    let deadline = started + limits.timeout;
-    // A request is cut a little before the deadline, so the plugin has time
-    // to handle a missing answer (fail as retryable, fall back) instead of
-    // being interrupted.
-    let request_deadline = deadline - (limits.timeout / 10).min(REQUEST_RESERVE);
-    let governor = engine.governor();
-    let ticket = match request.cpu {
-        Some(profile) => governor.enter_with(profile, started, deadline),
-        None => governor.enter_at(&request.tag.name, started, deadline),
-    };
-    if !ticket.admit().await {
-        let failure = Failure::new(
-            FailureClass::DeadlineExceeded,
-            &format!(
-                "time limit of {:?} exceeded waiting for CPU: this plugin's attempts usually run long, and they run only in the background share while other plugins are busy",
-                limits.timeout
-            ),
-        );
-        let throttled = ticket.throttled();
-        return (
-            InvocationReport {
-                throttled,
-                ..refused_before_start(started, failure)
-            },
-            warm,
-        );
-    }
-    let lane = ticket.lane_handle();
-    let mut ticket = Some(ticket);
-    // HTTP requests (the budgets below) share the request deadline, for the
-    // same reason.
-    let (mut store, consumer) = match warm {
-        Some(WarmInstance {
-            mut store,
-            consumer,
-            uses,
-        }) => {
-            // A warm instance belongs to this route: what it already holds
-            // is kept, not cloned again (each clone and drop of a shared
-            // `Arc` is an atomic write the other workers' events also make).
-            let data = store.data_mut();
-            data.begin_event();
-            if !Arc::ptr_eq(&data.config, request.config) {
-                data.config = request.config.clone();
-            }
-            data.state.reset(request.state);
-            data.requests = RequestBudget::new(request.requester, request_deadline);
-            data.http.renew(request.http, limits.http, request_deadline);
-            arm(&mut store, ticket.take());
-            (store, Some((consumer, uses)))
-        }
-        None => {
-            let gate = Arc::new(LogGate::new(
-                request.tag.clone(),
-                request.log_budget.clone(),
-                limits.max_log_lines,
-            ));
-            let state = HostState::new(
-                request.tag.clone(),
-                request.grants.clone(),
-                limits.publish,
-                MemoryLimiter::new(
-                    limits.max_memory_bytes,
-                    limits.max_table_elements,
-                    limits.max_core_instances,
+) -> impl Future<Output = (InvocationReport, Option<WarmInstance>)> + Send + 'a {
+    async move {
+        let started = request.started.unwrap_or_else(Instant::now);
+        let limits = request.limits;
+        if request.event.payload.len() > limits.max_payload_bytes {
+            let failure = Failure::new(
+                FailureClass::PayloadTooLarge,
+                &format!(
+                    "payload of {} bytes is larger than the plugin's limit of {} bytes (max_payload); not retried",
+                    request.event.payload.len(),
+                    limits.max_payload_bytes
                 ),
-                gate,
-                request.keep_logs,
             );
-            let mut store = Store::new(engine.engine(), state);
-            store.data_mut().config = request.config.clone();
-            store.data_mut().state.reset(request.state);
-            store.data_mut().requests = RequestBudget::new(request.requester, request_deadline);
-            store.data_mut().http = HttpBudget::new(
-                request.tag.name.clone(),
-                request.http.cloned(),
-                limits.http,
-                request_deadline,
-            );
-            store.limiter(|s| &mut s.limiter);
-            store.epoch_deadline_callback(on_epoch);
-            arm(&mut store, ticket.take());
-            (store, None)
+            return (refused_before_start(started, failure), warm);
         }
-    };
-
-    // The event's own reply subject is the one `_INBOX.` subject the plugin
-    // may publish to (its answer, sent with the outbox on success).
-    store
-        .data_mut()
-        .outbox
-        .answer_to(request.event.delivery.reply_to.clone());
-    let mut instantiate_time = Duration::ZERO;
-    let uses = consumer.as_ref().map_or(0, |(_, uses)| *uses);
-    // Boxed: the call's future (instantiation, the wasm call on its fiber)
-    // is most of this one's size; wrapped below by pointer, not by copy.
-    let mut call = Box::pin(async {
-        let consumer = match consumer {
-            Some((consumer, _)) => consumer,
+        let deadline = started + limits.timeout;
+        // A request is cut a little before the deadline, so the plugin has time
+        // to handle a missing answer (fail as retryable, fall back) instead of
+        // being interrupted.
+        let request_deadline = deadline - (limits.timeout / 10).min(REQUEST_RESERVE);
+        let governor = engine.governor();
+        let ticket = match request.cpu {
+            Some(profile) => governor.enter_with(profile, started, deadline),
+            None => governor.enter_at(&request.tag.name, started, deadline),
+        };
+        if !ticket.admitted_at_once() && !Box::pin(ticket.admit()).await {
+            let failure = Failure::new(
+                FailureClass::DeadlineExceeded,
+                &format!(
+                    "time limit of {:?} exceeded waiting for CPU: this plugin's attempts usually run long, and they run only in the background share while other plugins are busy",
+                    limits.timeout
+                ),
+            );
+            let throttled = ticket.throttled();
+            return (
+                InvocationReport {
+                    throttled,
+                    ..refused_before_start(started, failure)
+                },
+                warm,
+            );
+        }
+        let lane = ticket.lane_handle();
+        let mut ticket = Some(ticket);
+        // HTTP requests (the budgets below) share the request deadline, for the
+        // same reason.
+        let (mut store, consumer) = match warm {
+            Some(WarmInstance {
+                mut store,
+                consumer,
+                uses,
+            }) => {
+                // A warm instance belongs to this route: what it already holds
+                // is kept, not cloned again (each clone and drop of a shared
+                // `Arc` is an atomic write the other workers' events also make).
+                let data = store.data_mut();
+                data.begin_event();
+                if !Arc::ptr_eq(&data.config, request.config) {
+                    data.config = request.config.clone();
+                }
+                data.state.reset(request.state);
+                data.requests = RequestBudget::new(request.requester, request_deadline);
+                data.http.renew(request.http, limits.http, request_deadline);
+                arm(&mut store, ticket.take());
+                (store, Some((consumer, uses)))
+            }
             None => {
-                // Boxed: instantiation's future is large, and a reused
-                // instance's call would otherwise carry (and copy) it too.
-                let consumer = Box::pin(plugin.pre.instantiate_async(&mut store))
-                    .await
-                    .map_err(|e| (FailureClass::Instantiate, e))?;
-                instantiate_time = started.elapsed();
-                consumer
+                let gate = Arc::new(LogGate::new(
+                    request.tag.clone(),
+                    request.log_budget.clone(),
+                    limits.max_log_lines,
+                ));
+                let state = HostState::new(
+                    request.tag.clone(),
+                    request.grants.clone(),
+                    limits.publish,
+                    MemoryLimiter::new(
+                        limits.max_memory_bytes,
+                        limits.max_table_elements,
+                        limits.max_core_instances,
+                    ),
+                    gate,
+                    request.keep_logs,
+                );
+                let mut store = Store::new(engine.engine(), state);
+                store.data_mut().config = request.config.clone();
+                store.data_mut().state.reset(request.state);
+                store.data_mut().requests = RequestBudget::new(request.requester, request_deadline);
+                store.data_mut().http = HttpBudget::new(
+                    request.tag.name.clone(),
+                    request.http.cloned(),
+                    limits.http,
+                    request_deadline,
+                );
+                store.limiter(|s| &mut s.limiter);
+                store.epoch_deadline_callback(on_epoch);
+                arm(&mut store, ticket.take());
+                (store, None)
             }
         };
-        let verdict = consumer
-            .handle(&mut store, request.event)
-            .await
-            .map_err(|e| (FailureClass::Trap, e))?;
-        Ok((verdict, consumer))
-    });
-    // While the call is suspended outside the governor (the plugin waits in
-    // a host call), it gives its CPU lane back.
-    let result = {
-        let call = std::future::poll_fn(|cx| {
-            let poll = call.as_mut().poll(cx);
-            if poll.is_pending() {
-                lane.suspended();
-            }
-            poll
-        });
-        // Epoch interruption stops wasm code; this backstop also stops a
-        // plugin that waits in a host call (for example a long WASI sleep).
-        let backstop = limits.timeout + Duration::from_millis(200);
-        match tokio::time::timeout(backstop, call).await {
-            Ok(result) => result,
-            Err(_) => Err((
-                FailureClass::DeadlineExceeded,
-                wasmtime::Error::msg("the handler did not return in time (waiting in a host call)"),
-            )),
-        }
-    };
-    drop(call);
-    // The invocation's CPU ticket lives in the store: end it now, whether or
-    // not the store lives on.
-    let mut ticket = disarm(&mut store);
-    if let Some(ticket) = ticket.as_mut()
-        && store.data().limiter.grown() >= HEAVY_GROWTH
-    {
-        ticket.mark_heavy();
-    }
-    // One clock read ends both the ticket and the report's elapsed time.
-    let ended = Instant::now();
-    let throttled = ticket.as_mut().map_or(Duration::ZERO, |ticket| {
-        ticket.end_at(ended);
-        ticket.throttled()
-    });
-    drop(ticket);
 
-    let (result, consumer) = match result {
-        Ok((verdict, consumer)) => (Ok(verdict), Some(consumer)),
-        Err(e) => (Err(e), None),
-    };
-    let state = store.data_mut();
-    let output = state.output.finish();
-    let logs = state.logs.take_records();
-    let refused_publishes = state.outbox.refused();
-    let outcome = match (result, state.outbox.limit_reached()) {
-        // The handler returned, but its outbox is incomplete.
-        (Ok(_), Some(limit)) => Err(Failure::new(
-            FailureClass::PublishLimit,
-            &format!("the plugin exceeded its publish limit: {limit}; nothing was published"),
-        )),
-        (Ok(Ok(())), None) => Ok(()),
-        (
-            Ok(Err(HandlerError::Retryable {
-                message,
-                retry_after_ms,
-            })),
-            None,
-        ) => Err(Failure {
-            retry_after: retry_after_ms.map(Duration::from_millis),
-            ..Failure::new(FailureClass::Retryable, &message)
-        }),
-        (Ok(Err(HandlerError::Permanent(message))), None) => {
-            Err(Failure::new(FailureClass::Permanent, &message))
+        // The event's own reply subject is the one `_INBOX.` subject the plugin
+        // may publish to (its answer, sent with the outbox on success).
+        store
+            .data_mut()
+            .outbox
+            .answer_to(request.event.delivery.reply_to.clone());
+        let mut instantiate_time = Duration::ZERO;
+        let uses = consumer.as_ref().map_or(0, |(_, uses)| *uses);
+        // Boxed: the call's future (instantiation, the wasm call on its fiber)
+        // is most of this one's size; wrapped below by pointer, not by copy.
+        let mut call = Box::pin(async {
+            let consumer = match consumer {
+                Some((consumer, _)) => consumer,
+                None => {
+                    // Boxed: instantiation's future is large, and a reused
+                    // instance's call would otherwise carry (and copy) it too.
+                    let consumer = Box::pin(plugin.pre.instantiate_async(&mut store))
+                        .await
+                        .map_err(|e| (FailureClass::Instantiate, e))?;
+                    instantiate_time = started.elapsed();
+                    consumer
+                }
+            };
+            let verdict = consumer
+                .handle(&mut store, request.event)
+                .await
+                .map_err(|e| (FailureClass::Trap, e))?;
+            Ok((verdict, consumer))
+        });
+        // While the call is suspended outside the governor (the plugin waits in
+        // a host call), it gives its CPU lane back.
+        let result = {
+            let call = std::future::poll_fn(|cx| {
+                let poll = call.as_mut().poll(cx);
+                if poll.is_pending() {
+                    lane.suspended();
+                }
+                poll
+            });
+            // Epoch interruption stops wasm code; this backstop also stops a
+            // plugin that waits in a host call (for example a long WASI sleep).
+            let backstop = limits.timeout + Duration::from_millis(200);
+            match tokio::time::timeout(backstop, call).await {
+                Ok(result) => result,
+                Err(_) => Err((
+                    FailureClass::DeadlineExceeded,
+                    wasmtime::Error::msg(
+                        "the handler did not return in time (waiting in a host call)",
+                    ),
+                )),
+            }
+        };
+        drop(call);
+        // The invocation's CPU ticket lives in the store: end it now, whether or
+        // not the store lives on.
+        let mut ticket = disarm(&mut store);
+        if let Some(ticket) = ticket.as_mut()
+            && store.data().limiter.grown() >= HEAVY_GROWTH
+        {
+            ticket.mark_heavy();
         }
-        (Err((class, error)), _) => Err(classify(class, &error, state, limits.timeout)),
-    };
-    let (published, state_writes) = if outcome.is_ok() {
-        (state.outbox.take(), state.state.take())
-    } else {
-        (Vec::new(), None)
-    };
-    let refused_state = state.state.refused();
-    let refused_requests = state.requests.refused();
-    let refused_http = state.http.refused();
-    let report = InvocationReport {
-        outcome,
-        published,
-        logs,
-        output,
-        refused_publishes,
-        state_writes,
-        refused_state,
-        refused_requests,
-        refused_http,
-        log_dropped: state.log_gate.dropped(),
-        instantiate_time,
-        elapsed: ended.saturating_duration_since(started),
-        throttled,
-    };
-    let warm = match consumer {
-        Some(consumer) if keep_warm => Some(WarmInstance {
-            store,
-            consumer,
-            uses: uses + 1,
-        }),
-        _ => None,
-    };
-    (report, warm)
+        // One clock read ends both the ticket and the report's elapsed time.
+        let ended = Instant::now();
+        let throttled = ticket.as_mut().map_or(Duration::ZERO, |ticket| {
+            ticket.end_at(ended);
+            ticket.throttled()
+        });
+        drop(ticket);
+
+        let (result, consumer) = match result {
+            Ok((verdict, consumer)) => (Ok(verdict), Some(consumer)),
+            Err(e) => (Err(e), None),
+        };
+        let state = store.data_mut();
+        let output = state.output.finish();
+        let logs = state.logs.take_records();
+        let refused_publishes = state.outbox.refused();
+        let outcome = match (result, state.outbox.limit_reached()) {
+            // The handler returned, but its outbox is incomplete.
+            (Ok(_), Some(limit)) => Err(Failure::new(
+                FailureClass::PublishLimit,
+                &format!("the plugin exceeded its publish limit: {limit}; nothing was published"),
+            )),
+            (Ok(Ok(())), None) => Ok(()),
+            (
+                Ok(Err(HandlerError::Retryable {
+                    message,
+                    retry_after_ms,
+                })),
+                None,
+            ) => Err(Failure {
+                retry_after: retry_after_ms.map(Duration::from_millis),
+                ..Failure::new(FailureClass::Retryable, &message)
+            }),
+            (Ok(Err(HandlerError::Permanent(message))), None) => {
+                Err(Failure::new(FailureClass::Permanent, &message))
+            }
+            (Err((class, error)), _) => Err(classify(class, &error, state, limits.timeout)),
+        };
+        let (published, state_writes) = if outcome.is_ok() {
+            (state.outbox.take(), state.state.take())
+        } else {
+            (Vec::new(), None)
+        };
+        let refused_state = state.state.refused();
+        let refused_requests = state.requests.refused();
+        let refused_http = state.http.refused();
+        let report = InvocationReport {
+            outcome,
+            published,
+            logs,
+            output,
+            refused_publishes,
+            state_writes,
+            refused_state,
+            refused_requests,
+            refused_http,
+            log_dropped: state.log_gate.dropped(),
+            instantiate_time,
+            elapsed: ended.saturating_duration_since(started),
+            throttled,
+        };
+        let warm = match consumer {
+            Some(consumer) if keep_warm => Some(WarmInstance {
+                store,
+                consumer,
+                uses: uses + 1,
+            }),
+            _ => None,
+        };
+        (report, warm)
+    }
 }
 
 fn refused_before_start(started: Instant, failure: Failure) -> InvocationReport {
