@@ -384,6 +384,9 @@ async fn a_stream_deleted_and_recreated_under_the_host_loses_nothing() {
     let nats = NatsServer::start();
     let client = nats.client().await;
     let js = async_nats::jetstream::new(client.clone());
+    // The mirror's confirmed publishes land in a stream: with only the test's
+    // core subscriber on the subject, no ack could come, and the attempt fail.
+    create_stream(&js, "MIRRORED", &["mirror.>"]).await;
     let dir = PluginDir::new();
     dir.add(
         "mirror",
@@ -434,6 +437,73 @@ async fn a_stream_deleted_and_recreated_under_the_host_loses_nothing() {
     host.shutdown().await.unwrap();
 }
 
+/// A confirmed outbox publish to a subject no stream captures, while a core
+/// subscriber listens on it: the subscriber takes the publish, so the server
+/// sends no "no responders", and the ack times out. That was taken for a
+/// leader election and published again for 20 s (a copy to the subscriber
+/// per try) before the attempt failed. Now the attempt fails once the ack
+/// wait is over, with an error naming the subject and what to change, and
+/// the subscriber got the one copy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_confirmed_publish_only_a_core_subscriber_takes_fails_the_attempt_without_copies() {
+    let nats = NatsServer::start();
+    let client = nats.client().await;
+    let js = async_nats::jetstream::new(client.clone());
+    create_stream(&js, "COREOUT", &["coreout.in"]).await;
+    let dir = PluginDir::new();
+    dir.add(
+        "mirror",
+        "mirror",
+        "subjects = [\"coreout.in\"]\npublish = [\"mirror.>\"]\nmode = \"jetstream\"\n\
+         [retry]\nmax_attempts = 1\n[jetstream]\nstream = \"COREOUT\"",
+    );
+    let host = start_host_configured(&nats.url(), dir.path(), "").await;
+    let mut out = client.subscribe("mirror.coreout.in").await.unwrap();
+    client.flush().await.unwrap();
+    js_publish(&js, "coreout.in", &[], "once").await;
+    eventually(
+        WAIT,
+        "the attempt failed and the event was dead-lettered",
+        || host.stats("mirror").unwrap().dead_lettered == 1,
+    )
+    .await;
+    let letters = read_stream(&js, "SLUICE_DLQ").await;
+    assert_eq!(letters.len(), 1);
+    let error = letters[0]
+        .headers
+        .as_ref()
+        .and_then(|h| h.get("Sluice-Error"))
+        .map(|v| v.as_str().to_string())
+        .unwrap_or_default();
+    assert!(
+        error.contains("`mirror.coreout.in`")
+            && error.contains("a JetStream stream must capture the subject")
+            && error.contains("confirm = false"),
+        "the error names the subject and what to change: {error}"
+    );
+    // Every copy the host published went out before the attempt failed; a
+    // marker sent now comes after them.
+    client
+        .publish("mirror.coreout.in", Bytes::from_static(b"marker"))
+        .await
+        .unwrap();
+    client.flush().await.unwrap();
+    let mut copies = 0;
+    loop {
+        let next = tokio::time::timeout(WAIT, out.next())
+            .await
+            .expect("the marker arrives")
+            .unwrap();
+        if &next.payload[..] == b"marker" {
+            break;
+        }
+        assert_eq!(&next.payload[..], b"once");
+        copies += 1;
+    }
+    assert_eq!(copies, 1, "one attempt, one copy to the core subscriber");
+    host.shutdown().await.unwrap();
+}
+
 /// Failure 7: a manifest change of an existing durable consumer was
 /// silently ignored. Now the consumer is updated.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -442,6 +512,7 @@ async fn a_changed_manifest_updates_the_durable_consumer() {
     let client = nats.client().await;
     let js = async_nats::jetstream::new(client.clone());
     create_stream(&js, "UPD", &["upd.>"]).await;
+    create_stream(&js, "MIRRORED", &["mirror.>"]).await;
     let dir = PluginDir::new();
     let manifest = |subjects: &str| {
         format!(
@@ -975,6 +1046,7 @@ async fn a_consumer_recreated_by_someone_else_makes_the_host_ready_again() {
     let client = nats.client().await;
     let js = async_nats::jetstream::new(client.clone());
     create_stream(&js, "ELSE", &["else.in"]).await;
+    create_stream(&js, "MIRRORED", &["mirror.>"]).await;
     let dir = PluginDir::new();
     dir.add(
         "mirror",
@@ -1040,6 +1112,7 @@ async fn a_consumer_made_again_unseen_is_bound_again() {
     let client = nats.client().await;
     let js = async_nats::jetstream::new(client.clone());
     create_stream(&js, "ALT", &["alt.in"]).await;
+    create_stream(&js, "MIRRORED", &["mirror.>"]).await;
     let dir = PluginDir::new();
     dir.add(
         "mirror",

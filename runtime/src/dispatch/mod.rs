@@ -630,7 +630,7 @@ impl Dispatcher {
                             fail(
                                 &message.subject,
                                 format!(
-                                    "{e} (with outbox.confirm a JetStream stream must capture the subject)"
+                                    "{e} (with `[outbox] confirm` on, a JetStream stream must capture the subject; set `confirm = false` in the manifest to publish to a core NATS subject)"
                                 ),
                             )
                         })?;

@@ -16,8 +16,11 @@
 //! up on the plugin until its file changes.
 //!
 //! A "no responders" on a subject that no stream captures is not transient:
-//! it is a configuration error and fails at once, as it always did
-//! ([`publish_may_recover`] asks the cluster which case it is).
+//! it is a configuration error and fails at once, as it always did. Nor is
+//! a timed-out ack on such a subject: a core subscriber took the publish,
+//! so no "no responders" came, and no ack ever will; trying again would
+//! only hand that subscriber more copies ([`publish_may_recover`] asks the
+//! cluster which case it is).
 
 use std::time::Duration;
 
@@ -75,25 +78,30 @@ impl ElectionBackoff {
 
 /// Whether a confirmed publish to `subject` that failed with `error` may
 /// succeed if tried again: a lost or late ack, a connection failing over,
-/// too many acks outstanding, a stream without a leader for now. A "no responders" is transient only
-/// while a stream does capture `subject` (or the cluster cannot say yet);
-/// a payload over the limit, or a server refusal, is not.
+/// too many acks outstanding, a stream without a leader for now. A "no
+/// responders" or a timed-out ack is transient only while a stream does
+/// capture `subject` (or the cluster cannot say yet); a payload over the
+/// limit, or a server refusal, is not.
 pub async fn publish_may_recover(
     js: &async_nats::jetstream::Context,
     subject: &str,
     error: &PublishError,
 ) -> bool {
     match error.kind() {
-        PublishErrorKind::TimedOut
-        | PublishErrorKind::BrokenPipe
-        | PublishErrorKind::MaxAckPending => true,
-        PublishErrorKind::StreamNotFound => match js.stream_by_subject(subject).await {
-            Ok(_) => true,
-            Err(e) => !matches!(
-                e.kind(),
-                GetStreamByNameErrorKind::NotFound | GetStreamByNameErrorKind::InvalidSubject
-            ),
-        },
+        PublishErrorKind::BrokenPipe | PublishErrorKind::MaxAckPending => true,
+        // A timed-out ack is a lost or late answer only if a stream captures
+        // the subject: with none, a core subscriber on it took the publish
+        // (so no "no responders"), and each try again would hand it another
+        // copy while no ack can ever come.
+        PublishErrorKind::TimedOut | PublishErrorKind::StreamNotFound => {
+            match js.stream_by_subject(subject).await {
+                Ok(_) => true,
+                Err(e) => !matches!(
+                    e.kind(),
+                    GetStreamByNameErrorKind::NotFound | GetStreamByNameErrorKind::InvalidSubject
+                ),
+            }
+        }
         PublishErrorKind::Other => unavailable(error),
         _ => false,
     }
