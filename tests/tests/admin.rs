@@ -196,6 +196,13 @@ async fn metrics_parse_as_prometheus_text_and_move_with_real_traffic() {
                 r#"sluice_events_handled_total{plugin="enrich",outcome="ok"}"#,
             ) == Some(5.0)
                 && sample(t, r#"sluice_dead_lettered_total{plugin="reject"}"#) == Some(2.0)
+                // Each event runs in its own task: the valid payment may
+                // settle after the two dead letters.
+                && sample(
+                    t,
+                    r#"sluice_events_handled_total{plugin="reject",outcome="ok"}"#,
+                ) == Some(1.0)
+                && sample(t, r#"sluice_events_in_flight{plugin="enrich"}"#) == Some(0.0)
         },
     )
     .await;

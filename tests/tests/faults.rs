@@ -115,10 +115,12 @@ async fn buffered_core_events_are_handled_within_the_grace_at_shutdown() {
         "the test needs events still buffered at SIGTERM: {stats:?}"
     );
     host.shutdown().await.unwrap();
-    assert_eq!(
-        stream_messages(&js, "BUFOUT").await,
-        20,
-        "every buffered event was handled before exit"
+    // The outputs are core publishes the stream stores as the server reads
+    // them: the last may land a moment after the host closed.
+    eventually_async!(
+        WAIT,
+        "every buffered event was handled before exit",
+        stream_messages(&js, "BUFOUT").await == 20
     );
 }
 
@@ -153,6 +155,13 @@ async fn core_events_left_at_the_deadline_are_dead_lettered_with_class_shutdown(
     let stats_handle = host.registry();
     host.shutdown().await.unwrap();
     let stats = stats_handle.stats("slow").unwrap();
+    // The outputs are core publishes the stream stores as the server reads
+    // them: the last may land a moment after the host closed.
+    eventually_async!(
+        WAIT,
+        "every output the host published is stored",
+        stream_messages(&js, "LEFTOUT").await >= stats.published
+    );
     let handled = stream_messages(&js, "LEFTOUT").await;
     let letters = dlq::list(&js, "SLUICE_DLQ", &Filter::default())
         .await
@@ -209,6 +218,13 @@ async fn core_events_in_flight_when_the_host_stops_are_handled_or_dead_lettered(
     let stats_handle = host.registry();
     host.shutdown().await.unwrap();
     let stats = stats_handle.stats("slow").unwrap();
+    // The outputs are core publishes the stream stores as the server reads
+    // them: the last may land a moment after the host closed.
+    eventually_async!(
+        WAIT,
+        "every output the host published is stored",
+        stream_messages(&js, "INFLIGHTOUT").await >= stats.published
+    );
     let handled = stream_messages(&js, "INFLIGHTOUT").await;
     let letters = dlq::list(&js, "SLUICE_DLQ", &Filter::default())
         .await

@@ -457,6 +457,11 @@ async fn the_idempotency_key_is_sent_and_stays_the_same_across_retries() {
         assert_eq!(r.header("content-type"), Some("application/json"));
         assert_eq!(&r.body[..], br#"{"amount":1999,"order":42}"#);
     }
+    // Counted once the outbox is published, a moment after it arrives.
+    eventually(WAIT, "the charge counted", || {
+        host.stats("charge").unwrap().succeeded >= 1
+    })
+    .await;
     let stats = host.stats("charge").unwrap();
     assert_eq!(
         (stats.failed_attempts, stats.retries, stats.succeeded),

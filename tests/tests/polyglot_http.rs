@@ -358,6 +358,11 @@ async fn python_and_js_charge_like_rust_with_one_idempotency_key_per_event() {
                 "{lang:?}: the Rust SDK's JSON bytes"
             );
         }
+        // Counted once the outbox is published, a moment after it arrives.
+        eventually(WAIT, "the charge counted", || {
+            host.stats(&plugin).unwrap().succeeded >= 1
+        })
+        .await;
         let stats = host.stats(&plugin).unwrap();
         assert_eq!(
             (stats.failed_attempts, stats.retries, stats.succeeded),

@@ -402,6 +402,11 @@ async fn a_queue_group_shares_events_between_hosts() {
     for _ in 0..n {
         next_message(&mut out, WAIT, "shared work").await;
     }
+    // Counted once the outbox is published, a moment after it arrives.
+    eventually(WAIT, "every event counted by one host", || {
+        a.stats("mirror").unwrap().succeeded + b.stats("mirror").unwrap().succeeded >= n
+    })
+    .await;
     let (sa, sb) = (
         a.stats("mirror").unwrap().succeeded,
         b.stats("mirror").unwrap().succeeded,
