@@ -36,7 +36,8 @@ use crate::host::requester::Requester;
 use crate::host::state::{self, StateSpace};
 use crate::host::{LogBudget, OutboundMessage, PluginConfig, PluginTag};
 use crate::manifest::KeySource;
-use crate::nats::{convert, election};
+use crate::nats::convert;
+use crate::nats::election::{self, PublishOutlook};
 use crate::subject::PublishGrants;
 use crate::telemetry::Metrics;
 use crate::telemetry::trace::Propagation;
@@ -167,6 +168,23 @@ impl PluginStats {
 pub(crate) fn count_dropped(route: &Route) {
     bump(&route.stats.dropped, 1);
     route.metrics.core_dropped(&route.tag.name);
+}
+
+/// Why a confirmed outbox publish failed, and what to do about it.
+fn confirm_failure(
+    error: &async_nats::jetstream::context::PublishError,
+    outlook: PublishOutlook,
+) -> String {
+    match outlook {
+        PublishOutlook::NoStreamCaptures => format!(
+            "{error}; no stream captures the subject (with `[outbox] confirm` on, a JetStream stream must capture the subject; set `confirm = false` in the manifest to publish to a core NATS subject)"
+        ),
+        PublishOutlook::MayRecover => format!(
+            "{error}, still after publishing it again for {:?} (a stream without a leader that long: check the NATS cluster's health)",
+            election::RIDE_OUT
+        ),
+        PublishOutlook::Refused => error.to_string(),
+    }
 }
 
 pub(crate) fn bump(counter: &AtomicU64, n: u64) {
@@ -626,13 +644,8 @@ impl Dispatcher {
                 if let Err(e) = acked {
                     Box::pin(self.confirm_again(route, key, trace, index, &message, e))
                         .await
-                        .map_err(|e| {
-                            fail(
-                                &message.subject,
-                                format!(
-                                    "{e} (with `[outbox] confirm` on, a JetStream stream must capture the subject; set `confirm = false` in the manifest to publish to a core NATS subject)"
-                                ),
-                            )
+                        .map_err(|(e, outlook)| {
+                            fail(&message.subject, confirm_failure(&e, outlook))
                         })?;
                 }
             }
@@ -656,7 +669,8 @@ impl Dispatcher {
     /// a lost ack, a connection failing over), publish it again with the
     /// same headers, so the same `Nats-Msg-Id` (the stream drops a copy
     /// that did land), with backoff for at most [`election::RIDE_OUT`]; the
-    /// last error if it is not confirmed by then.
+    /// last error and why it was not tried again if it is not confirmed by
+    /// then.
     async fn confirm_again(
         &self,
         route: &Route,
@@ -665,13 +679,12 @@ impl Dispatcher {
         index: usize,
         message: &OutboundMessage,
         mut error: async_nats::jetstream::context::PublishError,
-    ) -> Result<(), async_nats::jetstream::context::PublishError> {
+    ) -> Result<(), (async_nats::jetstream::context::PublishError, PublishOutlook)> {
         let mut backoff = election::ElectionBackoff::new(election::RIDE_OUT);
         loop {
-            if !election::publish_may_recover(&self.js, &message.subject, &error).await
-                || !backoff.pause().await
-            {
-                return Err(error);
+            let outlook = election::publish_outlook(&self.js, &message.subject, &error).await;
+            if outlook != PublishOutlook::MayRecover || !backoff.pause().await {
+                return Err((error, outlook));
             }
             tracing::debug!(subject = %message.subject, "confirmed publish failed ({error}); publishing again");
             let mut headers = convert::outgoing_headers(message, key, &route.tag, index);

@@ -19,7 +19,7 @@
 //! it is a configuration error and fails at once, as it always did. Nor is
 //! a timed-out ack on such a subject: a core subscriber took the publish,
 //! so no "no responders" came, and no ack ever will; trying again would
-//! only hand that subscriber more copies ([`publish_may_recover`] asks the
+//! only hand that subscriber more copies ([`publish_outlook`] asks the
 //! cluster which case it is).
 
 use std::time::Duration;
@@ -76,34 +76,51 @@ impl ElectionBackoff {
     }
 }
 
-/// Whether a confirmed publish to `subject` that failed with `error` may
-/// succeed if tried again: a lost or late ack, a connection failing over,
-/// too many acks outstanding, a stream without a leader for now. A "no
-/// responders" or a timed-out ack is transient only while a stream does
-/// capture `subject` (or the cluster cannot say yet); a payload over the
-/// limit, or a server refusal, is not.
-pub async fn publish_may_recover(
+/// What a failed confirmed publish calls for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PublishOutlook {
+    /// Transient (a lost or late ack, a connection failing over, too many
+    /// acks outstanding, a stream without a leader for now): publish again.
+    MayRecover,
+    /// No stream captures the subject: a configuration error.
+    NoStreamCaptures,
+    /// Refused (a payload over the limit, a server refusal): trying again
+    /// cannot help.
+    Refused,
+}
+
+/// What a confirmed publish to `subject` that failed with `error` calls
+/// for. A "no responders" or a timed-out ack is transient only while a
+/// stream does capture `subject` (or the cluster cannot say yet).
+pub async fn publish_outlook(
     js: &async_nats::jetstream::Context,
     subject: &str,
     error: &PublishError,
-) -> bool {
+) -> PublishOutlook {
     match error.kind() {
-        PublishErrorKind::BrokenPipe | PublishErrorKind::MaxAckPending => true,
+        PublishErrorKind::BrokenPipe | PublishErrorKind::MaxAckPending => {
+            PublishOutlook::MayRecover
+        }
         // A timed-out ack is a lost or late answer only if a stream captures
         // the subject: with none, a core subscriber on it took the publish
         // (so no "no responders"), and each try again would hand it another
         // copy while no ack can ever come.
         PublishErrorKind::TimedOut | PublishErrorKind::StreamNotFound => {
             match js.stream_by_subject(subject).await {
-                Ok(_) => true,
-                Err(e) => !matches!(
-                    e.kind(),
-                    GetStreamByNameErrorKind::NotFound | GetStreamByNameErrorKind::InvalidSubject
-                ),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        GetStreamByNameErrorKind::NotFound
+                            | GetStreamByNameErrorKind::InvalidSubject
+                    ) =>
+                {
+                    PublishOutlook::NoStreamCaptures
+                }
+                _ => PublishOutlook::MayRecover,
             }
         }
-        PublishErrorKind::Other => unavailable(error),
-        _ => false,
+        PublishErrorKind::Other if unavailable(error) => PublishOutlook::MayRecover,
+        _ => PublishOutlook::Refused,
     }
 }
 
