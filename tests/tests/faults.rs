@@ -483,14 +483,11 @@ async fn a_confirmed_publish_only_a_core_subscriber_takes_fails_the_attempt_with
         || host.stats("mirror").unwrap().dead_lettered == 1,
     )
     .await;
-    let letters = read_stream(&js, "SLUICE_DLQ").await;
+    let letters = dlq::list(&js, "SLUICE_DLQ", &Filter::default())
+        .await
+        .unwrap();
     assert_eq!(letters.len(), 1);
-    let error = letters[0]
-        .headers
-        .as_ref()
-        .and_then(|h| h.get("Sluice-Error"))
-        .map(|v| v.as_str().to_string())
-        .unwrap_or_default();
+    let error = &letters[0].letter.error;
     assert!(
         error.contains("`mirror.coreout.in`")
             && error.contains("a JetStream stream must capture the subject")
